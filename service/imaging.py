@@ -1,0 +1,114 @@
+"""Image bytes <-> model tensors: the one definition of how an image becomes model input.
+
+Training (image folders) and the service (uploads) both call `prepare_image`, so a picture sent over HTTP is
+seen exactly as the training data was. Torch-free: numpy and Pillow only.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from service.manifest import ImageSpec
+
+# Content sniffing, not names or MIME types: only these formats reach a decoder.
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+DEFAULT_MAX_PIXELS = 16_000_000
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not an acceptable image; the message is safe to show to a client."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    for magic, fmt in _SIGNATURES.items():
+        if data.startswith(magic):
+            return fmt
+    return None
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode PNG or JPEG bytes fully, refusing other formats, bombs and truncated files."""
+    if not data:
+        raise ImageDecodeError("empty image")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageDecodeError("unsupported image format: only PNG and JPEG are accepted")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns between MAX_IMAGE_PIXELS and twice that; we treat the warning as the error it is.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[fmt])
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(f"image too large: {width}x{height} exceeds {max_pixels} pixels")
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("image too large (decompression bomb)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated {fmt} image") from exc
+    return img
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to L (1 channel) or RGB (3), keeping the full dynamic range."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grayscale: Pillow's convert("L") clips at 255, so scale to 8 bits by hand.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become the background colour of MNIST-style data: black.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def prepare_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """Any PIL image -> float32 (C, H, W) in spec.pixel_range.
+
+    Steps: honour EXIF orientation, convert the mode (alpha composited on black, 16-bit rescaled), then
+    centre-crop to the model's aspect ratio and resize with a box-filtered bilinear resample.
+    """
+    img = ImageOps.exif_transpose(img)
+    img = _to_mode(img, spec.channels)
+    if img.size != (spec.width, spec.height):
+        img = ImageOps.fit(img, (spec.width, spec.height), method=Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
+    arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    low, high = spec.pixel_range
+    return (arr * (high - low) + low).astype(np.float32, copy=False)
+
+
+def image_to_uint8(arr: np.ndarray, pixel_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """(C, H, W) float in pixel_range -> (H, W) or (H, W, 3) uint8, clipped."""
+    low, high = pixel_range
+    scaled = (np.asarray(arr, dtype=np.float32) - low) / (high - low)
+    out = np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out[0] if out.shape[0] == 1 else out.transpose(1, 2, 0)
+
+
+def encode_png(arr: np.ndarray, pixel_range: tuple[float, float] = (0.0, 1.0), compress_level: int = 1) -> bytes:
+    """(C, H, W) float -> PNG bytes. Level 1: small model outputs compress nearly as well, far faster."""
+    buf = io.BytesIO()
+    Image.fromarray(image_to_uint8(arr, pixel_range)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
+    """(N, C, H, W) -> (C, H', W') tiled with `padding` pixels of 0 between tiles."""
+    n, c, h, w = images.shape
+    cols = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.zeros((c, rows * (h + padding) + padding, cols * (w + padding) + padding), dtype=images.dtype)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, y : y + h, x : x + w] = images[i]
+    return grid

@@ -1,0 +1,201 @@
+"""The `models/` contract: the manifest schema and the on-disk layout, in one place for both halves.
+
+Layout: `models/<name>/<version>/{encoder.onnx, decoder.onnx, model.json, preview.png}`. Training writes it
+(`training.export`), the service reads it; both validate with the same `Manifest` model so they can never
+disagree on what a field means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MANIFEST_FILE = "model.json"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+PREVIEW_FILE = "preview.png"
+SCHEMA_VERSION = 1
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class ManifestError(Exception):
+    """A model directory that does not satisfy the contract. The message says what and where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageSpec(_Strict):
+    channels: Literal[1, 3]
+    height: int = Field(ge=4, le=1024)
+    width: int = Field(ge=4, le=1024)
+    # Pixel values the encoder expects and the decoder produces; [0, 1] for every model we export.
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+class TensorSpec(_Strict):
+    name: str
+    dtype: Literal["float32"] = "float32"
+    # "batch" marks the dynamic axis; every other entry is a fixed size.
+    shape: list[int | Literal["batch"]]
+
+
+class GraphSpec(_Strict):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class DatasetSpec(_Strict):
+    name: str
+    source: str
+    train_examples: int = Field(ge=0)
+    test_examples: int = Field(ge=0)
+
+
+class Metrics(_Strict):
+    """Test-set numbers measured by `training.evaluate`, in nats per image (lower is better)."""
+
+    split: str
+    examples: int = Field(ge=1)
+    binarized: bool
+    neg_elbo: float
+    reconstruction: float
+    kl: float
+    iwae_nll: float | None = None
+    iwae_k: int | None = None
+    active_units: int | None = None
+    measured_with: str
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    created: datetime
+    description: str = ""
+    latent_dim: int = Field(ge=1, le=4096)
+    image: ImageSpec
+    likelihood: Literal["bernoulli", "gaussian"]
+    # Standard deviation of the Gaussian likelihood p(x|z); only for likelihood == "gaussian".
+    gaussian_sigma: float | None = Field(default=None, gt=0)
+    encoder: GraphSpec
+    decoder: GraphSpec
+    training: dict[str, Any]
+    dataset: DatasetSpec
+    metrics: Metrics | None = None
+    opset: int = Field(ge=7)
+    exporters: dict[str, str]
+
+    @field_validator("created")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    def expected_graphs(self) -> None:
+        """Check that tensor names and shapes agree with latent_dim and image; raise ManifestError if not."""
+        img = list(self.image.shape)
+        want = {
+            "encoder": ([["batch", *img]], [["batch", self.latent_dim], ["batch", self.latent_dim]]),
+            "decoder": ([["batch", self.latent_dim]], [["batch", *img]]),
+        }
+        for role, (ins, outs) in want.items():
+            graph: GraphSpec = getattr(self, role)
+            got = ([t.shape for t in graph.inputs], [t.shape for t in graph.outputs])
+            if got != (ins, outs):
+                raise ManifestError(f"{role} tensor shapes {got} disagree with latent_dim/image {(ins, outs)}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    path = Path(model_dir) / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: no manifest") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(f"{path}: invalid manifest: {_summarize(exc)}") from exc
+    manifest.expected_graphs()
+    return manifest
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
+    # Round-trip through validation so an invalid manifest is never written.
+    checked = Manifest.model_validate(manifest.model_dump())
+    checked.expected_graphs()
+    path = Path(model_dir) / MANIFEST_FILE
+    path.write_text(checked.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def verify_model_dir(model_dir: Path) -> Manifest:
+    """Read the manifest and check each graph file exists and matches its sha256."""
+    manifest = read_manifest(model_dir)
+    for role in ("encoder", "decoder"):
+        graph: GraphSpec = getattr(manifest, role)
+        path = Path(model_dir) / graph.file
+        if path.name != graph.file or not path.is_file():
+            raise ManifestError(f"{path}: {role} graph missing")
+        actual = sha256_file(path)
+        if actual != graph.sha256:
+            raise ManifestError(
+                f"{path}: sha256 mismatch (manifest {graph.sha256[:12]}..., file {actual[:12]}...); "
+                "the file was modified or truncated after export"
+            )
+    return manifest
+
+
+def list_versions(models_dir: Path, name: str) -> list[int]:
+    """Versions of one model, ascending; version folders are positive integers."""
+    root = Path(models_dir) / name
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def latest_version(models_dir: Path, name: str) -> int | None:
+    versions = list_versions(models_dir, name)
+    return versions[-1] if versions else None
+
+
+def list_model_names(models_dir: Path) -> list[str]:
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and re.match(NAME_PATTERN, p.name))
+
+
+def model_dir(models_dir: Path, name: str, version: int | None = None) -> Path:
+    """The folder of `name` at `version`, or at its latest version when version is None."""
+    chosen = version if version is not None else latest_version(models_dir, name)
+    if chosen is None:
+        raise ManifestError(f"{Path(models_dir) / name}: no versions")
+    return Path(models_dir) / name / str(chosen)
+
+
+def _summarize(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+    return "; ".join(parts)
