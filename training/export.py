@@ -1,0 +1,226 @@
+"""Checkpoint -> `models/<name>/<version>/{encoder.onnx, decoder.onnx, model.json, preview.png}`.
+
+Every export is verified before it is published: `onnx.checker`, then onnxruntime against PyTorch on random
+and real inputs at batch sizes 1 and 7, with the largest absolute difference recorded in the manifest. The
+version folder is assembled in a temporary sibling and renamed into place, so a reader (the service's hot
+reload) never sees half an export, and an existing version is never overwritten unless forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.manifest import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    PREVIEW_FILE,
+    DatasetSpec,
+    GraphSpec,
+    ImageSpec,
+    Manifest,
+    Metrics,
+    TensorSpec,
+    latest_version,
+    sha256_file,
+    verify_model_dir,
+    write_manifest,
+)
+from training.models import VAE
+
+log = logging.getLogger(__name__)
+for _chatty in ("onnxscript", "onnx_ir"):  # the exporter logs every optimisation pass at INFO
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
+
+OPSET = 18
+PARITY_TOLERANCE = 1e-4
+PARITY_BATCHES = (1, 7)
+
+
+class ExportError(Exception):
+    """The export could not be produced or did not verify; nothing was published."""
+
+
+class EncoderGraph(nn.Module):
+    """x (B, C, H, W) -> mean, log_var (B, D). No sampling: the service draws z with its own seeded RNG."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.encode(x)
+
+
+class DecoderGraph(nn.Module):
+    """z (B, D) -> the decoder's mean image (B, C, H, W) in [0, 1]."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)
+
+
+def _export_graph(
+    module: nn.Module, example: torch.Tensor, input_name: str, outputs: list[str], path: Path
+) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    program = torch.onnx.export(
+        module,
+        (example,),
+        dynamo=True,
+        input_names=[input_name],
+        output_names=outputs,
+        dynamic_shapes={input_name: {0: batch}},
+        opset_version=OPSET,
+        external_data=False,  # weights inside the .onnx file: one file per graph, nothing to lose beside it
+        optimize=True,
+    )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+    onnx.checker.check_model(str(path), full_check=True)
+    stray = list(path.parent.glob("*.data"))
+    if stray:
+        raise ExportError(f"exporter left external data files beside the graph: {[p.name for p in stray]}")
+
+
+def _ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def check_parity(
+    vae: VAE, encoder_path: Path, decoder_path: Path, real_images: np.ndarray | None, seed: int = 0
+) -> dict[str, float]:
+    """Max |onnxruntime - torch| on random and real inputs, batch 1 and 7; ExportError past 1e-4."""
+    rng = np.random.default_rng(seed)
+    encoder, decoder = _ort_session(encoder_path), _ort_session(decoder_path)
+    c, h, w = vae.image_shape
+    worst = {"encoder": 0.0, "decoder": 0.0}
+    inputs: list[np.ndarray] = [rng.random((b, c, h, w), dtype=np.float32) for b in PARITY_BATCHES]
+    if real_images is not None and len(real_images):
+        inputs += [np.ascontiguousarray(real_images[:b], dtype=np.float32) for b in PARITY_BATCHES]
+    for x in inputs:
+        mean, log_var = encoder.run(None, {"x": x})
+        ref_mean, ref_log_var = vae.encode(torch.from_numpy(x))
+        worst["encoder"] = max(
+            worst["encoder"],
+            float(np.abs(mean - ref_mean.numpy()).max()),
+            float(np.abs(log_var - ref_log_var.numpy()).max()),
+        )
+        if mean.shape != (x.shape[0], vae.latent_dim):
+            raise ExportError(f"encoder returned shape {mean.shape} for batch {x.shape[0]}")
+    latents = [rng.standard_normal((b, vae.latent_dim), dtype=np.float32) for b in PARITY_BATCHES]
+    for z in latents:
+        (image,) = decoder.run(None, {"z": z})
+        if image.shape != (z.shape[0], c, h, w):
+            raise ExportError(f"decoder returned shape {image.shape} for batch {z.shape[0]}")
+        worst["decoder"] = max(
+            worst["decoder"], float(np.abs(image - vae.decode(torch.from_numpy(z)).numpy()).max())
+        )
+    for role, diff in worst.items():
+        if not diff <= PARITY_TOLERANCE:
+            raise ExportError(f"{role}: onnxruntime differs from PyTorch by {diff:.3g} > {PARITY_TOLERANCE}")
+    return {f"{role}_max_abs_diff": float(f"{diff:.3g}") for role, diff in worst.items()}
+
+
+def export_vae(
+    vae: VAE,
+    models_dir: Path,
+    name: str,
+    *,
+    dataset: DatasetSpec,
+    metrics: Metrics | None = None,
+    training_config: dict[str, Any] | None = None,
+    version: int | None = None,
+    real_images: np.ndarray | None = None,
+    description: str = "",
+    force: bool = False,
+) -> Path:
+    """Export, verify and publish one model version; returns its folder. version None = latest + 1."""
+    if not vae.config.variational:
+        raise ExportError("only variational models are exported: the autoencoder baseline has no posterior")
+    models_dir = Path(models_dir)
+    chosen = version if version is not None else (latest_version(models_dir, name) or 0) + 1
+    target = models_dir / name / str(chosen)
+    if target.exists() and not force:
+        raise ExportError(
+            f"{target} already exists; model versions are immutable (use --force to replace it)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    vae = vae.eval()
+    c, h, w = vae.image_shape
+    staging = Path(tempfile.mkdtemp(prefix=f".{chosen}.", dir=target.parent))
+    try:
+        enc_path, dec_path = staging / ENCODER_FILE, staging / DECODER_FILE
+        _export_graph(EncoderGraph(vae), torch.zeros(2, c, h, w), "x", ["mean", "log_var"], enc_path)
+        _export_graph(DecoderGraph(vae), torch.zeros(2, vae.latent_dim), "z", ["x"], dec_path)
+        parity = check_parity(vae, enc_path, dec_path, real_images)
+        _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE)
+        latent = ["batch", vae.latent_dim]
+        image = ["batch", c, h, w]
+        manifest = Manifest(
+            name=name,
+            version=chosen,
+            created=datetime.now(UTC),
+            description=description,
+            latent_dim=vae.latent_dim,
+            image=ImageSpec(channels=c, height=h, width=w),  # type: ignore[arg-type]
+            likelihood=vae.config.likelihood,  # type: ignore[arg-type]
+            gaussian_sigma=vae.config.gaussian_sigma if vae.config.likelihood == "gaussian" else None,
+            encoder=GraphSpec(
+                file=ENCODER_FILE,
+                sha256=sha256_file(enc_path),
+                inputs=[TensorSpec(name="x", shape=image)],  # type: ignore[arg-type]
+                outputs=[TensorSpec(name="mean", shape=latent), TensorSpec(name="log_var", shape=latent)],  # type: ignore[arg-type]
+            ),
+            decoder=GraphSpec(
+                file=DECODER_FILE,
+                sha256=sha256_file(dec_path),
+                inputs=[TensorSpec(name="z", shape=latent)],  # type: ignore[arg-type]
+                outputs=[TensorSpec(name="x", shape=image)],  # type: ignore[arg-type]
+            ),
+            training=training_config if training_config is not None else vae.config.to_dict(),
+            dataset=dataset,
+            metrics=metrics,
+            opset=OPSET,
+            exporters={
+                pkg: package_version(pkg) for pkg in ("torch", "onnx", "onnxscript", "onnxruntime-gpu")
+            },
+            parity=parity,
+        )
+        write_manifest(staging, manifest)
+        verify_model_dir(staging)
+        staging.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported %s (parity %s)", target, parity)
+    return target
+
+
+def _write_preview(decoder_path: Path, latent_dim: int, path: Path) -> None:
+    from service.imaging import encode_png, make_grid
+
+    z = np.random.default_rng(0).standard_normal((64, latent_dim), dtype=np.float32)
+    (images,) = _ort_session(decoder_path).run(None, {"z": z})
+    path.write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))

@@ -1,0 +1,119 @@
+"""VAE networks: an MLP as in pytorch/examples and a convolutional one for 28x28, 32x32 and 64x64 images.
+
+Both expose the lecture's three steps: `encode` (x -> mean, log_var of q(z|x)), `reparameterize`
+(z = mean + exp(log_var / 2) * eps) and `decode_logits` (z -> per-pixel logits; the image mean is their
+sigmoid, so it always lies in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+
+_ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def auto_conv_channels(height: int, width: int) -> tuple[int, ...]:
+    """Halve the image until its side is <= 8: 28 -> 14 -> 7, 32 -> 16 -> 8, 64 -> 32 -> 16 -> 8."""
+    channels: list[int] = []
+    h, w = height, width
+    while max(h, w) > 8 and h % 2 == 0 and w % 2 == 0:
+        channels.append(32 * 2 ** len(channels))
+        h, w = h // 2, w // 2
+    if not channels:
+        raise ValueError(f"image {height}x{width} cannot be downsampled by 2; use arch=mlp")
+    return tuple(channels)
+
+
+def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        layers += [nn.Linear(fan_in, fan_out), activation()]
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    def __init__(self, config: TrainConfig, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.config = config
+        self.image_shape = image_shape  # (C, H, W)
+        self.latent_dim = config.latent_dim
+        act = _ACTIVATIONS[config.activation]
+        c, h, w = image_shape
+        if config.arch == "mlp":
+            pixels = c * h * w
+            hidden = list(config.hidden_dims)
+            self.encoder_body: nn.Module = nn.Sequential(nn.Flatten(), _mlp([pixels, *hidden], act))
+            feature_dim = hidden[-1] if hidden else pixels
+            self.decoder_body: nn.Module = nn.Sequential(
+                _mlp([config.latent_dim, *hidden], act),
+                nn.Linear(hidden[-1] if hidden else config.latent_dim, pixels),
+                nn.Unflatten(1, image_shape),
+            )
+        else:
+            chans = list(config.conv_channels or auto_conv_channels(h, w))
+            scale = 2 ** len(chans)
+            if h % scale or w % scale:
+                raise ValueError(f"image {h}x{w} is not divisible by {scale} for conv_channels {chans}")
+            down: list[nn.Module] = []
+            for fan_in, fan_out in zip([c, *chans[:-1]], chans, strict=True):
+                down += [nn.Conv2d(fan_in, fan_out, 4, stride=2, padding=1), act()]  # halves H and W
+            flat = chans[-1] * (h // scale) * (w // scale)
+            hidden = list(config.hidden_dims)
+            self.encoder_body = nn.Sequential(*down, nn.Flatten(), _mlp([flat, *hidden], act))
+            feature_dim = hidden[-1] if hidden else flat
+            up: list[nn.Module] = []
+            rev = chans[::-1]
+            for fan_in, fan_out in zip(rev, [*rev[1:], c], strict=True):
+                up.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1))  # doubles H and W
+                up.append(act())
+            up.pop()  # the last layer emits logits
+            self.decoder_body = nn.Sequential(
+                _mlp([config.latent_dim, *hidden, flat], act),
+                nn.Unflatten(1, (chans[-1], h // scale, w // scale)),
+                *up,
+            )
+        self.to_mean = nn.Linear(feature_dim, config.latent_dim)
+        self.to_log_var = nn.Linear(feature_dim, config.latent_dim)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder_body(x)  # (B, F)
+        return self.to_mean(features), self.to_log_var(features)  # (B, D), (B, D)
+
+    @staticmethod
+    def reparameterize(
+        mean: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * log_var) * eps
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder_body(z)  # (B, C, H, W)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean image in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_var = self.encode(x)
+        z = self.reparameterize(mean, log_var, generator) if self.config.variational else mean
+        return self.decode_logits(z), mean, log_var, z
+
+
+def build_model(config: TrainConfig, image_shape: tuple[int, int, int]) -> VAE:
+    return VAE(config, image_shape)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def image_pixels(image_shape: tuple[int, int, int]) -> int:
+    return math.prod(image_shape)

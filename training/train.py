@@ -1,0 +1,229 @@
+"""The training loop: Adam on the (beta-weighted) negative ELBO or the IWAE bound, per-epoch test evaluation,
+checkpoints that carry their config, resume, and a run folder with metrics.jsonl, config.json and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from training.config import TrainConfig
+from training.data import ImageDataset, binarize_once, iterate_batches, load_dataset, to_float
+from training.evaluate import evaluate
+from training.losses import training_loss
+from training.models import VAE, build_model, count_parameters
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+METRICS_LOG = "metrics.jsonl"
+# With --binarize the test set is binarized once with this seed, so every run is scored on the same bits.
+TEST_BINARIZE_SEED = 0
+
+
+@dataclass
+class TrainResult:
+    model: VAE
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def test_tensor(dataset: ImageDataset, config: TrainConfig) -> torch.Tensor:
+    x = to_float(dataset.x_test)
+    return binarize_once(x, TEST_BINARIZE_SEED) if config.binarize else x
+
+
+def save_checkpoint(path: Path, model: VAE, config: TrainConfig, **extra: Any) -> None:
+    payload = {
+        "config": config.to_dict(),
+        "image_shape": list(model.image_shape),
+        "model": model.state_dict(),
+        **extra,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never corrupts the previous checkpoint
+
+
+def load_checkpoint(path: Path) -> tuple[VAE, dict[str, Any]]:
+    """The model rebuilt from the config stored beside its weights, in eval mode, plus the raw payload."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (
+        Exception
+    ) as exc:  # torch raises many types for corrupt files; one clear message is what users need
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    config = TrainConfig.from_dict(payload["config"])
+    model = build_model(config, tuple(payload["image_shape"]))  # type: ignore[arg-type]
+    model.load_state_dict(payload["model"])
+    model.eval()
+    return model, payload
+
+
+def _beta_at(config: TrainConfig, epoch_progress: float) -> float:
+    if config.kl_warmup_epochs <= 0:
+        return config.beta
+    return config.beta * min(1.0, epoch_progress / config.kl_warmup_epochs)
+
+
+def _lr_at(config: TrainConfig, epoch_progress: float) -> float:
+    if config.lr_schedule == "none":
+        return config.lr
+    t = min(1.0, epoch_progress / config.epochs)
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * t))
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    dataset: ImageDataset | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    config.validated()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.data_dir, config.image_size, config.channels)
+    dataset = dataset.limited(config.train_limit, config.test_limit)
+    x_train, x_test = to_float(dataset.x_train), test_tensor(dataset, config)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config, dataset.image_shape)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 1, math.inf
+    last_path = run_dir / LAST_CHECKPOINT
+    if resume and last_path.is_file():
+        model, payload = load_checkpoint(last_path)
+        if TrainConfig.from_dict(payload["config"]) != config:
+            raise ValueError(f"{last_path} was trained with a different config; resume with the same options")
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        optimizer.load_state_dict(payload["optimizer"])
+        generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        start_epoch, best, history = payload["epoch"] + 1, payload["best"], json.loads(payload["history"])
+        log.info("resumed %s at epoch %d", last_path, start_epoch)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    log.info(
+        "%s VAE, %d parameters, %d train / %d test images of %s",
+        config.arch,
+        count_parameters(model),
+        len(x_train),
+        len(x_test),
+        dataset.image_shape,
+    )
+
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    began = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs + 1):
+        model.train()
+        sums = {"neg_elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
+        seen, tic = 0, time.perf_counter()
+        batches = iterate_batches(x_train, config.batch_size, True, generator, config.binarize)
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+            mininterval=0.5,
+        )
+        for step, batch in enumerate(bar):
+            position = epoch - 1 + step / steps_per_epoch
+            beta = _beta_at(config, position)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(config, position)
+            loss, terms = training_loss(model, batch, beta, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            for key in sums:
+                sums[key] += float(terms[key].sum())
+            seen += batch.shape[0]
+            if step % 20 == 0:
+                rate = seen / max(time.perf_counter() - tic, 1e-9)
+                bar.set_postfix(
+                    loss=f"{sums['neg_elbo'] / seen:.2f}",
+                    kl=f"{sums['kl'] / seen:.2f}",
+                    recon=f"{sums['reconstruction'] / seen:.2f}",
+                    samples_s=f"{rate:.0f}",
+                )
+        seconds = time.perf_counter() - tic
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train": {key: round(value / seen, 4) for key, value in sums.items()},
+            "seconds": round(seconds, 3),
+            "samples_per_second": round(seen / seconds, 1),
+            "beta": beta,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            row["test"] = evaluate(model, x_test, config.eval_batch_size, seed=config.seed)
+        history.append(row)
+        with (run_dir / METRICS_LOG).open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        test_msg = f" test -ELBO {row['test']['neg_elbo']:.2f}" if "test" in row else ""
+        log.info(
+            "epoch %d: train -ELBO %.2f%s (%.1fs, %.0f samples/s)",
+            epoch,
+            row["train"]["neg_elbo"],
+            test_msg,
+            seconds,
+            row["samples_per_second"],
+        )
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: train -ELBO {row['train']['neg_elbo']:.2f}{test_msg} "
+                f"({seconds:.1f}s, {row['samples_per_second']:.0f} samples/s)"
+            )
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "history": json.dumps(history),
+        }
+        if "test" in row and row["test"]["neg_elbo"] < best:
+            best = row["test"]["neg_elbo"]
+            save_checkpoint(run_dir / BEST_CHECKPOINT, model, config, best=best, **state)
+        save_checkpoint(last_path, model, config, best=best, **state)
+
+    result = TrainResult(model=model, run_dir=run_dir, history=history, seconds=time.perf_counter() - began)
+    model.eval()
+    result.final = evaluate(model, x_test, config.eval_batch_size, iwae_k=config.eval_k, seed=config.seed)
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "final_test": result.final,
+                "dataset": dataset.source,
+                "train_seconds": round(result.seconds, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    from training.plots import plot_loss_curves, save_run_pictures
+
+    if history:
+        plot_loss_curves(history, run_dir / "loss_curves.png")
+    save_run_pictures(model, x_test, run_dir, seed=config.seed)
+    return result
