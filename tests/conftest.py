@@ -51,7 +51,7 @@ def _train_and_export(
     from service.manifest import DatasetSpec, Metrics
     from training.config import TrainConfig
     from training.export import export_vae
-    from training.train import test_tensor, train
+    from training.train import eval_tensor, train
 
     config = TrainConfig(
         latent_dim=latent_dim,
@@ -75,7 +75,7 @@ def _train_and_export(
         measured_with="tests/conftest.py",
     )
     dataset = DatasetSpec(name="mnist", source=mnist.source, train_examples=6000, test_examples=500)
-    real = test_tensor(mnist.limited(0, 16), config).numpy()
+    real = eval_tensor(mnist.limited(0, 16), config).numpy()
     return export_vae(result.model, models_dir, name, dataset=dataset, metrics=metrics, real_images=real)
 
 

@@ -93,12 +93,12 @@ def _measure(
     checkpoint: str, data_dir: str | None, k: int, limit: int = 0
 ) -> tuple[Any, Any, dict[str, Any]]:
     from training.evaluate import evaluate
-    from training.train import load_checkpoint, test_tensor
+    from training.train import load_checkpoint, eval_tensor
 
     model, _ = load_checkpoint(Path(checkpoint))
     dataset = _load_eval_data(model.config, data_dir, limit)
     tic = time.perf_counter()
-    result = evaluate(model, test_tensor(dataset, model.config), iwae_k=k)
+    result = evaluate(model, eval_tensor(dataset, model.config), iwae_k=k)
     result["seconds"] = round(time.perf_counter() - tic, 1)
     return model, dataset, result
 
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from service.manifest import DatasetSpec, Metrics
         from training.export import export_vae
-        from training.train import test_tensor
+        from training.train import eval_tensor
 
         model, dataset, result = _measure(args.checkpoint, args.data_dir, args.k)
         config = model.config
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             train_examples=len(dataset.x_train),
             test_examples=len(dataset.x_test),
         )
-        real = test_tensor(dataset, config)[:16].numpy()
+        real = eval_tensor(dataset, config)[:16].numpy()
         target = export_vae(
             model,
             Path(args.models_dir),

@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def test_tensor(dataset: ImageDataset, config: TrainConfig) -> torch.Tensor:
+def eval_tensor(dataset: ImageDataset, config: TrainConfig) -> torch.Tensor:
     x = to_float(dataset.x_test)
     return binarize_once(x, TEST_BINARIZE_SEED) if config.binarize else x
 
@@ -101,7 +101,7 @@ def train(
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, config.image_size, config.channels)
     dataset = dataset.limited(config.train_limit, config.test_limit)
-    x_train, x_test = to_float(dataset.x_train), test_tensor(dataset, config)
+    x_train, x_test = to_float(dataset.x_train), eval_tensor(dataset, config)
 
     torch.manual_seed(config.seed)
     model = build_model(config, dataset.image_shape)
@@ -112,7 +112,8 @@ def train(
     last_path = run_dir / LAST_CHECKPOINT
     if resume and last_path.is_file():
         model, payload = load_checkpoint(last_path)
-        if TrainConfig.from_dict(payload["config"]) != config:
+        saved = TrainConfig.from_dict(payload["config"])
+        if replace(saved, epochs=config.epochs) != config:  # only the epoch budget may change on resume
             raise ValueError(f"{last_path} was trained with a different config; resume with the same options")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         optimizer.load_state_dict(payload["optimizer"])
