@@ -93,7 +93,7 @@ def _measure(
     checkpoint: str, data_dir: str | None, k: int, limit: int = 0
 ) -> tuple[Any, Any, dict[str, Any]]:
     from training.evaluate import evaluate
-    from training.train import load_checkpoint, eval_tensor
+    from training.train import eval_tensor, load_checkpoint
 
     model, _ = load_checkpoint(Path(checkpoint))
     dataset = _load_eval_data(model.config, data_dir, limit)

@@ -79,7 +79,7 @@ def test_missing_and_corrupt_mnist_cache_say_how_to_fix(tmp_path, data_dir):
     with pytest.raises(DataError, match="make data"):
         data.load_mnist(tmp_path, download=False)
     (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(DataError, match="corrupt.*make data"):
+    with pytest.raises(DataError, match=r"corrupt.*make data"):
         data.load_mnist(tmp_path)
 
 

@@ -1,4 +1,4 @@
-"""ONNX export: parity with PyTorch, the manifest round trip, tamper detection, dynamic batch, immutability."""
+"""ONNX export: parity with PyTorch, manifest round trip, tamper detection, dynamic batch, immutability."""
 
 import json
 import shutil

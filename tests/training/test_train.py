@@ -10,7 +10,7 @@ from PIL import Image
 
 from training.config import TrainConfig
 from training.evaluate import evaluate
-from training.train import LAST_CHECKPOINT, load_checkpoint, eval_tensor, train
+from training.train import LAST_CHECKPOINT, eval_tensor, load_checkpoint, train
 
 
 def test_test_loss_goes_down_and_run_folder_is_complete(trained_small):
