@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE bound (0 = skip)")
     ev.add_argument("--data-dir", help="override the data directory stored in the checkpoint")
     ev.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
+    ev.add_argument(
+        "--device", default="auto", help="cpu | cuda | auto (IWAE with large k is much faster on a GPU)"
+    )
 
     ex = sub.add_parser("export", help="export a checkpoint to models/<name>/<version> (ONNX + manifest)")
     ex.add_argument("--checkpoint", required=True)
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--k", type=int, default=1000, help="IWAE samples for the recorded test NLL (0 = skip)")
     ex.add_argument("--data-dir", help="override the data directory stored in the checkpoint")
     ex.add_argument("--description", default="")
+    ex.add_argument("--device", default="auto", help="device for the evaluation recorded in the manifest")
     return parser
 
 
@@ -90,17 +94,27 @@ def _load_eval_data(config: TrainConfig, data_dir: str | None, limit: int = 0) -
 
 
 def _measure(
-    checkpoint: str, data_dir: str | None, k: int, limit: int = 0
+    checkpoint: str, data_dir: str | None, k: int, limit: int = 0, device: str = "auto"
 ) -> tuple[Any, Any, dict[str, Any]]:
     from training.evaluate import evaluate
     from training.train import eval_tensor, load_checkpoint
 
     model, _ = load_checkpoint(Path(checkpoint))
     dataset = _load_eval_data(model.config, data_dir, limit)
+    target = torch_device(device)
     tic = time.perf_counter()
-    result = evaluate(model, eval_tensor(dataset, model.config), iwae_k=k)
+    result = evaluate(model.to(target), eval_tensor(dataset, model.config).to(target), iwae_k=k)
     result["seconds"] = round(time.perf_counter() - tic, 1)
-    return model, dataset, result
+    result["device"] = target
+    return model.cpu(), dataset, result
+
+
+def torch_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,14 +140,14 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     elif args.command == "eval":
-        _, _, result = _measure(args.checkpoint, args.data_dir, args.k, args.limit)
+        _, _, result = _measure(args.checkpoint, args.data_dir, args.k, args.limit, args.device)
         print(json.dumps(result, indent=2))
     elif args.command == "export":
         from service.manifest import DatasetSpec, Metrics
         from training.export import export_vae
         from training.train import eval_tensor
 
-        model, dataset, result = _measure(args.checkpoint, args.data_dir, args.k)
+        model, dataset, result = _measure(args.checkpoint, args.data_dir, args.k, device=args.device)
         config = model.config
         metrics = Metrics(
             split="test",
@@ -145,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             iwae_nll=result.get("iwae_nll"),
             iwae_k=result.get("iwae_k"),
             active_units=result["active_units"],
-            measured_with="training.evaluate (python -m training eval)",
+            measured_with=f"python -m training eval on {result['device']} in {result['seconds']}s",
         )
         spec = DatasetSpec(
             name=dataset.name,

@@ -48,6 +48,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # >0: clip the gradient norm (guards deep/IWAE models against rare spikes)
     seed: int = 1  # pytorch/examples' default; fixes init, shuffling, noise and binarization
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores)
+    device: str = "cpu"  # cpu | cuda | auto (cuda when available); results agree up to float noise
 
     # --- evaluation ---
     eval_every: int = 1  # evaluate on the test set every N epochs (the last epoch is always evaluated)
@@ -69,6 +70,13 @@ class TrainConfig:
                 values[key] = tuple(values[key])
         return cls(**values).validated()
 
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def validated(self) -> TrainConfig:
         choices = {
             "dataset": ("mnist", "idx", "folder"),
@@ -89,6 +97,8 @@ class TrainConfig:
             raise ValueError("lr and gaussian_sigma must be > 0 and beta >= 0")
         if self.objective == "iwae" and not self.variational:
             raise ValueError("the iwae objective needs a variational model")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError("device must be cpu, cuda or auto")
         if self.channels not in (1, 3):
             raise ValueError("channels must be 1 or 3")
         return self

@@ -298,7 +298,7 @@ def iterate_batches(
 ) -> Iterator[torch.Tensor]:
     """Slices of a float tensor already in memory; with `binarize`, each batch is a fresh Bernoulli draw."""
     n = x.shape[0]
-    order = torch.randperm(n, generator=generator) if shuffle else None
+    order = torch.randperm(n, generator=generator, device=x.device) if shuffle else None
     for start in range(0, n, batch_size):
         batch = x[order[start : start + batch_size]] if order is not None else x[start : start + batch_size]
         yield torch.bernoulli(batch, generator=generator) if binarize else batch

@@ -32,7 +32,7 @@ def evaluate(
     """Averages per image over `x` (float, already binarized if the protocol says so), in nats."""
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
     totals = {"neg_elbo": 0.0, "reconstruction": 0.0, "kl": 0.0, "mse": 0.0, "iwae": 0.0}
     means = []
     # IWAE batches shrink so that batch * chunk decoded images stay around 50k at a time.
@@ -49,7 +49,7 @@ def evaluate(
                 totals["iwae"] += float(iwae_bound(model, sub, iwae_k, iwae_chunk, generator).sum())
     n = x.shape[0]
     all_means = torch.cat(means)
-    activity = all_means.var(dim=0, unbiased=False) if n > 1 else torch.zeros(all_means.shape[1])
+    activity = all_means.var(dim=0, unbiased=False) if n > 1 else torch.zeros_like(all_means[0])
     model.train(was_training)
     result: dict[str, Any] = {
         "examples": n,

@@ -101,19 +101,22 @@ def train(
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, config.image_size, config.channels)
     dataset = dataset.limited(config.train_limit, config.test_limit)
-    x_train, x_test = to_float(dataset.x_train), eval_tensor(dataset, config)
+    device = torch.device(config.torch_device())
+    x_train, x_test = to_float(dataset.x_train).to(device), eval_tensor(dataset, config).to(device)
 
     torch.manual_seed(config.seed)
-    model = build_model(config, dataset.image_shape)
+    model = build_model(config, dataset.image_shape).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, math.inf
     last_path = run_dir / LAST_CHECKPOINT
     if resume and last_path.is_file():
         model, payload = load_checkpoint(last_path)
+        model = model.to(device)
         saved = TrainConfig.from_dict(payload["config"])
-        if replace(saved, epochs=config.epochs) != config:  # only the epoch budget may change on resume
+        # Only the epoch budget and the device may change on resume.
+        if replace(saved, epochs=config.epochs, device=config.device) != config:
             raise ValueError(f"{last_path} was trained with a different config; resume with the same options")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         optimizer.load_state_dict(payload["optimizer"])
@@ -226,5 +229,5 @@ def train(
 
     if history:
         plot_loss_curves(history, run_dir / "loss_curves.png")
-    save_run_pictures(model, x_test, run_dir, seed=config.seed)
+    save_run_pictures(model.cpu(), x_test.cpu(), run_dir, seed=config.seed)
     return result
