@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    train.add_argument("--distributed", action="store_true", help="one replica of a torchrun launch (DDP)")
     _add_config_flags(train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on its test set (ELBO, IWAE bound, active units)")
@@ -128,7 +129,13 @@ def run(args: argparse.Namespace) -> int:
         from training.train import train
 
         config = _config_from_args(args)
-        result = train(config, Path(args.run_dir), resume=args.resume, progress=not args.no_progress)
+        result = train(
+            config,
+            Path(args.run_dir),
+            resume=args.resume,
+            progress=not args.no_progress,
+            distributed=args.distributed,
+        )
         print(
             json.dumps(
                 {

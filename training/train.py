@@ -17,8 +17,10 @@ from tqdm import tqdm
 
 from training.config import TrainConfig
 from training.data import ImageDataset, binarize_once, iterate_batches, load_dataset, to_float
+from training.distributed import Replica, all_sum, device_for, wrap
+from training.distributed import start as distributed_start
+from training.distributed import stop as distributed_stop
 from training.evaluate import evaluate
-from training.losses import training_loss
 from training.models import VAE, build_model, count_parameters
 
 log = logging.getLogger(__name__)
@@ -92,22 +94,45 @@ def train(
     dataset: ImageDataset | None = None,
     resume: bool = False,
     progress: bool = True,
+    distributed: bool = False,
 ) -> TrainResult:
+    """Train `config` into `run_dir`; with `distributed`, this process is one torchrun replica."""
     config.validated()
-    run_dir = Path(run_dir)
+    replica = distributed_start(config.torch_device()) if distributed else Replica()
+    try:
+        return _train(config, Path(run_dir), dataset, resume, progress and replica.is_main, replica)
+    finally:
+        if distributed:
+            distributed_stop()
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    dataset: ImageDataset | None,
+    resume: bool,
+    progress: bool,
+    replica: Replica,
+) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, config.image_size, config.channels)
     dataset = dataset.limited(config.train_limit, config.test_limit)
-    device = torch.device(config.torch_device())
+    device = device_for(replica, config.torch_device())
     x_train, x_test = to_float(dataset.x_train).to(device), eval_tensor(dataset, config).to(device)
 
     torch.manual_seed(config.seed)
     model = build_model(config, dataset.image_shape).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)  # shuffling and binarization
+    # Posterior noise: the shared generator on one process (as in earlier runs), one per replica otherwise.
+    noise = (
+        generator
+        if replica.world == 1
+        else torch.Generator(device=device).manual_seed(config.seed + replica.rank)
+    )
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, math.inf
     last_path = run_dir / LAST_CHECKPOINT
@@ -124,7 +149,9 @@ def train(
         torch.set_rng_state(payload["torch_rng"])
         start_epoch, best, history = payload["epoch"] + 1, payload["best"], json.loads(payload["history"])
         log.info("resumed %s at epoch %d", last_path, start_epoch)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    step_module = wrap(model, replica)
+    if replica.is_main:
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     log.info(
         "%s VAE, %d parameters, %d train / %d test images of %s",
         config.arch,
@@ -149,12 +176,13 @@ def train(
             leave=False,
             mininterval=0.5,
         )
-        for step, batch in enumerate(bar):
+        for step, global_batch in enumerate(bar):
+            batch = replica.shard(global_batch)
             position = epoch - 1 + step / steps_per_epoch
             beta = _beta_at(config, position)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, position)
-            loss, terms = training_loss(model, batch, beta, generator)
+            loss, terms = step_module(batch, beta, noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -172,6 +200,10 @@ def train(
                     samples_s=f"{rate:.0f}",
                 )
         seconds = time.perf_counter() - tic
+        *totals, seen_all = all_sum([*sums.values(), float(seen)], replica, device)
+        sums, seen = dict(zip(sums, totals, strict=True)), int(seen_all)
+        if not replica.is_main:
+            continue
         row: dict[str, Any] = {
             "epoch": epoch,
             "train": {key: round(value / seen, 4) for key, value in sums.items()},
@@ -213,6 +245,8 @@ def train(
 
     result = TrainResult(model=model, run_dir=run_dir, history=history, seconds=time.perf_counter() - began)
     model.eval()
+    if not replica.is_main:
+        return result
     result.final = evaluate(model, x_test, config.eval_batch_size, iwae_k=config.eval_k, seed=config.seed)
     (run_dir / "summary.json").write_text(
         json.dumps(
