@@ -81,24 +81,52 @@ def test_two_dimensional_latent_writes_the_manifold(mnist, tmp_path):
     assert result.final["examples"] == 50
 
 
-def test_gaussian_likelihood_on_rgb_images(tmp_path):
-    from training.data import ImageDataset
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """40 crops of a real RGB photograph (Grace Hopper, shipped with matplotlib) as JPEG and PNG."""
+    import matplotlib
 
+    photo = Image.open(f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg").convert("RGB")
+    folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 255, (40, 3, 32, 32), dtype=np.uint8)
-    ds = ImageDataset("rgb", "synthetic", x[:32], np.full(32, -1), x[32:], np.full(8, -1))
+    for i in range(40):
+        side = int(rng.integers(96, 200))
+        left, top = int(rng.integers(0, photo.width - side)), int(rng.integers(0, photo.height - side))
+        crop = photo.crop((left, top, left + side, top + side))
+        crop.save(folder / (f"crop{i}.jpg" if i % 2 else f"crop{i}.png"))
+    return folder
+
+
+def test_gaussian_rgb_vae_on_real_photos_trains_and_exports(photo_folder, tmp_path):
+    from service.manifest import DatasetSpec, verify_model_dir
+    from training.export import export_vae
+
     config = TrainConfig(
+        dataset="folder",
+        data_dir=str(photo_folder),
+        image_size=32,
+        channels=3,
         arch="conv",
         likelihood="gaussian",
-        gaussian_sigma=0.2,
-        latent_dim=4,
-        hidden_dims=(16,),
-        epochs=1,
-        batch_size=16,
+        gaussian_sigma=0.1,
+        latent_dim=8,
+        hidden_dims=(64,),
+        epochs=6,
+        batch_size=8,
+        lr=2e-3,
     )
-    result = train(config, tmp_path, dataset=ds, progress=False)
+    result = train(config, tmp_path / "run", progress=False)
     assert result.model.image_shape == (3, 32, 32)
-    assert np.isfinite(result.final["neg_elbo"])
+    train_losses = [row["train"]["neg_elbo"] for row in result.history]
+    assert train_losses[-1] < train_losses[0]
+    spec = DatasetSpec(name="photos", source=str(photo_folder), train_examples=36, test_examples=4)
+    version = export_vae(result.model, tmp_path / "models", "photos", dataset=spec)
+    manifest = verify_model_dir(version)
+    assert (
+        manifest.image.channels == 3 and manifest.likelihood == "gaussian" and manifest.gaussian_sigma == 0.1
+    )
+    samples = Image.open(tmp_path / "run" / "samples.png")
+    assert samples.mode == "RGB"
 
 
 def test_kl_warmup_and_cosine_schedule(mnist, tmp_path):
