@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data-dir", help="override the data directory stored in the checkpoint")
     ex.add_argument("--description", default="")
     ex.add_argument("--device", default="auto", help="device for the evaluation recorded in the manifest")
+    ex.add_argument(
+        "--metrics", help="JSON printed by `python -m training eval` for this checkpoint (skips evaluation)"
+    )
     return parser
 
 
@@ -154,7 +157,19 @@ def run(args: argparse.Namespace) -> int:
         from training.export import export_vae
         from training.train import eval_tensor
 
-        model, dataset, result = _measure(args.checkpoint, args.data_dir, args.k, device=args.device)
+        if args.metrics:
+            # An evaluation already run (`python -m training eval ... > FILE`, e.g. k=5000 on a GPU host).
+            from training.train import load_checkpoint
+
+            model, _ = load_checkpoint(Path(args.checkpoint))
+            dataset = _load_eval_data(model.config, args.data_dir)
+            result = json.loads(Path(args.metrics).read_text())
+            if result.get("examples") != len(dataset.x_test):
+                raise ValueError(
+                    f"{args.metrics} covers {result.get('examples')} test images, not {len(dataset.x_test)}"
+                )
+        else:
+            model, dataset, result = _measure(args.checkpoint, args.data_dir, args.k, device=args.device)
         config = model.config
         metrics = Metrics(
             split="test",
