@@ -94,7 +94,9 @@ def image_to_uint8(arr: np.ndarray, pixel_range: tuple[float, float] = (0.0, 1.0
     return out[0] if out.shape[0] == 1 else out.transpose(1, 2, 0)
 
 
-def encode_png(arr: np.ndarray, pixel_range: tuple[float, float] = (0.0, 1.0), compress_level: int = 1) -> bytes:
+def encode_png(
+    arr: np.ndarray, pixel_range: tuple[float, float] = (0.0, 1.0), compress_level: int = 1
+) -> bytes:
     """(C, H, W) float -> PNG bytes. Level 1: small model outputs compress nearly as well, far faster."""
     buf = io.BytesIO()
     Image.fromarray(image_to_uint8(arr, pixel_range)).save(buf, format="PNG", compress_level=compress_level)

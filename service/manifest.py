@@ -20,7 +20,7 @@ MANIFEST_FILE = "model.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 PREVIEW_FILE = "preview.png"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
@@ -117,7 +117,9 @@ class Manifest(_Strict):
             graph: GraphSpec = getattr(self, role)
             got = ([t.shape for t in graph.inputs], [t.shape for t in graph.outputs])
             if got != (ins, outs):
-                raise ManifestError(f"{role} tensor shapes {got} disagree with latent_dim/image {(ins, outs)}")
+                raise ManifestError(
+                    f"{role} tensor shapes {got} disagree with latent_dim/image {(ins, outs)}"
+                )
 
 
 def sha256_file(path: Path) -> str:

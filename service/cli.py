@@ -1,0 +1,71 @@
+"""`vae-serve`: run the service under uvicorn.
+
+Flags override `VAE_*` environment variables, which override the defaults in `service.config.Settings`. The
+settings reach the app through the environment, so every worker process (`--workers N`) reads the same ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="vae-serve", description="Serve ONNX-exported VAEs over HTTP (settings: VAE_* variables)."
+    )
+    parser.add_argument("--host", help="bind address (VAE_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (VAE_PORT, default 8000)")
+    parser.add_argument("--models-dir", help="models/ folder (VAE_MODELS_DIR, default models)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--provider", choices=["auto", "cuda", "cpu"], help="execution provider (VAE_PROVIDER)"
+    )
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log threshold (VAE_LOG_LEVEL)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides = {
+        "VAE_HOST": args.host,
+        "VAE_PORT": args.port,
+        "VAE_MODELS_DIR": args.models_dir,
+        "VAE_PROVIDER": args.provider,
+        "VAE_LOG_LEVEL": args.log_level,
+    }
+    os.environ.update({key: str(value) for key, value in overrides.items() if value is not None})
+    try:
+        settings = Settings()  # validate once here, so a bad setting fails before any worker starts
+    except ValidationError as exc:
+        sys.exit(f"vae-serve: invalid settings:\n{exc}")
+    if args.workers < 1:
+        sys.exit("vae-serve: --workers must be at least 1")
+
+    import uvicorn
+
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        log_config=None,  # keep our handlers (plain or JSON, with request ids)
+        access_log=False,  # service.middleware logs each request with its id
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        proxy_headers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

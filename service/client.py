@@ -1,0 +1,386 @@
+"""A small typed client for the VAE service, sync (`VAEClient`) and async (`AsyncVAEClient`), on httpx.
+
+    with VAEClient("http://127.0.0.1:8000") as vae:
+        emb = vae.encode_npy([open("digit.png", "rb").read()])       # (1, D) float32 posterior means
+        images = vae.decode(emb)                                      # (1, C, H, W) float32 in [0, 1]
+        sample = vae.sample(16, seed=7)                               # PNGs, latents and the seed
+
+Latents travel as `.npy` where the service accepts it (exact float32, no JSON parsing on either side).
+Any 4xx/5xx answer raises `VAEServiceError` carrying the status, the service's `error_type` and message.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from service.imaging import encode_png
+
+NPY = "application/x-npy"
+ImageInput = bytes | np.ndarray
+
+
+class VAEServiceError(Exception):
+    def __init__(self, status: int, error_type: str, message: str, request_id: str | None = None):
+        super().__init__(f"{status} {error_type}: {message}")
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    model: str
+    version: int
+    mean: np.ndarray  # (N, D)
+    log_var: np.ndarray  # (N, D)
+    z: np.ndarray | None = None  # (N, D) when sampled
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    model: str
+    version: int
+    images: list[bytes]  # PNGs
+    latents: np.ndarray  # (N, D)
+    seed: int
+
+
+@dataclass(frozen=True)
+class ReconstructResult:
+    model: str
+    version: int
+    images: list[bytes]  # PNG reconstructions
+    scores: np.ndarray  # (N,) negative ELBO, nats
+    mse: np.ndarray  # (N,)
+    mean: np.ndarray  # (N, D)
+    log_var: np.ndarray  # (N, D)
+
+
+@dataclass(frozen=True)
+class InterpolateResult:
+    model: str
+    version: int
+    method: str
+    images: list[bytes]  # PNGs along the path
+    latents: np.ndarray  # (steps, D)
+
+
+def png_to_array(png: bytes) -> np.ndarray:
+    """PNG bytes -> float32 (C, H, W) in [0, 1]."""
+    with Image.open(io.BytesIO(png)) as img:
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _image_bytes(image: ImageInput) -> bytes:
+    """Bytes pass through (PNG/JPEG); arrays: (C, H, W) or (H, W) floats in [0, 1], or uint8 for Pillow."""
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        return buf.getvalue()
+    return encode_png(arr[None] if arr.ndim == 2 else arr)
+
+
+def _files(images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [
+        ("files", (f"image{i}.png", _image_bytes(img), "application/octet-stream"))
+        for i, img in enumerate(images)
+    ]
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _form(**fields: Any) -> dict[str, str]:
+    out = {}
+    for key, value in fields.items():
+        if value is not None:
+            out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def _arr(value: Any) -> np.ndarray:
+    return np.asarray(value, dtype=np.float32)
+
+
+def _b64s(values: list[str]) -> list[bytes]:
+    return [base64.b64decode(v) for v in values]
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    path: str
+    kwargs: dict[str, Any]
+
+
+class _Calls:
+    """Request building and response parsing, shared by the sync and async clients."""
+
+    @staticmethod
+    def check(resp: httpx.Response) -> httpx.Response:
+        if resp.status_code < 400:
+            return resp
+        try:
+            body = resp.json()
+            error_type, message = str(body.get("error_type", "unknown")), str(body.get("error", resp.text))
+        except ValueError:
+            error_type, message = "unknown", resp.text[:500]
+        raise VAEServiceError(resp.status_code, error_type, message, resp.headers.get("x-request-id"))
+
+    @staticmethod
+    def encode(images: Sequence[ImageInput], model: str | None, sample: bool, seed: int | None) -> _Call:
+        data = _form(model=model, sample=sample, seed=seed)
+        return _Call("POST", "/v1/encode", {"files": _files(images), "data": data})
+
+    @staticmethod
+    def parse_encode(resp: httpx.Response) -> EncodeResult:
+        b = resp.json()
+        z = _arr(b["z"]) if b.get("z") is not None else None
+        return EncodeResult(b["model"], b["version"], _arr(b["mean"]), _arr(b["log_var"]), z, b.get("seed"))
+
+    @staticmethod
+    def encode_npy(images: Sequence[ImageInput], model: str | None, output: str) -> _Call:
+        return _Call(
+            "POST",
+            "/v1/encode",
+            {"files": _files(images), "data": _form(model=model), "params": {"output": output},
+             "headers": {"accept": NPY}},
+        )  # fmt: skip
+
+    @staticmethod
+    def decode(latents: np.ndarray, model: str | None) -> _Call:
+        params = {"model": model} if model else {}
+        headers = {"content-type": NPY, "accept": NPY}
+        return _Call("POST", "/v1/decode", {"content": _npy(latents), "params": params, "headers": headers})
+
+    @staticmethod
+    def parse_npy(resp: httpx.Response) -> np.ndarray:
+        arr: np.ndarray = np.load(io.BytesIO(resp.content), allow_pickle=False)
+        return arr
+
+    @staticmethod
+    def sample(n: int, model: str | None, seed: int | None, temperature: float) -> _Call:
+        body = {"n": n, "model": model, "seed": seed, "temperature": temperature}
+        return _Call("POST", "/v1/sample", {"json": {k: v for k, v in body.items() if v is not None}})
+
+    @staticmethod
+    def parse_sample(resp: httpx.Response) -> SampleResult:
+        b = resp.json()
+        return SampleResult(b["model"], b["version"], _b64s(b["images"]), _arr(b["latents"]), b["seed"])
+
+    @staticmethod
+    def reconstruct(images: Sequence[ImageInput], model: str | None) -> _Call:
+        return _Call("POST", "/v1/reconstruct", {"files": _files(images), "data": _form(model=model)})
+
+    @staticmethod
+    def parse_reconstruct(resp: httpx.Response) -> ReconstructResult:
+        b = resp.json()
+        return ReconstructResult(
+            b["model"], b["version"], _b64s(b["images"]), _arr(b["scores"]), _arr(b["mse"]), _arr(b["mean"]),
+            _arr(b["log_var"]),
+        )  # fmt: skip
+
+    @staticmethod
+    def interpolate(
+        images: Sequence[ImageInput] | None,
+        latents: np.ndarray | None,
+        steps: int,
+        method: str,
+        model: str | None,
+    ) -> _Call:
+        if (images is None) == (latents is None):
+            raise ValueError("give either two images or two latents")
+        if latents is not None:
+            body = {"latents": _arr(latents).tolist(), "steps": steps, "method": method, "model": model}
+            return _Call(
+                "POST", "/v1/interpolate", {"json": {k: v for k, v in body.items() if v is not None}}
+            )
+        assert images is not None
+        data = _form(steps=steps, method=method, model=model)
+        return _Call("POST", "/v1/interpolate", {"files": _files(images), "data": data})
+
+    @staticmethod
+    def parse_interpolate(resp: httpx.Response) -> InterpolateResult:
+        b = resp.json()
+        return InterpolateResult(
+            b["model"], b["version"], b["method"], _b64s(b["images"]), _arr(b["latents"])
+        )
+
+    @staticmethod
+    def manifold(model: str | None, size: int) -> _Call:
+        params: dict[str, Any] = {"size": size, **({"model": model} if model else {})}
+        return _Call("GET", "/v1/manifold", {"params": params, "headers": {"accept": "image/png"}})
+
+
+Method = Literal["lerp", "slerp"]
+
+
+class VAEClient:
+    """Blocking client. `api_key` is sent as a bearer token; extra keyword arguments go to httpx.Client."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0, **kwargs: Any):
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, **kwargs)
+
+    def __enter__(self) -> VAEClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: _Call) -> httpx.Response:
+        return _Calls.check(self._http.request(call.method, call.path, **call.kwargs))
+
+    def health(self) -> bool:
+        return self._http.get("/healthz").status_code == 200
+
+    def ready(self) -> bool:
+        return self._http.get("/readyz").status_code == 200
+
+    def models(self) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(_Call("GET", "/v1/models", {})).json()
+        return body
+
+    def model(self, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(_Call("GET", f"/v1/models/{name}", {})).json()
+        return body
+
+    def encode(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        sample: bool = False,
+        seed: int | None = None,
+    ) -> EncodeResult:
+        return _Calls.parse_encode(self._send(_Calls.encode(images, model, sample, seed)))
+
+    def encode_npy(
+        self, images: Sequence[ImageInput], *, model: str | None = None, output: str = "mean"
+    ) -> np.ndarray:
+        return _Calls.parse_npy(self._send(_Calls.encode_npy(images, model, output)))
+
+    def decode(self, latents: np.ndarray, *, model: str | None = None) -> np.ndarray:
+        """(N, D) latents -> float32 (N, C, H, W) images in [0, 1]."""
+        return _Calls.parse_npy(self._send(_Calls.decode(latents, model)))
+
+    def sample(
+        self, n: int = 1, *, model: str | None = None, seed: int | None = None, temperature: float = 1.0
+    ) -> SampleResult:
+        return _Calls.parse_sample(self._send(_Calls.sample(n, model, seed, temperature)))
+
+    def reconstruct(self, images: Sequence[ImageInput], *, model: str | None = None) -> ReconstructResult:
+        return _Calls.parse_reconstruct(self._send(_Calls.reconstruct(images, model)))
+
+    def interpolate(
+        self,
+        *,
+        images: Sequence[ImageInput] | None = None,
+        latents: np.ndarray | None = None,
+        steps: int = 8,
+        method: Method = "lerp",
+        model: str | None = None,
+    ) -> InterpolateResult:
+        call = _Calls.interpolate(images, latents, steps, method, model)
+        return _Calls.parse_interpolate(self._send(call))
+
+    def manifold(self, *, model: str | None = None, size: int = 20) -> bytes:
+        """The manifold grid as PNG bytes."""
+        return self._send(_Calls.manifold(model, size)).content
+
+
+class AsyncVAEClient:
+    """The same operations for asyncio code."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0, **kwargs: Any):
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers, **kwargs)
+
+    async def __aenter__(self) -> AsyncVAEClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        return _Calls.check(await self._http.request(call.method, call.path, **call.kwargs))
+
+    async def health(self) -> bool:
+        return (await self._http.get("/healthz")).status_code == 200
+
+    async def ready(self) -> bool:
+        return (await self._http.get("/readyz")).status_code == 200
+
+    async def models(self) -> dict[str, Any]:
+        body: dict[str, Any] = (await self._send(_Call("GET", "/v1/models", {}))).json()
+        return body
+
+    async def model(self, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = (await self._send(_Call("GET", f"/v1/models/{name}", {}))).json()
+        return body
+
+    async def encode(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        sample: bool = False,
+        seed: int | None = None,
+    ) -> EncodeResult:
+        return _Calls.parse_encode(await self._send(_Calls.encode(images, model, sample, seed)))
+
+    async def encode_npy(
+        self, images: Sequence[ImageInput], *, model: str | None = None, output: str = "mean"
+    ) -> np.ndarray:
+        return _Calls.parse_npy(await self._send(_Calls.encode_npy(images, model, output)))
+
+    async def decode(self, latents: np.ndarray, *, model: str | None = None) -> np.ndarray:
+        return _Calls.parse_npy(await self._send(_Calls.decode(latents, model)))
+
+    async def sample(
+        self, n: int = 1, *, model: str | None = None, seed: int | None = None, temperature: float = 1.0
+    ) -> SampleResult:
+        return _Calls.parse_sample(await self._send(_Calls.sample(n, model, seed, temperature)))
+
+    async def reconstruct(
+        self, images: Sequence[ImageInput], *, model: str | None = None
+    ) -> ReconstructResult:
+        return _Calls.parse_reconstruct(await self._send(_Calls.reconstruct(images, model)))
+
+    async def interpolate(
+        self,
+        *,
+        images: Sequence[ImageInput] | None = None,
+        latents: np.ndarray | None = None,
+        steps: int = 8,
+        method: Method = "lerp",
+        model: str | None = None,
+    ) -> InterpolateResult:
+        call = _Calls.interpolate(images, latents, steps, method, model)
+        return _Calls.parse_interpolate(await self._send(call))
+
+    async def manifold(self, *, model: str | None = None, size: int = 20) -> bytes:
+        return (await self._send(_Calls.manifold(model, size))).content

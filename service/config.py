@@ -1,0 +1,187 @@
+"""Service settings: one validated class, every field documented, read from `VAE_*` environment variables.
+
+Defaults are safe for a public-facing host: every request dimension has a cap, CORS is off, and a full queue
+answers 503 instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Provider = Literal["auto", "cuda", "cpu"]
+
+
+def _split_csv(value: object) -> object:
+    # `VAE_MODELS=mnist,mnist-2d` reads better in a shell than a JSON list; JSON lists still work.
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VAE_", extra="ignore", validate_default=True)
+
+    # --- network -------------------------------------------------------------------------------------------
+    host: str = Field(
+        default="127.0.0.1", description="Address to bind; loopback unless you mean to expose it."
+    )
+    port: int = Field(
+        default=8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free port)."
+    )
+
+    # --- models --------------------------------------------------------------------------------------------
+    models_dir: Path = Field(
+        default=Path("models"), description="The models/ folder: <name>/<version>/ exports."
+    )
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Model names to serve (comma-separated or JSON list); unset serves every model found. "
+        "The latest version of each is loaded.",
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="Model that answers requests naming none; unset: 'mnist' if served, else the first name "
+        "alphabetically.",
+    )
+
+    # --- onnxruntime ---------------------------------------------------------------------------------------
+    provider: Provider = Field(
+        default="auto",
+        description="Execution provider: 'auto' uses CUDA when onnxruntime lists it and it actually loads "
+        "(a fallback to CPU is logged as a warning); 'cuda' refuses to serve a model that is not on CUDA; "
+        "'cpu' never touches CUDA.",
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Threads onnxruntime uses inside one operator (0: onnxruntime's default, one per "
+        "physical core). Lower it when several workers share a host.",
+    )
+    inter_op_threads: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="Threads for running independent graph nodes in parallel; the exported graphs are "
+        "chains, so 1 (sequential execution) wastes nothing.",
+    )
+
+    # --- dynamic batching (issue 5) ------------------------------------------------------------------------
+    max_batch_size: int = Field(
+        default=256, ge=1, le=65536, description="Most items (images or latents) in one onnxruntime call."
+    )
+    max_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="Longest the oldest queued item waits for more to fill a batch when the graph is idle. "
+        "0 dispatches at once: requests that arrive while a batch runs queue and form the next batch anyway, "
+        "so batches grow with load without adding latency at low load. A few ms can help a GPU at moderate "
+        "load.",
+    )
+    max_queue: int = Field(
+        default=16384,
+        ge=1,
+        description="Items waiting per model graph before new requests get 503 + Retry-After. Must admit "
+        "the largest single request.",
+    )
+    inline_run_us: float = Field(
+        default=100.0,
+        ge=0,
+        le=10_000,
+        description="onnxruntime calls expected to take less than this (microseconds, from a moving average "
+        "per item) run on the event loop instead of a worker thread, whose hop costs more than a tiny "
+        "model's run. 0: always use the thread.",
+    )
+    retry_after_s: int = Field(
+        default=1, ge=1, le=3600, description="Retry-After seconds sent with 503 responses."
+    )
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest one inference call of a request may wait, queue time included, before 504.",
+    )
+
+    # --- request limits (issue 7) --------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes (413 beyond it), checked on Content-Length and on the "
+        "bytes actually received for chunked uploads.",
+    )
+    max_image_pixels: int = Field(
+        default=16_000_000,
+        ge=16,
+        le=89_000_000,
+        description="Largest decoded image (width*height) accepted; below Pillow's own bomb limit.",
+    )
+    max_images_per_request: int = Field(
+        default=256, ge=1, description="Most images in one request (422 beyond)."
+    )
+    max_latents_per_request: int = Field(
+        default=4096, ge=1, description="Most latent vectors in one request."
+    )
+    max_sample_n: int = Field(default=256, ge=1, description="Largest `n` for /v1/sample.")
+    max_interpolate_steps: int = Field(default=128, ge=2, description="Largest `steps` for /v1/interpolate.")
+    max_manifold_size: int = Field(
+        default=40, ge=2, description="Largest `size` (grid edge) for /v1/manifold."
+    )
+    max_latent_abs: float = Field(
+        default=100.0,
+        gt=0,
+        description="Largest |value| accepted in a latent vector; the prior is N(0, I), so anything near "
+        "this is already far outside what the decoder has seen.",
+    )
+
+    # --- security ------------------------------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr] | None, NoDecode] = Field(
+        default=None,
+        description="Accepted API keys (comma-separated or JSON list), sent as 'Authorization: Bearer <key>' "
+        "or 'X-API-Key: <key>'; unset: no authentication. Health, readiness and metrics stay open.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (comma-separated or JSON list); empty: CORS headers are off.",
+    )
+
+    # --- logging -------------------------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log threshold."
+    )
+    log_json: bool = Field(default=False, description="One JSON object per log line (with the request id).")
+
+    @field_validator("models", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _queue_admits_largest_request(self) -> Settings:
+        largest = max(
+            self.max_images_per_request,
+            self.max_latents_per_request,
+            self.max_sample_n,
+            self.max_interpolate_steps,
+            self.max_manifold_size**2,
+        )
+        if self.max_queue < largest:
+            raise ValueError(f"max_queue ({self.max_queue}) must admit the largest request ({largest} items)")
+        return self
+
+    def api_key_values(self) -> list[bytes]:
+        return [key.get_secret_value().encode() for key in self.api_keys or []]

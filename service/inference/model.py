@@ -1,0 +1,187 @@
+"""One served VAE: its two graphs behind batchers, and the operations the routes offer, on numpy arrays.
+
+Shapes: images are float32 (N, C, H, W) in the manifest's pixel range; latents are float32 (N, D).
+Randomness (prior samples, the reparameterization noise) is drawn here with a seeded numpy Generator, never in
+the graphs, so the same seed gives the same result on every host.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from service.errors import InvalidInput
+from service.inference.batcher import Batcher
+from service.inference.runtime import Graph
+from service.latents import lerp, manifold_latents, slerp
+from service.manifest import Manifest
+
+LOG_2PI = math.log(2 * math.pi)
+# Decoder outputs are sigmoid probabilities in float32, which round to exactly 0 or 1 for large logits; the
+# clip keeps BCE finite (and caps one pixel's cost at -log(1e-7) ~ 16 nats).
+BCE_EPS = 1e-7
+
+
+def new_seed() -> int:
+    """A fresh seed for requests that give none; below 2**31 so every client language can echo it back."""
+    return secrets.randbelow(2**31)
+
+
+def draw_prior(n: int, latent_dim: int, seed: int, temperature: float = 1.0) -> np.ndarray:
+    """(n, D) draws from N(0, temperature^2 I) with numpy's PCG64 Generator."""
+    rng = np.random.default_rng(seed)
+    draws = rng.standard_normal((n, latent_dim), dtype=np.float32)
+    return (draws * np.float32(temperature)).astype(np.float32)
+
+
+def reparameterize(mean: np.ndarray, log_var: np.ndarray, seed: int) -> np.ndarray:
+    """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) (Kingma and Welling 2014, eq. 10), seeded."""
+    eps = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)
+    return (mean + np.exp(0.5 * log_var) * eps).astype(np.float32)
+
+
+def kl_to_prior(mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
+    """(N,) KL(N(mean, exp(log_var)) || N(0, I)) in closed form (Kingma and Welling 2014, appendix B)."""
+    m, lv = mean.astype(np.float64), log_var.astype(np.float64)
+    return -0.5 * np.sum(1 + lv - m**2 - np.exp(lv), axis=1)
+
+
+def reconstruction_nll(
+    x: np.ndarray, x_hat: np.ndarray, likelihood: str, gaussian_sigma: float | None
+) -> np.ndarray:
+    """(N,) -log p(x | z) summed over pixels, the same terms as training's `reconstruction_nll`.
+
+    bernoulli: sum BCE(x, x_hat); gaussian: sum (x - x_hat)^2 / (2 sigma^2) + P (log sigma + log(2 pi) / 2).
+    """
+    xs, p = x.astype(np.float64).reshape(len(x), -1), x_hat.astype(np.float64).reshape(len(x), -1)
+    if likelihood == "bernoulli":
+        p = np.clip(p, BCE_EPS, 1 - BCE_EPS)
+        return -np.sum(xs * np.log(p) + (1 - xs) * np.log1p(-p), axis=1)
+    sigma = gaussian_sigma if gaussian_sigma is not None else 0.1
+    pixels = xs.shape[1]
+    return np.sum((xs - p) ** 2, axis=1) / (2 * sigma**2) + pixels * (math.log(sigma) + 0.5 * LOG_2PI)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    mean: np.ndarray  # (N, D)
+    log_var: np.ndarray  # (N, D)
+    z: np.ndarray | None = None  # (N, D) when a seed was given
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    images: np.ndarray  # (N, C, H, W) the decoder's mean at z = encoder mean
+    scores: np.ndarray  # (N,) negative ELBO in nats, single-sample estimate at the mean
+    mse: np.ndarray  # (N,) mean squared error per pixel
+    mean: np.ndarray  # (N, D)
+    log_var: np.ndarray  # (N, D)
+
+
+class VAEModel:
+    """A loaded, verified model version. Methods are async because they wait on the batchers."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        path: Path,
+        encoder: Graph,
+        decoder: Graph,
+        encoder_batcher: Batcher,
+        decoder_batcher: Batcher,
+    ):
+        self.manifest = manifest
+        self.path = path
+        self.encoder = encoder
+        self.decoder = decoder
+        self.encoder_batcher = encoder_batcher
+        self.decoder_batcher = decoder_batcher
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.latent_dim
+
+    @property
+    def providers(self) -> list[str]:
+        # Both graphs are created with the same request; report the union in case they differ.
+        return list(dict.fromkeys(self.encoder.providers + self.decoder.providers))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.manifest.version,
+            "latent_dim": self.latent_dim,
+            "providers": self.providers,
+            "manifest": self.manifest.model_dump(mode="json"),
+        }
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """Run each graph at the given batch sizes so the first request pays no lazy initialisation."""
+        c, h, w = self.manifest.image.shape
+        for n in batch_sizes:
+            self.encoder.run(np.zeros((n, c, h, w), dtype=np.float32))
+            self.decoder.run(np.zeros((n, self.latent_dim), dtype=np.float32))
+
+    async def close(self) -> None:
+        await self.encoder_batcher.close()
+        await self.decoder_batcher.close()
+
+    # --- operations ----------------------------------------------------------------------------------------
+
+    async def encode(self, images: np.ndarray, sample_seed: int | None = None) -> Encoding:
+        """(N, C, H, W) -> the posterior's mean and log_var (N, D); with a seed, also a draw z from it."""
+        mean, log_var = await self.encoder_batcher.submit(images)
+        if sample_seed is None:
+            return Encoding(mean, log_var)
+        return Encoding(mean, log_var, reparameterize(mean, log_var, sample_seed), sample_seed)
+
+    async def decode(self, latents: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C, H, W) in the pixel range."""
+        (images,) = await self.decoder_batcher.submit(latents)
+        low, high = self.manifest.image.pixel_range
+        # In place: these rows of the batch output belong to this request alone.
+        return np.clip(images, low, high, out=images)
+
+    async def sample(self, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        latents = draw_prior(n, self.latent_dim, seed, temperature)
+        return await self.decode(latents), latents
+
+    async def reconstruct(self, images: np.ndarray) -> Reconstruction:
+        """Decode at the posterior mean and score each image by its negative ELBO.
+
+        score = -log p(x | z = mean) + KL(q(z|x) || p(z)): the reconstruction term estimated with the single
+        point z = mean (no sampling, so the score is deterministic), the KL term exact. Higher means the
+        model finds the image less plausible, which makes it usable for novelty detection.
+        """
+        encoding = await self.encode(images)
+        mean, log_var = encoding.mean, encoding.log_var
+        recon = await self.decode(mean)
+        nll = reconstruction_nll(images, recon, self.manifest.likelihood, self.manifest.gaussian_sigma)
+        scores = nll + kl_to_prior(mean, log_var)
+        flat = (images - recon).reshape(len(images), -1).astype(np.float64)
+        mse = np.mean(flat**2, axis=1)
+        return Reconstruction(recon, scores.astype(np.float32), mse.astype(np.float32), mean, log_var)
+
+    async def interpolate(
+        self, start: np.ndarray, end: np.ndarray, steps: int, method: Literal["lerp", "slerp"]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Two (D,) latents -> images (steps, C, H, W) and latents (steps, D), endpoints exact."""
+        path = slerp(start, end, steps) if method == "slerp" else lerp(start, end, steps)
+        return await self.decode(path), path
+
+    async def manifold(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded (size*size) inverse-CDF grid of a 2-D latent model (Kingma and Welling, fig. 4)."""
+        if self.latent_dim != 2:
+            raise InvalidInput(f"model {self.name!r} has latent_dim {self.latent_dim}; the manifold needs 2")
+        latents = manifold_latents(size)
+        return await self.decode(latents), latents

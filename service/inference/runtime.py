@@ -1,0 +1,187 @@
+"""onnxruntime sessions: explicit options, provider choice, and graphs checked against their manifest.
+
+A CUDA execution provider that fails to load (missing CUDA 13 / cuDNN 9 libraries, no device) makes
+onnxruntime fall back to CPU with nothing but a log line, so every session's *active* providers are read back
+with `session.get_providers()` and compared with what was asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import InferenceFailed
+from service.manifest import GraphSpec
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+ProviderList = list[str | tuple[str, dict[str, Any]]]
+
+# Set once a session asked for CUDA in 'auto' mode and got CPU: later sessions in this process go straight to
+# CPU instead of repeating the failed load (and its log noise) for every graph.
+_cuda_fell_back = False
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be served; the message says why and is logged and shown on /readyz."""
+
+
+def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    # Constant folding, node fusion and layout changes; the exported graphs are fixed, so optimise them fully.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The graphs are chains of layers: nothing to run in parallel between nodes, so sequential mode and one
+    # inter-op thread. Parallelism comes from intra-op threads and from batching requests together.
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = inter_op_threads
+    opts.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default, one per physical core
+    # Reuse buffers between runs instead of asking malloc each time (the arena), and reuse the memory plan
+    # per input shape (the batcher produces few distinct batch sizes under steady load).
+    opts.enable_cpu_mem_arena = True
+    opts.enable_mem_pattern = True
+    # Idle intra-op threads otherwise spin for a while after each run, burning the cores that the event loop
+    # needs for HTTP, JSON and PNG work between batches.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # errors only; our own log line reports the providers in use
+    return opts
+
+
+def cuda_options() -> dict[str, Any]:
+    return {
+        # Grow the CUDA arena by what is asked for, not by powers of two: a batch-size sweep would otherwise
+        # reserve far more device memory than the model needs.
+        "arena_extend_strategy": "kSameAsRequested",
+        # Batch sizes vary from call to call; exhaustive cuDNN autotuning would rerun for every new shape.
+        "cudnn_conv_algo_search": "HEURISTIC",
+    }
+
+
+def requested_providers(mode: str, available: Sequence[str]) -> ProviderList:
+    """The provider list for a session; 'cuda' asks for CUDA even when unlisted, so failure is explicit."""
+    if mode == "cpu":
+        return [CPU]
+    if mode == "cuda" or (mode == "auto" and CUDA in available and not _cuda_fell_back):
+        _preload_cuda_libraries()
+        return [(CUDA, cuda_options()), CPU]
+    return [CPU]
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages (onnxruntime-gpu[cuda,cudnn]) when they are there.
+
+    onnxruntime looks for them only on the system library path; pip puts them in site-packages, where
+    `preload_dlls` finds them. In CUDA images the system copies are used and this is a harmless no-op.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # best effort: a missing library shows up as the CPU fallback, loudly, below
+        log.info("onnxruntime.preload_dlls() did not load CUDA libraries: %s", _first_line(exc))
+
+
+def _dims_match(manifest_shape: Sequence[int | str], ort_shape: Sequence[Any]) -> bool:
+    if len(manifest_shape) != len(ort_shape):
+        return False
+    for want, got in zip(manifest_shape, ort_shape, strict=True):
+        if want == "batch":
+            if isinstance(got, int):  # a fixed batch size would break batching
+                return False
+        elif want != got:
+            return False
+    return True
+
+
+class Graph:
+    """One exported graph in one session: a single input, outputs returned in the manifest's order."""
+
+    def __init__(self, path: Path, spec: GraphSpec, options: ort.SessionOptions, mode: str):
+        self.path = path
+        self.spec = spec
+        available = ort.get_available_providers()
+        requested = requested_providers(mode, available)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+            raise ModelLoadError(f"{path.name}: onnxruntime cannot load it ({_first_line(exc)})") from exc
+        self.providers: list[str] = list(self.session.get_providers())
+        wants_cuda = any(p == CUDA or (isinstance(p, tuple) and p[0] == CUDA) for p in requested)
+        self.on_cuda = CUDA in self.providers
+        if wants_cuda and not self.on_cuda:
+            message = (
+                f"{path}: CUDA was requested but onnxruntime is running this session on {self.providers} "
+                "(CUDA provider failed to load: check CUDA 13 / cuDNN 9 libraries and the device)"
+            )
+            if mode == "cuda":
+                raise ModelLoadError(message)
+            global _cuda_fell_back
+            _cuda_fell_back = True
+            log.warning("!!! %s; serving on CPU (later sessions will not try CUDA again)", message)
+        self._check_signature()
+        self.input_name = spec.inputs[0].name
+        self.output_names = [t.name for t in spec.outputs]
+        # Where I/O binding places inputs and outputs; None: plain run() (on CPU binding gains nothing).
+        self.bind_device: str | None = "cuda" if self.on_cuda else None
+
+    def _check_signature(self) -> None:
+        for kind, got, want in (
+            ("inputs", self.session.get_inputs(), self.spec.inputs),
+            ("outputs", self.session.get_outputs(), self.spec.outputs),
+        ):
+            got_sig = [(t.name, list(t.shape), t.type) for t in got]
+            want_sig = [(t.name, t.shape, "tensor(float)") for t in want]
+            names_ok = [g[0] for g in got_sig] == [w[0] for w in want_sig]
+            types_ok = all(g[2] == w[2] for g, w in zip(got_sig, want_sig, strict=False))
+            shapes_ok = len(got_sig) == len(want_sig) and all(
+                _dims_match(w[1], g[1]) for g, w in zip(got_sig, want_sig, strict=True)
+            )
+            if not (names_ok and types_ok and shapes_ok):
+                raise ModelLoadError(
+                    f"{self.path.name}: graph {kind} {got_sig} disagree with the manifest {want_sig}"
+                )
+        if len(self.spec.inputs) != 1:
+            raise ModelLoadError(f"{self.path.name}: expected exactly one input")
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One onnxruntime call on a batch; safe to call from several threads (sessions are thread-safe)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.bind_device is not None:
+            outputs = self._run_bound(x, self.bind_device)
+        else:
+            outputs = self.session.run(self.output_names, {self.input_name: x})
+        result = tuple(np.asarray(o) for o in outputs)
+        for out in result:
+            if out.shape[:1] != x.shape[:1]:
+                raise InferenceFailed()
+            # The sum is one pass without a temporary; only a non-finite sum needs the element-wise check.
+            if not np.isfinite(out.sum()) and not np.isfinite(out).all():
+                # Inputs are checked finite and bounded, so this is a model fault; never send NaN to a client.
+                log.error("%s produced non-finite values", self.path)
+                raise InferenceFailed()
+        return result
+
+    def _run_bound(self, x: np.ndarray, device: str) -> list[np.ndarray]:
+        # I/O binding: copy the batch to the device once, keep outputs on the device until one copy back,
+        # instead of letting run() stage both through its own host buffers.
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, device, 0))
+        for name in self.output_names:
+            binding.bind_output(name, device, 0)
+        self.session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,84 @@
+"""Wiring only: settings, data plane, middleware, error handlers, routers, static page.
+
+Run with `vae-serve`, or `uvicorn --factory service.main:create_app` (settings from `VAE_*` variables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.inference import ModelRegistry
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.routes import health, inference, models, v2
+from service.routes.static import page_mount
+from service.security import ApiKeyMiddleware, document_api_keys
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    registry: ModelRegistry = app.state.registry
+    # Loading verifies hashes and warms sessions up: seconds of blocking work, kept off the event loop so
+    # /healthz answers (and /readyz says 503) meanwhile.
+    await asyncio.to_thread(registry.load)
+    log.info("ready=%s default=%s failures=%s", registry.ready, registry.default_name, registry.failures)
+    try:
+        yield
+    finally:
+        await registry.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app. Without settings (uvicorn's factory mode) they are read from the environment."""
+    if settings is None:
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_json)
+    metrics = Metrics()
+    app = FastAPI(
+        title="VAE Service",
+        version=__version__,
+        summary="Encode, decode, sample, reconstruct and interpolate with ONNX-exported VAEs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = ModelRegistry(settings, metrics)
+
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(inference.router)
+    app.include_router(v2.router)
+    if STATIC_DIR.is_dir():  # the web page; mounted last so it never shadows an API route
+        app.router.routes.append(page_mount(STATIC_DIR))
+
+    # Added innermost first: the request context wraps everything, so even a 413 carries a request id.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_values())
+        document_api_keys(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "Accept"],
+            expose_headers=["X-Request-ID", "X-Seed", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

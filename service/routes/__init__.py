@@ -1,0 +1,1 @@
+"""Thin HTTP routers: parse, delegate to the data plane (`service.inference`), render."""

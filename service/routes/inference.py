@@ -1,0 +1,290 @@
+"""The VAE operations over HTTP. Each handler parses, calls the data plane, and renders; nothing more.
+
+Content negotiation (`Accept`): JSON by default; `image/png` gives one PNG (a grid when there are several
+images); `application/x-npy` gives one float32 array, chosen with `?output=` where a route returns several.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from service.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    Timeout,
+    Unauthorized,
+    UnsupportedMediaType,
+    responses,
+)
+from service.inference import VAEModel, new_seed
+from service.manifest import NAME_PATTERN
+from service.routes.deps import registry_of, settings_of
+from service.routes.payload import (
+    JSON,
+    MULTIPART,
+    NPY,
+    PNG,
+    NumpyJSONResponse,
+    Payload,
+    check_image_count,
+    negotiate,
+    npy_response,
+    parse_latents,
+    pick_output,
+    png_base64,
+    png_picture,
+    png_response,
+    prepare_images,
+    read_payload,
+    validate,
+)
+from service.schemas import (
+    DecodeOptions,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeOptions,
+    EncodeRequest,
+    EncodeResponse,
+    InterpolateOptions,
+    InterpolateRequest,
+    InterpolateResponse,
+    ManifoldResponse,
+    ReconstructOptions,
+    ReconstructRequest,
+    ReconstructResponse,
+    SampleRequest,
+    SampleResponse,
+)
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+_ERRORS = (
+    InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType, Unauthorized, NotReady, Overloaded,
+    Timeout, InferenceFailed,
+)  # fmt: skip
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _responses(model: type[BaseModel], *media: str) -> dict[int | str, dict[str, Any]]:
+    ok: dict[str, Any] = {"model": model, "description": "Success", "content": {m: _BINARY for m in media}}
+    return {200: ok, **responses(*_ERRORS)}
+
+
+def _body(
+    json_model: type[BaseModel], form_options: type[BaseModel] | None, npy: bool = False
+) -> dict[str, Any]:
+    """OpenAPI requestBody for handlers that parse their own body (see service.routes.payload)."""
+    content: dict[str, Any] = {JSON: {"schema": json_model.model_json_schema()}}
+    if form_options is not None:
+        files = {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images."}
+        props = {"files": files, **form_options.model_json_schema()["properties"]}
+        content[MULTIPART] = {"schema": {"type": "object", "properties": props, "required": ["files"]}}
+    if npy:
+        content[NPY] = {"schema": {**_BINARY["schema"], "description": "float32 (N, D) .npy"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _tag(model: VAEModel) -> dict[str, Any]:
+    return {"model": model.name, "version": model.manifest.version}
+
+
+def _no_latents(payload: Payload) -> None:
+    if payload.latents is not None:
+        raise InvalidInput("latents: not accepted here; send images")
+
+
+ModelQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, description="Model name (default: default).")]
+NpyOutput = Query(description="Which array an `Accept: application/x-npy` response holds.")
+
+
+@router.post(
+    "/encode",
+    summary="Images -> posterior mean and log-variance (and a seeded sample z)",
+    description="With `Accept: application/x-npy` the response is one float32 array: the means, or the "
+    "array named by `output`.",
+    responses=_responses(EncodeResponse, NPY),
+    openapi_extra=_body(EncodeRequest, EncodeOptions),
+)
+async def encode(
+    request: Request,
+    output: Annotated[Literal["mean", "log_var", "z"] | None, NpyOutput] = None,
+) -> Response:
+    settings, registry = settings_of(request), registry_of(request)
+    payload = await read_payload(request, settings)
+    opts = validate(EncodeOptions, payload.fields)
+    _no_latents(payload)
+    model = registry.get(opts.model)
+    blobs = check_image_count(payload.images, settings)
+    x = await prepare_images(blobs, model.manifest.image, settings.max_image_pixels)
+    seed = (opts.seed if opts.seed is not None else new_seed()) if opts.sample else None
+    enc = await model.encode(x, sample_seed=seed)
+    headers = {"X-Seed": str(seed)} if seed is not None else None
+    if negotiate(request, [NPY]) == NPY:
+        arrays = {"mean": enc.mean, "log_var": enc.log_var, "z": enc.z}
+        return npy_response(pick_output(output, arrays, "mean"), headers)
+    body = {**_tag(model), "latent_dim": model.latent_dim, "mean": enc.mean, "log_var": enc.log_var}
+    if enc.z is not None:
+        body.update(z=enc.z, seed=enc.seed)
+    return NumpyJSONResponse(body, headers=headers)
+
+
+@router.post(
+    "/decode",
+    summary="Latents -> images",
+    description="Latents as JSON or as an `application/x-npy` body (float32 (N, D); name the model with "
+    "`?model=`). Images as base64 PNGs, one PNG grid (`Accept: image/png`) or float32 (N, C, H, W) npy.",
+    responses=_responses(DecodeResponse, PNG, NPY),
+    openapi_extra=_body(DecodeRequest, None, npy=True),
+)
+async def decode(request: Request, model: ModelQuery = None) -> Response:
+    settings, registry = settings_of(request), registry_of(request)
+    payload = await read_payload(request, settings, accepts_npy=True)
+    opts = validate(DecodeOptions, payload.fields)
+    if payload.images is not None:
+        raise InvalidInput("images: not accepted here; send latents")
+    if model and opts.model and model != opts.model:
+        raise InvalidInput(f"model given twice: {model!r} in the query, {opts.model!r} in the body")
+    vae = registry.get(opts.model or model)
+    z = parse_latents(payload.latents, settings, vae.latent_dim)
+    images = await vae.decode(z)
+    return await _images_out(request, vae, images, {"images": images})
+
+
+@router.post(
+    "/sample",
+    summary="Draw n latents from the prior (seeded) and decode them",
+    description="The same seed, n, temperature and model always give the same images. npy output: the "
+    "images, or `?output=latents`.",
+    responses=_responses(SampleResponse, PNG, NPY),
+    openapi_extra=_body(SampleRequest, SampleRequest),
+)
+async def sample(
+    request: Request,
+    output: Annotated[Literal["images", "latents"] | None, NpyOutput] = None,
+) -> Response:
+    settings, registry = settings_of(request), registry_of(request)
+    payload = await read_payload(request, settings)
+    if payload.images is not None or payload.latents is not None:
+        raise InvalidInput("sample takes n, seed, temperature and model only")
+    opts = validate(SampleRequest, payload.fields)
+    if opts.n > settings.max_sample_n:
+        raise InvalidInput(f"n: at most {settings.max_sample_n}")
+    vae = registry.get(opts.model)
+    seed = opts.seed if opts.seed is not None else new_seed()
+    images, latents = await vae.sample(opts.n, seed, opts.temperature)
+    headers = {"X-Seed": str(seed)}
+    extra = {"latents": latents, "seed": seed, "temperature": opts.temperature}
+    return await _images_out(
+        request, vae, images, {"images": images, "latents": latents}, output, extra=extra, headers=headers
+    )
+
+
+@router.post(
+    "/reconstruct",
+    summary="Images -> reconstructions with a per-image novelty score (negative ELBO, nats)",
+    description="score = -log p(x | z = mean) summed over pixels (Bernoulli: binary cross-entropy; Gaussian: "
+    "the manifest's sigma) + KL(q(z|x) || N(0, I)) in closed form; a single-point estimate at the posterior "
+    "mean, so it is deterministic. `mse` is the mean squared pixel error. npy output: `?output=`.",
+    responses=_responses(ReconstructResponse, PNG, NPY),
+    openapi_extra=_body(ReconstructRequest, ReconstructOptions),
+)
+async def reconstruct(
+    request: Request,
+    output: Annotated[Literal["images", "scores", "mse", "mean", "log_var"] | None, NpyOutput] = None,
+) -> Response:
+    settings, registry = settings_of(request), registry_of(request)
+    payload = await read_payload(request, settings)
+    opts = validate(ReconstructOptions, payload.fields)
+    _no_latents(payload)
+    vae = registry.get(opts.model)
+    blobs = check_image_count(payload.images, settings)
+    x = await prepare_images(blobs, vae.manifest.image, settings.max_image_pixels)
+    rec = await vae.reconstruct(x)
+    extra = {"scores": rec.scores, "mse": rec.mse, "mean": rec.mean, "log_var": rec.log_var}
+    arrays = {"images": rec.images, **extra}
+    return await _images_out(request, vae, rec.images, arrays, output, extra=extra)
+
+
+@router.post(
+    "/interpolate",
+    summary="Path between two images (their encoder means) or two latents, decoded",
+    description="`method`: lerp or slerp; the path's endpoints are exactly the inputs' latents. PNG output: "
+    "one row of `steps` images. npy output: the images, or `?output=latents`.",
+    responses=_responses(InterpolateResponse, PNG, NPY),
+    openapi_extra=_body(InterpolateRequest, InterpolateOptions),
+)
+async def interpolate(
+    request: Request,
+    output: Annotated[Literal["images", "latents"] | None, NpyOutput] = None,
+) -> Response:
+    settings, registry = settings_of(request), registry_of(request)
+    payload = await read_payload(request, settings)
+    opts = validate(InterpolateOptions, payload.fields)
+    if opts.steps > settings.max_interpolate_steps:
+        raise InvalidInput(f"steps: at most {settings.max_interpolate_steps}")
+    vae = registry.get(opts.model)
+    if (payload.images is None) == (payload.latents is None):
+        raise InvalidInput("give either two images or two latents")
+    if payload.images is not None:
+        blobs = check_image_count(payload.images, settings, exactly=2)
+        x = await prepare_images(blobs, vae.manifest.image, settings.max_image_pixels)
+        ends = (await vae.encode(x)).mean
+    else:
+        ends = parse_latents(payload.latents, settings, vae.latent_dim, exactly=2)
+    images, latents = await vae.interpolate(ends[0], ends[1], opts.steps, opts.method)
+    extra = {"method": opts.method, "latents": latents}
+    arrays = {"images": images, "latents": latents}
+    return await _images_out(request, vae, images, arrays, output, extra=extra, columns=opts.steps)
+
+
+@router.get(
+    "/manifold",
+    summary="The decoded 2-D latent manifold grid of a 2-D model (Kingma and Welling, fig. 4)",
+    description="Latents on a size x size grid of Gaussian quantiles (0.05 to 0.95). JSON: one base64 "
+    "PNG and its latents; `Accept: image/png`: the PNG itself. 422 for models whose latent_dim is not 2.",
+    responses=_responses(ManifoldResponse, PNG),
+)
+async def manifold(
+    request: Request,
+    model: ModelQuery = None,
+    size: Annotated[int, Query(ge=2, description="Grid edge; at most VAE_MAX_MANIFOLD_SIZE (40).")] = 20,
+) -> Response:
+    settings, registry = settings_of(request), registry_of(request)
+    if size > settings.max_manifold_size:
+        raise InvalidInput(f"size: at most {settings.max_manifold_size}")
+    vae = registry.get(model)
+    images, latents = await vae.manifold(size)
+    if negotiate(request, [PNG]) == PNG:
+        return await png_response(images, vae.manifest.image, columns=size)
+    image = base64.b64encode(await png_picture(images, vae.manifest.image, columns=size)).decode("ascii")
+    return NumpyJSONResponse({**_tag(vae), "size": size, "image": image, "latents": latents})
+
+
+async def _images_out(
+    request: Request,
+    vae: VAEModel,
+    images: Any,
+    arrays: dict[str, Any],
+    output: str | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    columns: int | None = None,
+) -> Response:
+    """Render a result whose main part is images, in the media type the client asked for."""
+    media = negotiate(request, [PNG, NPY])
+    if media == PNG:
+        return await png_response(images, vae.manifest.image, columns=columns, headers=headers)
+    if media == NPY:
+        return npy_response(pick_output(output, arrays, "images"), headers)
+    body = {**_tag(vae), "images": await png_base64(images, vae.manifest.image), **(extra or {})}
+    return NumpyJSONResponse(body, headers=headers)

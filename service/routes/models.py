@@ -1,0 +1,52 @@
+"""Model listing: manifests, active execution providers, readiness and which model is the default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.errors import ModelNotFound, Unauthorized, responses
+from service.inference import ModelRegistry
+from service.routes.deps import registry_of
+from service.routes.payload import NumpyJSONResponse
+from service.schemas import ModelInfo, ModelsResponse
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+def _info(registry: ModelRegistry, name: str) -> dict[str, Any]:
+    model = registry.models.get(name)
+    base = {"name": name, "default": name == registry.default_name, "ready": model is not None}
+    if model is None:
+        return {**base, "version": None, "latent_dim": None, "providers": [], "manifest": None,
+                "error": registry.failures.get(name, "not loaded")}  # fmt: skip
+    return {**base, **model.describe(), "error": None}
+
+
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    summary="Every configured model",
+    responses=responses(Unauthorized),
+)
+async def list_models(request: Request) -> Response:
+    registry = registry_of(request)
+    names = registry.names or sorted(registry.models)
+    return NumpyJSONResponse(
+        {"default_model": registry.default_name, "models": [_info(registry, n) for n in names]}
+    )
+
+
+@router.get(
+    "/models/{name}",
+    response_model=ModelInfo,
+    summary="One model",
+    responses=responses(ModelNotFound, Unauthorized),
+)
+async def get_model(name: str, request: Request) -> Response:
+    registry = registry_of(request)
+    if name not in registry.names and name not in registry.models:
+        raise ModelNotFound(f"unknown model {name!r}")
+    return NumpyJSONResponse(_info(registry, name))

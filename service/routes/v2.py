@@ -1,0 +1,267 @@
+"""The Open Inference Protocol (KServe V2 REST) for the exported graphs, with binary tensor data.
+
+Every VAE `<name>` is addressable as two OIP models: `<name>-encoder` (input `x` -> outputs `mean`, `log_var`)
+and `<name>-decoder` (input `z` -> output `x`). Requests run through the same batchers, limits, API keys and
+metrics as `/v1`. Errors follow the protocol: an HTTP 4xx/5xx with `{"error": "..."}` (400 for bad input).
+
+Binary data (Triton docs/protocol/extension_binary_data.md):
+a request whose header `Inference-Header-Content-Length` says N carries N bytes of JSON followed by the raw
+little-endian tensors of the inputs that declare `parameters.binary_data_size`, in input order; outputs asked
+for with `parameters.binary_data: true` (or request-level `binary_data_output: true`) come back the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from service import __version__
+from service.errors import InvalidInput, ModelNotFound, ServiceError
+from service.inference import ModelRegistry
+from service.inference.model import VAEModel
+from service.routes.deps import registry_of, settings_of
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
+
+HEADER_LENGTH = "inference-header-content-length"
+ROLES = ("encoder", "decoder")
+EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
+
+
+@dataclass(frozen=True)
+class GraphRef:
+    """One OIP model: a served VAE and which of its two graphs."""
+
+    model: VAEModel
+    role: str  # "encoder" | "decoder"
+
+    @property
+    def oip_name(self) -> str:
+        return f"{self.model.name}-{self.role}"
+
+    def signature(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        spec = getattr(self.model.manifest, self.role)
+
+        def tensors(items: list[Any]) -> list[dict[str, Any]]:
+            return [
+                {"name": t.name, "datatype": "FP32", "shape": [-1 if d == "batch" else d for d in t.shape]}
+                for t in items
+            ]
+
+        return tensors(spec.inputs), tensors(spec.outputs)
+
+
+def _error(exc: ServiceError) -> Response:
+    status = 400 if isinstance(exc, InvalidInput) else exc.status
+    return Response(orjson.dumps({"error": exc.message}), status, exc.headers, media_type="application/json")
+
+
+def _resolve(registry: ModelRegistry, oip_name: str, version: str | None) -> GraphRef:
+    base, _, role = oip_name.rpartition("-")
+    if role not in ROLES or not base:
+        raise ModelNotFound(f"unknown model {oip_name!r}; OIP models are <name>-encoder and <name>-decoder")
+    model = registry.get(base)
+    if version is not None and version != str(model.manifest.version):
+        raise ModelNotFound(
+            f"model {oip_name!r} has no version {version!r}; served: {model.manifest.version}"
+        )
+    return GraphRef(model, role)
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status, media_type="application/json")
+
+
+# --- server and model metadata ------------------------------------------------------------------------------
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> Response:
+    return _json({"name": "vae-service", "version": __version__, "extensions": EXTENSIONS})
+
+
+@router.get("/health/live", summary="Liveness")
+async def live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/health/ready", summary="Readiness: every configured model loaded, verified and warm")
+async def ready(request: Request) -> Response:
+    is_ready = registry_of(request).ready
+    return _json({"ready": is_ready}, 200 if is_ready else 503)
+
+
+@router.get("/models/{model_name}", summary="Model metadata")
+@router.get("/models/{model_name}/versions/{version}", summary="Model metadata (versioned)")
+async def model_metadata(request: Request, model_name: str, version: str | None = None) -> Response:
+    try:
+        ref = _resolve(registry_of(request), model_name, version)
+    except ServiceError as exc:
+        return _error(exc)
+    inputs, outputs = ref.signature()
+    return _json(
+        {
+            "name": ref.oip_name,
+            "versions": [str(ref.model.manifest.version)],
+            "platform": "onnxruntime_onnx",
+            "inputs": inputs,
+            "outputs": outputs,
+        }
+    )
+
+
+@router.get("/models/{model_name}/ready", summary="Model readiness")
+@router.get("/models/{model_name}/versions/{version}/ready", summary="Model readiness (versioned)")
+async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
+    try:
+        ref = _resolve(registry_of(request), model_name, version)
+    except ServiceError as exc:
+        return _error(exc)
+    return _json({"name": ref.oip_name, "ready": True})
+
+
+# --- inference ----------------------------------------------------------------------------------------------
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
+        if not 0 < n <= len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length {n} does not fit a {len(body)}-byte body")
+        json_part, binary = body[:n], body[n:]
+    try:
+        request = orjson.loads(json_part)
+    except orjson.JSONDecodeError:
+        raise InvalidInput("the request is not valid JSON") from None
+    if not isinstance(request, dict):
+        raise InvalidInput("the request must be a JSON object")
+    return request, binary
+
+
+def _input_tensor(
+    request: dict[str, Any], binary: bytes, want: dict[str, Any], limit: int
+) -> tuple[np.ndarray, str]:
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput(f"expected exactly one input, {want['name']!r}")
+    tensor = inputs[0]
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if name != want["name"]:
+        raise InvalidInput(f"unexpected input {name!r}; this model takes {want['name']!r}")
+    if datatype != "FP32":
+        raise InvalidInput(f"input {name!r} must have datatype FP32, not {datatype!r}")
+    if not (
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
+        raise InvalidInput(f"input {name!r} needs a shape: a list of integers")
+    fixed = want["shape"][1:]
+    if len(shape) != len(want["shape"]) or shape[1:] != fixed or shape[0] < 1:
+        raise InvalidInput(
+            f"input {name!r} has shape {shape}; expected [batch, {', '.join(map(str, fixed))}]"
+        )
+    if shape[0] > limit:
+        raise InvalidInput(f"batch of {shape[0]} exceeds the limit of {limit} per request")
+    count = int(np.prod(shape))
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("input parameters must be an object")
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if size != count * 4 or len(binary) != size:
+            raise InvalidInput(
+                f"binary_data_size {size} does not match shape {shape} of FP32 ({count * 4} bytes)"
+            )
+        array = np.frombuffer(binary, dtype="<f4").reshape(shape)
+    else:
+        if binary:
+            raise InvalidInput("binary data was sent but no input declares binary_data_size")
+        try:
+            array = np.asarray(tensor.get("data"), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"input {name!r} data must be numbers (flat or nested, row-major)") from None
+        if array.size != count:
+            raise InvalidInput(f"input {name!r} has {array.size} values; shape {shape} needs {count}")
+        array = array.reshape(shape)
+    if not np.isfinite(array).all():
+        raise InvalidInput(f"input {name!r} contains NaN or Inf")
+    return np.ascontiguousarray(array, dtype=np.float32), name
+
+
+def _wanted_outputs(request: dict[str, Any], names: list[str]) -> list[tuple[str, bool]]:
+    """(name, binary?) for each output to return, in request order (all outputs if none is named)."""
+    params = request.get("parameters") or {}
+    default_binary = bool(isinstance(params, dict) and params.get("binary_data_output", False))
+    asked = request.get("outputs")
+    if asked is None:
+        return [(n, default_binary) for n in names]
+    if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
+        raise InvalidInput("outputs must be a list of objects")
+    chosen = []
+    for out in asked:
+        if out.get("name") not in names:
+            raise InvalidInput(f"unknown output {out.get('name')!r}; this model has {names}")
+        out_params = out.get("parameters") or {}
+        chosen.append((out["name"], bool(out_params.get("binary_data", default_binary))))
+    return chosen
+
+
+async def _run(ref: GraphRef, x: np.ndarray, max_latent_abs: float) -> dict[str, np.ndarray]:
+    if ref.role == "encoder":
+        encoding = await ref.model.encode(x)
+        return {"mean": encoding.mean, "log_var": encoding.log_var}
+    if np.abs(x).max(initial=0.0) > max_latent_abs:
+        raise InvalidInput(f"latent values must lie within +-{max_latent_abs}")
+    return {"x": await ref.model.decode(x)}
+
+
+@router.post("/models/{model_name}/infer", summary="Inference (JSON or binary tensors)")
+@router.post("/models/{model_name}/versions/{version}/infer", summary="Inference (versioned)")
+async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
+    settings = settings_of(request)
+    try:
+        ref = _resolve(registry_of(request), model_name, version)
+        body, binary = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        inputs, outputs = ref.signature()
+        limit = settings.max_images_per_request if ref.role == "encoder" else settings.max_latents_per_request
+        x, _ = _input_tensor(body, binary, inputs[0], limit)
+        wanted = _wanted_outputs(body, [o["name"] for o in outputs])
+        results = await _run(ref, x, settings.max_latent_abs)
+    except ServiceError as exc:
+        return _error(exc)
+    header: dict[str, Any] = {
+        "model_name": ref.oip_name,
+        "model_version": str(ref.model.manifest.version),
+        "outputs": [],
+    }
+    if "id" in body:
+        header["id"] = body["id"]
+    chunks: list[bytes] = []
+    for name, as_binary in wanted:
+        array = np.ascontiguousarray(results[name], dtype="<f4")
+        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+        if as_binary:
+            raw = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.ravel()
+        header["outputs"].append(entry)
+    json_bytes = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return Response(json_bytes, media_type="application/json")
+    return Response(
+        json_bytes + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(json_bytes))},
+    )

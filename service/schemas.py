@@ -1,0 +1,186 @@
+"""Request and response schemas, named by role.
+
+`*Options` hold a request's small scalar fields and are validated by pydantic at run time. The `*Request`
+classes add the bulk fields (`images`, `latents`) for the OpenAPI document only: those arrays are parsed with
+orjson and numpy and checked by `service.routes.payload` (shape, finiteness, magnitude), never element by
+element. Response classes likewise document bodies that are serialized straight from numpy by orjson.
+Limits written in descriptions are the defaults; the running values come from `VAE_*` settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.manifest import NAME_PATTERN
+
+MAX_SEED = 2**63 - 1
+
+ModelField = Field(
+    None,
+    pattern=NAME_PATTERN,
+    description="Model name (see /v1/models); omitted: the default model.",
+    examples=["mnist"],
+)
+SeedField = Field(
+    None,
+    ge=0,
+    le=MAX_SEED,
+    description="Seed of numpy's PCG64 generator; omitted: a random seed is drawn and returned.",
+)
+ImagesField = Field(
+    ...,
+    min_length=1,
+    description="PNG or JPEG images as base64 strings or data URLs (`data:image/png;base64,...`); any mode "
+    "and size, converted as training prepared data. At most VAE_MAX_IMAGES_PER_REQUEST (256).",
+)
+LatentsField = Field(
+    ...,
+    min_length=1,
+    description="Latent vectors, each of the model's latent_dim, finite, |value| <= VAE_MAX_LATENT_ABS "
+    "(100). At most VAE_MAX_LATENTS_PER_REQUEST (4096).",
+)
+Latents = list[list[float]]
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests ----------------------------------------------------------------------------------------------
+
+
+class EncodeOptions(_Options):
+    model: str | None = ModelField
+    sample: bool = Field(False, description="Also return z = mean + exp(log_var / 2) * eps, eps ~ N(0, I).")
+    seed: int | None = SeedField
+
+
+class EncodeRequest(EncodeOptions):
+    images: list[str] = ImagesField
+
+
+class DecodeOptions(_Options):
+    model: str | None = ModelField
+
+
+class DecodeRequest(DecodeOptions):
+    latents: Latents = LatentsField
+
+
+class SampleRequest(_Options):
+    model: str | None = ModelField
+    n: int = Field(1, ge=1, description="Number of samples; at most VAE_MAX_SAMPLE_N (256).")
+    seed: int | None = SeedField
+    temperature: float = Field(
+        1.0, gt=0, le=10, description="Scale of the prior draws: z ~ N(0, temperature^2 I)."
+    )
+
+
+class ReconstructOptions(_Options):
+    model: str | None = ModelField
+
+
+class ReconstructRequest(ReconstructOptions):
+    images: list[str] = ImagesField
+
+
+class InterpolateOptions(_Options):
+    model: str | None = ModelField
+    steps: int = Field(8, ge=2, description="Points on the path, endpoints included; at most 128.")
+    method: Literal["lerp", "slerp"] = Field(
+        "lerp", description="lerp: straight line; slerp: great circle (keeps a typical norm under the prior)."
+    )
+
+
+class InterpolateRequest(InterpolateOptions):
+    images: list[str] | None = Field(
+        None, min_length=2, max_length=2, description="Two images; their encoder means are the endpoints."
+    )
+    latents: Latents | None = Field(None, min_length=2, max_length=2, description="Two latent vectors.")
+
+
+class ModelQuery(_Options):
+    model: str | None = ModelField
+
+
+class ManifoldQuery(ModelQuery):
+    size: int = Field(20, ge=2, description="Grid edge: size*size decoded latents; at most 40.")
+
+
+# --- responses ---------------------------------------------------------------------------------------------
+
+
+class _ModelTagged(BaseModel):
+    model: str = Field(description="Name of the model that answered.")
+    version: int = Field(description="Its version.")
+
+
+class EncodeResponse(_ModelTagged):
+    latent_dim: int
+    mean: Latents = Field(description="Posterior means, (N, latent_dim).")
+    log_var: Latents = Field(description="Posterior log-variances, (N, latent_dim).")
+    z: Latents | None = Field(None, description="Sampled latents when `sample` was true.")
+    seed: int | None = Field(None, description="The seed used for `z`.")
+
+
+class DecodeResponse(_ModelTagged):
+    images: list[str] = Field(description="Base64 PNGs, one per latent.")
+
+
+class SampleResponse(_ModelTagged):
+    images: list[str]
+    latents: Latents
+    seed: int
+    temperature: float
+
+
+class ReconstructResponse(_ModelTagged):
+    images: list[str] = Field(description="Base64 PNG reconstructions (decoder mean at z = encoder mean).")
+    scores: list[float] = Field(
+        description="Negative ELBO per image in nats: -log p(x | z = mean) summed over pixels plus the exact "
+        "KL(q(z|x) || N(0, I)). Higher: less typical of the training data (novelty score)."
+    )
+    mse: list[float] = Field(description="Mean squared error per pixel between image and reconstruction.")
+    mean: Latents
+    log_var: Latents
+
+
+class InterpolateResponse(_ModelTagged):
+    method: Literal["lerp", "slerp"]
+    images: list[str]
+    latents: Latents
+
+
+class ManifoldResponse(_ModelTagged):
+    size: int
+    image: str = Field(description="The grid as one base64 PNG, rows from high to low z2.")
+    latents: Latents
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int | None = None
+    ready: bool
+    default: bool
+    latent_dim: int | None = None
+    providers: list[str] = Field(default_factory=list, description="Active onnxruntime execution providers.")
+    error: str | None = Field(None, description="Why the model is not served.")
+    manifest: dict[str, Any] | None = None
+
+
+class ModelsResponse(BaseModel):
+    default_model: str
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    models: dict[str, bool]
+    failures: dict[str, str]
+    default_model: str

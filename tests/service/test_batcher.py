@@ -1,0 +1,197 @@
+"""The dynamic batcher on its own: ordering, isolation, chunking, partial failures, queue limit, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.errors import InferenceFailed, NotReady, Overloaded, Timeout
+from service.inference.batcher import Batcher, BatchStats
+
+
+class Recorder:
+    """A run function (doubles its input, and adds a row-sum column) that records every batch it saw."""
+
+    def __init__(self, delay: float = 0.0, poison: float | None = None):
+        self.batches: list[int] = []
+        self.delay = delay
+        self.poison = poison
+        self.lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        with self.lock:
+            self.batches.append(len(x))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.poison is not None and (x == self.poison).any():
+            raise RuntimeError("poisoned batch")
+        return x * 2, x.sum(axis=1, keepdims=True)
+
+
+def make(run: Recorder, **kwargs: object) -> Batcher:
+    options: dict = dict(max_batch_size=8, max_delay_s=0.01, max_queue=1000, timeout_s=5.0)
+    options.update(kwargs)
+    return Batcher(run, name="test", executor=ThreadPoolExecutor(2), **options)
+
+
+def rows(start: int, n: int, dim: int = 3) -> np.ndarray:
+    return np.arange(start * dim, (start + n) * dim, dtype=np.float32).reshape(n, dim)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows():
+    run = Recorder()
+    batcher = make(run, max_batch_size=16, max_delay_s=0.05)
+    sizes = [1, 3, 2, 5, 1, 4, 2, 1, 3, 2]
+    inputs = [rows(10 * i, n) for i, n in enumerate(sizes)]
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(x) for x in inputs))
+
+    results = asyncio.run(main())
+    for x, (doubled, sums) in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(doubled, x * 2)
+        np.testing.assert_array_equal(sums, x.sum(axis=1, keepdims=True))
+    assert sum(run.batches) == sum(sizes)
+    assert len(run.batches) < len(sizes)  # requests were actually combined
+    assert max(run.batches) <= 16
+
+
+def test_a_request_larger_than_the_batch_is_split_and_joined_in_order():
+    run = Recorder()
+    batcher = make(run, max_batch_size=4)
+    x = rows(0, 11)
+    doubled, _ = asyncio.run(batcher.submit(x))
+    np.testing.assert_array_equal(doubled, x * 2)
+    assert run.batches == [4, 4, 3]
+
+
+def test_a_failing_batch_fails_only_the_request_that_causes_it():
+    run = Recorder(poison=-1.0)
+    batcher = make(run, max_batch_size=64, max_delay_s=0.05)
+    inputs = [rows(i, 2) for i in range(6)]
+    inputs[2] = np.full((2, 3), -1.0, dtype=np.float32)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(x) for x in inputs), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[2], InferenceFailed)
+    assert "poisoned" not in results[2].message  # internal errors never reach clients
+    for i, result in enumerate(results):
+        if i != 2:
+            assert not isinstance(result, BaseException), result
+            np.testing.assert_array_equal(result[0], inputs[i] * 2)
+    assert run.batches[0] == 12  # all six ran together first, then one by one
+
+
+def test_the_worker_survives_failures():
+    run = Recorder(poison=-1.0)
+    batcher = make(run)
+
+    async def main():
+        with pytest.raises(InferenceFailed):
+            await batcher.submit(np.full((1, 3), -1.0, dtype=np.float32))
+        return await batcher.submit(rows(0, 2))
+
+    np.testing.assert_array_equal(asyncio.run(main())[0], rows(0, 2) * 2)
+
+
+def test_a_full_queue_refuses_at_once_with_retry_after():
+    run = Recorder(delay=0.3)
+    rejected = []
+    batcher = make(
+        run,
+        max_batch_size=2,
+        max_queue=4,
+        retry_after_s=3,
+        stats=BatchStats(on_reject=lambda: rejected.append(1)),
+    )
+
+    async def main():
+        first = asyncio.create_task(batcher.submit(rows(0, 2)))  # taken by the worker, running
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.submit(rows(2, 4)))  # fills the queue
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(Overloaded) as info:
+            await batcher.submit(rows(6, 1))
+        assert time.monotonic() - started < 0.05  # fast, not after waiting
+        assert info.value.headers["Retry-After"] == "3"
+        assert info.value.status == 503
+        return await first, await queued
+
+    (a, _), (b, _) = asyncio.run(main())
+    np.testing.assert_array_equal(a, rows(0, 2) * 2)  # admitted requests still complete
+    np.testing.assert_array_equal(b, rows(2, 4) * 2)
+    assert rejected == [1]
+
+
+def test_a_request_times_out_and_its_queued_work_is_dropped():
+    run = Recorder(delay=0.3)
+    batcher = make(run, max_batch_size=1, timeout_s=0.1)
+
+    async def main():
+        slow = asyncio.create_task(batcher.submit(rows(0, 1)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Timeout):
+            await batcher.submit(rows(1, 1))  # waits behind `slow`, gives up
+        with pytest.raises(Timeout):
+            await slow  # its own run takes longer than the timeout
+        await asyncio.sleep(0.4)
+        batcher.timeout_s = 5
+        return await batcher.submit(rows(2, 1))
+
+    result, _ = asyncio.run(main())
+    np.testing.assert_array_equal(result, rows(2, 1) * 2)
+    # The timed-out second request never ran: only the first and the last did.
+    assert run.batches == [1, 1]
+
+
+def test_close_fails_waiting_requests_and_refuses_new_ones():
+    run = Recorder(delay=0.2)
+    batcher = make(run, max_batch_size=1)
+
+    async def main():
+        running = asyncio.create_task(batcher.submit(rows(0, 1)))
+        waiting = asyncio.create_task(batcher.submit(rows(1, 1)))
+        await asyncio.sleep(0.05)
+        await batcher.close()
+        with pytest.raises(NotReady):
+            await batcher.submit(rows(2, 1))
+        return await asyncio.gather(running, waiting, return_exceptions=True)
+
+    results = asyncio.run(main())
+    np.testing.assert_array_equal(results[0][0], rows(0, 1) * 2)  # the batch in flight finished
+    assert isinstance(results[1], NotReady)
+
+
+def test_empty_requests_are_a_programming_error():
+    with pytest.raises(ValueError):
+        asyncio.run(make(Recorder()).submit(np.zeros((0, 3), dtype=np.float32)))
+
+
+def test_fast_runs_go_inline_and_slow_ones_to_the_thread():
+    threads: list[str] = []
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        threads.append(threading.current_thread().name)
+        time.sleep(float(x[0, 0]))
+        return (x,)
+
+    batcher = make(run, inline_below_s=0.005)
+
+    async def main():
+        for delay in (0.0, 0.0, 0.0, 0.05, 0.0):
+            await batcher.submit(np.full((1, 3), delay, dtype=np.float32))
+
+    asyncio.run(main())
+    main_thread = threading.main_thread().name
+    # The first run measures (thread); fast ones then run inline until a slow one moves the average up.
+    assert threads[0] != main_thread
+    assert threads[1] == threads[2] == threads[3] == main_thread
+    assert threads[4] != main_thread

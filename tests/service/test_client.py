@@ -1,0 +1,71 @@
+"""The typed client against a live uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.client import AsyncVAEClient, VAEClient, VAEServiceError, png_to_array
+
+
+def test_sync_client_covers_every_route(models_dir, settings_for, live, digit_pngs, mnist_digits):
+    with live(settings_for(models_dir)) as url, VAEClient(url) as vae:
+        assert vae.health() and vae.ready()
+        models = vae.models()
+        assert models["default_model"] == "tiny"
+        assert vae.model("tiny-2d")["latent_dim"] == 2
+
+        enc = vae.encode(digit_pngs[:3], sample=True, seed=4)
+        assert enc.mean.shape == (3, 8) and enc.z is not None and enc.seed == 4
+        from_arrays = vae.encode(list(mnist_digits[0][:3]))  # float (C, H, W) arrays are sent as PNG
+        np.testing.assert_allclose(from_arrays.mean, enc.mean, atol=1e-6)
+        emb = vae.encode_npy(digit_pngs[:3])
+        np.testing.assert_array_equal(emb, enc.mean)
+
+        images = vae.decode(emb)
+        assert images.shape == (3, 1, 28, 28) and images.dtype == np.float32
+
+        sample = vae.sample(4, seed=9, temperature=0.7)
+        assert len(sample.images) == 4 and sample.latents.shape == (4, 8) and sample.seed == 9
+        assert png_to_array(sample.images[0]).shape == (1, 28, 28)
+        assert vae.sample(4, seed=9, temperature=0.7).images == sample.images
+
+        rec = vae.reconstruct(digit_pngs[:2])
+        assert rec.scores.shape == (2,) and rec.mse.shape == (2,) and len(rec.images) == 2
+
+        path = vae.interpolate(images=digit_pngs[:2], steps=5, method="slerp")
+        np.testing.assert_array_equal(path.latents[0], enc.mean[0])
+        line = vae.interpolate(latents=np.array([[0.0, 1.0], [1.0, 0.0]]), steps=3, model="tiny-2d")
+        assert line.latents.shape == (3, 2) and line.method == "lerp"
+        assert vae.manifold(model="tiny-2d", size=3)[:8] == b"\x89PNG\r\n\x1a\n"
+
+        with pytest.raises(VAEServiceError) as info:
+            vae.sample(1, model="missing")
+        assert info.value.status == 404 and info.value.error_type == "model_not_found"
+        assert info.value.request_id
+        with pytest.raises(VAEServiceError) as info:
+            vae.decode(np.zeros((1, 3), np.float32))
+        assert info.value.status == 422 and "latent_dim" in info.value.message
+
+
+def test_async_client_with_concurrent_calls_and_api_key(models_dir, settings_for, live):
+    async def main(url: str):
+        async with AsyncVAEClient(url, api_key="s3cret") as vae:
+            assert await vae.ready()
+            samples = await asyncio.gather(*(vae.sample(2, seed=s) for s in range(8)))
+            decoded = await vae.decode(samples[3].latents)
+            models = await vae.models()
+        async with AsyncVAEClient(url) as anonymous:
+            with pytest.raises(VAEServiceError) as info:
+                await anonymous.models()
+        return samples, decoded, models, info.value
+
+    with live(settings_for(models_dir, api_keys="s3cret")) as url:
+        samples, decoded, models, error = asyncio.run(main(url))
+    assert [s.seed for s in samples] == list(range(8))
+    assert len({s.images[0] for s in samples}) == 8  # distinct seeds, distinct images
+    assert decoded.shape == (2, 1, 28, 28)
+    assert models["default_model"] == "tiny"
+    assert error.status == 401 and error.error_type == "unauthorized"

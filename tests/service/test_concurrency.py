@@ -1,0 +1,150 @@
+"""Batching through the whole HTTP stack: isolation under concurrency, partial failure, overload, timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from service.inference import ModelRegistry
+
+NPY = "application/x-npy"
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def decoder_session(models_dir) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        str(models_dir / "tiny" / "1" / "decoder.onnx"), providers=["CPUExecutionProvider"]
+    )
+
+
+def registry_of(app) -> ModelRegistry:
+    return app.state.registry
+
+
+def test_concurrent_requests_each_get_their_own_results(models_dir, settings_for, app_runner):
+    """64 decode and 32 sample requests at once; every answer equals the unbatched onnxruntime result."""
+    rng = np.random.default_rng(0)
+    latents = [rng.standard_normal((int(rng.integers(1, 5)), 8)).astype(np.float32) for _ in range(64)]
+    settings = settings_for(models_dir, max_delay_ms=20, max_batch_size=64)
+
+    async def scenario(client, app):
+        decodes = [
+            client.post("/v1/decode", json={"latents": z.tolist()}, headers={"accept": NPY}) for z in latents
+        ]
+        samples = [
+            client.post("/v1/sample?output=latents", json={"n": 2, "seed": s}, headers={"accept": NPY})
+            for s in range(32)
+        ]
+        results = await asyncio.gather(*decodes, *samples)
+        text = (await client.get("/metrics")).text
+        return results, text
+
+    results, metrics = app_runner(settings, scenario)
+    session = decoder_session(models_dir)
+    for z, r in zip(latents, results[:64], strict=True):
+        assert r.status_code == 200
+        (alone,) = session.run(None, {"z": z})
+        np.testing.assert_allclose(load_npy(r.content), np.clip(alone, 0, 1), atol=1e-6)
+    for seed, r in enumerate(results[64:]):
+        expected = np.random.default_rng(seed).standard_normal((2, 8), dtype=np.float32)
+        np.testing.assert_array_equal(load_npy(r.content), expected)
+    # Requests were really combined: fewer decoder runs than requests (warm-up runs are not counted).
+    runs = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('vae_batch_size_count{graph="decoder",model="tiny"}')
+    )
+    assert runs < 96
+
+
+def test_a_failing_batch_fails_only_its_culprit(models_dir, settings_for, app_runner):
+    settings = settings_for(models_dir, max_delay_ms=20)
+    poison = 42.0
+
+    async def scenario(client, app):
+        batcher = registry_of(app).get("tiny").decoder_batcher
+        real = batcher._run_fn
+
+        def fragile(x):
+            if (x == poison).any():
+                raise RuntimeError("simulated onnxruntime failure /secret/path")
+            return real(x)
+
+        batcher._run_fn = fragile
+        bodies = [{"latents": [[float(i)] + [0.0] * 7]} for i in range(8)]
+        bodies[3] = {"latents": [[poison] + [0.0] * 7]}
+        results = await asyncio.gather(*(client.post("/v1/decode", json=b) for b in bodies))
+        after = await client.post("/v1/decode", json=bodies[0])
+        return results, after
+
+    results, after = app_runner(settings, scenario)
+    assert results[3].status_code == 500
+    assert results[3].json() == {
+        "error": "inference failed; the error was logged",
+        "error_type": "inference_failed",
+    }
+    assert "secret" not in results[3].text
+    assert [r.status_code for i, r in enumerate(results) if i != 3] == [200] * 7
+    assert after.status_code == 200
+
+
+def test_a_full_queue_gives_fast_503_with_retry_after(models_dir, settings_for, app_runner):
+    settings = settings_for(
+        models_dir, max_queue=4, max_batch_size=4, max_images_per_request=4, max_latents_per_request=4,
+        max_sample_n=4, max_interpolate_steps=4, max_manifold_size=2, retry_after_s=2,
+        inline_run_us=0,  # the slow stand-in below must run in the worker thread, as a slow model would
+    )  # fmt: skip
+
+    async def scenario(client, app):
+        batcher = registry_of(app).get("tiny").decoder_batcher
+        real = batcher._run_fn
+
+        def slow(x):
+            time.sleep(0.4)
+            return real(x)
+
+        batcher._run_fn = slow
+        running = asyncio.create_task(client.post("/v1/sample", json={"n": 4, "seed": 1}))
+        await asyncio.sleep(0.1)  # taken by the worker: the queue is empty again
+        queued = asyncio.create_task(client.post("/v1/sample", json={"n": 4, "seed": 2}))
+        await asyncio.sleep(0.05)  # waiting: the queue holds 4 items
+        started = time.monotonic()
+        refused = await client.post("/v1/sample", json={"n": 1, "seed": 3})
+        refused_after = time.monotonic() - started
+        return await running, await queued, refused, refused_after
+
+    running, queued, refused, refused_after = app_runner(settings, scenario)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "2"
+    assert refused.json()["error_type"] == "overloaded"
+    assert refused_after < 0.2  # it did not wait for the slow batch
+    assert running.status_code == 200 and queued.status_code == 200
+
+
+def test_a_slow_inference_times_out_with_504(models_dir, settings_for, app_runner):
+    settings = settings_for(models_dir, request_timeout_s=0.2, inline_run_us=0)
+
+    async def scenario(client, app):
+        batcher = registry_of(app).get("tiny").decoder_batcher
+        real = batcher._run_fn
+
+        def slow(x):
+            time.sleep(0.5)
+            return real(x)
+
+        batcher._run_fn = slow
+        timed_out = await client.post("/v1/sample", json={"n": 1})
+        batcher._run_fn = real
+        await asyncio.sleep(0.4)  # let the abandoned run finish
+        return timed_out, await client.post("/v1/sample", json={"n": 1})
+
+    timed_out, after = app_runner(settings, scenario)
+    assert timed_out.status_code == 504 and timed_out.json()["error_type"] == "timeout"
+    assert after.status_code == 200
