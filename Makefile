@@ -10,7 +10,7 @@ PORT ?= 8000
 DATA_DIR ?= data
 MODELS_DIR ?= models
 
-.PHONY: help install install-serve data test test-fast lint format train models serve bench check-deploy clean
+.PHONY: help install install-serve browser data test lint format train models serve bench check-deploy clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,7 +43,13 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install data lint ## install into .venv and run the whole suite
+browser: ## Debian's chromium for the browser tests, when this machine allows (root + apt); else they skip
+	bash scripts/install_chromium.sh
+
+check-deploy: install ## hadolint, compose/k8s/KServe schemas offline, the image's start command in a fresh venv
+	PYTHON=$(BIN)/python bash scripts/check_deploy.sh
+
+test: install data lint check-deploy browser ## install into .venv and run the whole suite
 	VAE_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q
 
 train: data ## train the pytorch/examples-style MLP VAE (10 epochs) into runs/mlp
