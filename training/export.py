@@ -169,8 +169,8 @@ def export_vae(
     staging = Path(tempfile.mkdtemp(prefix=f".{chosen}.", dir=target.parent))
     try:
         enc_path, dec_path = staging / ENCODER_FILE, staging / DECODER_FILE
-        _export_graph(EncoderGraph(vae), torch.zeros(2, c, h, w), "x", ["mean", "log_var"], enc_path)
-        _export_graph(DecoderGraph(vae), torch.zeros(2, vae.latent_dim), "z", ["x"], dec_path)
+        _export_graph(EncoderGraph(vae).eval(), torch.zeros(2, c, h, w), "x", ["mean", "log_var"], enc_path)
+        _export_graph(DecoderGraph(vae).eval(), torch.zeros(2, vae.latent_dim), "z", ["x"], dec_path)
         parity = check_parity(vae, enc_path, dec_path, real_images)
         _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE)
         latent = ["batch", vae.latent_dim]
