@@ -7,8 +7,12 @@ settings reach the app through the environment, so every worker process (`--work
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -54,17 +58,39 @@ def main(argv: list[str] | None = None) -> None:
     from service.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)
-    uvicorn.run(
-        "service.main:create_app",
-        factory=True,
+    options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
-        workers=args.workers,
         log_config=None,  # keep our handlers (plain or JSON, with request ids)
         access_log=False,  # service.middleware logs each request with its id
+        # SIGTERM: /readyz goes 503 for VAE_DRAIN_S (service.main), then uvicorn stops listening and waits
+        # this long for in-flight requests before the lifespan shutdown closes the models.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
         proxy_headers=False,
+        server_header=False,  # no "server: uvicorn" banner
     )
+    if args.workers > 1:
+        uvicorn.run("service.main:create_app", factory=True, workers=args.workers, **options)
+        return
+    server = _graceful_server(uvicorn.Config("service.main:create_app", factory=True, **options))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn re-raises SIGINT after shutting down
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE
+
+
+def _graceful_server(config: Any) -> Any:
+    """uvicorn's server, except that SIGTERM is a normal, graceful stop: exit status 0 once drained, instead
+    of re-raising the signal after shutdown (which makes the exit status -15)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM and self._captured_signals[-1:] == [sig]:
+                self._captured_signals.pop()
+
+    return Server(config)
 
 
 if __name__ == "__main__":

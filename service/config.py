@@ -53,6 +53,15 @@ class Settings(BaseSettings):
         "alphabetically.",
     )
 
+    reload_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=86400,
+        description="How often (seconds) to look in models_dir for a newer version of each served model; a "
+        "new version is loaded, verified and warmed beside the old one, then swapped in atomically (a broken "
+        "one leaves the old version serving). 0: only on SIGHUP.",
+    )
+
     # --- onnxruntime ---------------------------------------------------------------------------------------
     provider: Provider = Field(
         default="auto",
@@ -110,6 +119,14 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description="Longest one inference call of a request may wait, queue time included, before 504.",
+    )
+
+    drain_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM, seconds /readyz answers 503 while requests are still accepted (so load "
+        "balancers stop sending), before the server stops listening and waits for in-flight requests.",
     )
 
     # --- request limits (issue 7) --------------------------------------------------------------------------

@@ -1,16 +1,18 @@
-"""Pure ASGI middleware: request ids, access log and metrics; the request body size cap.
+"""Pure ASGI middleware: request ids, access log and metrics, client disconnects; the request body size cap.
 
 Pure ASGI (not BaseHTTPMiddleware) so bodies stream through untouched and the cost per request stays small.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,9 +24,17 @@ log = logging.getLogger("service.access")
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+# nginx's status for "client closed the request": logged and counted, never sent (there is no one to send to).
+CLIENT_CLOSED = 499
+
 
 class RequestContextMiddleware:
-    """Honours a sane `X-Request-ID` or makes one, returns it, logs one line and counts every request."""
+    """Honours a sane `X-Request-ID` or makes one, returns it, logs one line and counts every request.
+
+    Client disconnects: one that happens while the body is read (Starlette's `ClientDisconnect`) ends the
+    request quietly as 499; one that happens after the body was read, while the request waits for inference,
+    cancels the handler, which cancels its queued batcher jobs so they never run.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
@@ -39,17 +49,53 @@ class RequestContextMiddleware:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
+        responding = False
+        gone = False
+        task = asyncio.current_task()
+        watcher: asyncio.Task[Message] | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responding
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responding = message["status"], True
                 MutableHeaders(scope=message).append("X-Request-ID", rid)
             await send(message)
 
+        async def watch() -> Message:
+            # The next message after the body is http.disconnect: when the client goes, or (for every ASGI
+            # server) once the response is complete, which is not a disconnect worth acting on.
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not responding and task is not None:
+                gone = True
+                task.cancel()
+            return message
+
+        async def receive_watched() -> Message:
+            nonlocal watcher, gone
+            if watcher is not None:  # the app listens for a disconnect itself: share the watcher's answer
+                return await asyncio.shield(watcher)
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+            elif not message.get("more_body", False):
+                watcher = asyncio.get_running_loop().create_task(watch())
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watched, send_with_id)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED
+        except asyncio.CancelledError:
+            if not gone or task is None:
+                raise
+            task.uncancel()  # our own cancellation: the request is over, the server is not
+            status = CLIENT_CLOSED
         finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+            if gone and not responding:
+                status = CLIENT_CLOSED
             elapsed = time.perf_counter() - started
             self.metrics.observe_request(_route_label(scope), scope["method"], status, elapsed)
             log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)

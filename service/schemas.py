@@ -167,6 +167,9 @@ class ModelInfo(BaseModel):
     latent_dim: int | None = None
     providers: list[str] = Field(default_factory=list, description="Active onnxruntime execution providers.")
     error: str | None = Field(None, description="Why the model is not served.")
+    reload_error: str | None = Field(
+        None, description="Why a newer version was refused by hot reload (this version keeps serving)."
+    )
     manifest: dict[str, Any] | None = None
 
 
@@ -181,6 +184,11 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
+    draining: bool = Field(description="SIGTERM received: finishing in-flight requests, then exiting.")
     models: dict[str, bool]
+    versions: dict[str, int] = Field(description="The version each served model answers with.")
     failures: dict[str, str]
+    reload_failures: dict[str, str] = Field(
+        description="Newer versions refused by hot reload; the versions in `versions` keep serving."
+    )
     default_model: str

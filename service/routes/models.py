@@ -18,7 +18,12 @@ router = APIRouter(prefix="/v1", tags=["models"])
 
 def _info(registry: ModelRegistry, name: str) -> dict[str, Any]:
     model = registry.models.get(name)
-    base = {"name": name, "default": name == registry.default_name, "ready": model is not None}
+    base = {
+        "name": name,
+        "default": name == registry.default_name,
+        "ready": model is not None,
+        "reload_error": registry.reload_failures.get(name),
+    }
     if model is None:
         return {**base, "version": None, "latent_dim": None, "providers": [], "manifest": None,
                 "error": registry.failures.get(name, "not loaded")}  # fmt: skip

@@ -41,7 +41,8 @@ def test_health_and_readiness(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {
-        "ready": True, "models": {"tiny": True, "tiny-2d": True}, "failures": {}, "default_model": "tiny"
+        "ready": True, "draining": False, "models": {"tiny": True, "tiny-2d": True},
+        "versions": {"tiny": 1, "tiny-2d": 1}, "failures": {}, "reload_failures": {}, "default_model": "tiny",
     }  # fmt: skip
 
 
