@@ -234,7 +234,7 @@ def oip_body(draw: st.DrawFn) -> dict[str, Any]:
         tensor["data"] = draw(
             st.one_of(
                 st.just([0.5] * count),
-                *([values] if values else []),
+                *([values] if values is not None else []),
                 st.lists(json_leaf, max_size=5),
                 junk_json,
             )
