@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.manifest import ManifestError, list_model_names, model_dir, verify_model_dir
 
-FIELDS = ("neg_elbo", "iwae_nll", "kl", "active_units")
+FIELDS = ("neg_elbo", "iwae_nll", "iwae_k", "kl", "active_units")
 
 
 def main(new_root: str, old_root: str) -> int:
