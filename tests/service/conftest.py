@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from serving import free_port, wait_until_ready
 
 from service.config import Settings
 from service.imaging import encode_png
@@ -89,12 +88,6 @@ def settings_for() -> Callable[..., Settings]:
     return make_settings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def live_server(settings: Settings) -> Iterator[str]:
     """uvicorn on 127.0.0.1 in a thread; yields the base URL once /readyz answers."""
@@ -108,15 +101,7 @@ def live_server(settings: Settings) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    else:
+    if not wait_until_ready(url, 30):
         server.should_exit = True
         raise RuntimeError("live server did not become ready")
     try:

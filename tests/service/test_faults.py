@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from serving import free_port, wait_until_ready
 
 from service.imaging import encode_png
 from service.main import create_app
@@ -334,12 +335,6 @@ def test_sighup_reloads_at_once(model_copy, settings_for, app_runner):
 # --- a real server process: soak (memory), then SIGTERM with requests in flight -----------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -350,7 +345,7 @@ def _rss_kb(pid: int) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 def test_soak_memory_then_sigterm_drains_in_flight_requests(models_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ, "VAE_MODELS_DIR": str(models_dir), "VAE_PROVIDER": "cpu", "VAE_PORT": str(port),
         "VAE_HOST": "127.0.0.1", "VAE_DRAIN_S": "1", "VAE_RELOAD_INTERVAL_S": "0",
@@ -363,16 +358,7 @@ def test_soak_memory_then_sigterm_drains_in_flight_requests(models_dir, tmp_path
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+        assert wait_until_ready(url, 60, proc), f"server did not become ready:\n{log_path.read_text()}"
 
         # --- soak: 3000 requests on 4 keep-alive connections; RSS measured after a warm-up ---
         bodies = [

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from serving import free_port, wait_until_ready
 
 from service.cli import parse_args
 from service.config import Settings
@@ -50,9 +49,7 @@ def test_cli_flags():
 
 
 def test_vae_serve_starts_and_answers(models_dir, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "VAE_LOG_JSON": "true", "VAE_MAX_BATCH_SIZE": "16"}
     serve = str(Path(sys.executable).parent / "vae-serve")
     cmd = [serve, "--port", str(port), "--models-dir", str(models_dir), "--provider", "cpu"]
@@ -60,14 +57,7 @@ def test_vae_serve_starts_and_answers(models_dir, tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
+        if not wait_until_ready(url, 60, proc):
             log.seek(0)
             pytest.fail(f"vae-serve did not become ready:\n{log.read()}")
         r = httpx.post(f"{url}/v1/sample", json={"n": 1, "seed": 1}, headers={"x-request-id": "cli-test"})
