@@ -15,6 +15,7 @@ from bench import run as bench_run
 from bench.load import RequestSpec, run_load_sync, summarize
 from bench.naive_app import create_app
 from bench.raw import RawModel, measure
+from bench.scenarios import SCENARIOS, model_info
 
 
 def test_summarize_counts_errors_and_orders_percentiles():
@@ -30,14 +31,14 @@ def test_summarize_counts_errors_and_orders_percentiles():
 @pytest.fixture(scope="module")
 def tiny(models_dir):
     raw = RawModel.open(models_dir / "tiny" / "1", "cpu")
-    return bench_run.model_info(models_dir, "tiny", raw), raw
+    return model_info(models_dir, "tiny", raw), raw
 
 
 def test_load_generator_drives_the_naive_app_in_process(tiny):
     info, _ = tiny
     transport = httpx.ASGITransport(app=create_app(info.path))
     for name in ("decode1_png", "decode256_npy", "encode1", "sample"):
-        scenario = bench_run.SCENARIOS[name]
+        scenario = SCENARIOS[name]
         specs = scenario.build("naive", info)
         result = run_load_sync(
             "http://naive",

@@ -1,0 +1,160 @@
+"""Server subprocesses for the benchmark: our service, the naive app; each on loopback in its own group.
+
+Each server logs to a file (a full pipe would stall it) and is stopped with SIGTERM to its process group, then
+SIGKILL. CPU and RSS are read from /proc for the server and every descendant (worker processes included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server subprocess in its own process group, on loopback, logging to a file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout_s: float = 180.0) -> None:
+        self.launch()
+        self.wait_ready(ready_timeout_s)
+
+    def launch(self) -> None:
+        argv = [a.replace("{port}", str(self.port)) for a in self.argv]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the server
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+
+    def wait_ready(self, ready_timeout_s: float = 180.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + ready_timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                r = httpx.get(f"{self.url}/readyz", timeout=2.0)
+                if r.status_code == 200:
+                    return
+                last = f"{r.status_code} {r.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.25)
+        raise RuntimeError(
+            f"{self.name} not ready after {ready_timeout_s:.0f}s (last: {last}); see {self.log_path}"
+        )
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and its descendants so far, from /proc/<pid>/stat."""
+        assert self.proc is not None
+        return sum(_cpu_ticks(pid) for pid in _descendants(self.proc.pid)) / os.sysconf("SC_CLK_TCK")
+
+    def wait_idle(self, max_s: float = 60.0, interval_s: float = 0.25, busy: float = 0.1) -> float:
+        """Wait until the server uses under `busy` of a core (it may still run abandoned requests)."""
+        started = time.monotonic()
+        last, quiet = self.cpu_seconds(), 0
+        while quiet < 2 and time.monotonic() - started < max_s:
+            time.sleep(interval_s)
+            now = self.cpu_seconds()
+            quiet = quiet + 1 if now - last < busy * interval_s else 0
+            last = now
+        return round(time.monotonic() - started, 2)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its descendants (uvicorn workers), from /proc/<pid>/status."""
+        assert self.proc is not None
+        return sum(_rss_kb(pid) for pid in _descendants(self.proc.pid)) / 1024.0
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 in proc(5)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(FileNotFoundError):
+                stack.extend(int(c) for c in children.read_text().split())
+    return found
+
+
+def ours_server(args: argparse.Namespace, models_dir: Path, model: str, out: Path, extra_env: dict) -> Server:
+    script = Path(sys.executable).with_name("vae-serve")
+    exe = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    if getattr(args, "ours_cmd", None):
+        exe = shlex.split(args.ours_cmd)
+    workers = str(getattr(args, "workers", 1))
+    host = ["--host", "127.0.0.1", "--port", "{port}", "--models-dir", str(models_dir), "--workers", workers]
+    argv = [*exe, *host]
+    env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": args.provider, **extra_env, **dict(args.env)}
+    return Server("ours", argv, env, out / "ours.log")
+
+
+def naive_server(args: argparse.Namespace, model_path: Path, out: Path) -> Server:
+    argv = [
+        sys.executable, "-m", "uvicorn", "--factory", "bench.naive_app:app", "--host", "127.0.0.1",
+        "--port", "{port}", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {"BENCH_NAIVE_MODEL_DIR": str(model_path), "BENCH_NAIVE_PROVIDER": args.provider}
+    return Server("naive", argv, env, out / "naive.log")

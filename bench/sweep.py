@@ -1,0 +1,191 @@
+"""The measurements: raw onnxruntime calls, one sweep over scenarios x concurrency x targets, the ratios
+between them, the issue's targets judged from one run's numbers, and the memory soak.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from bench.load import RequestSpec, run_load_sync
+from bench.raw import RawModel, measure
+from bench.scenarios import DECODE_BATCH, SCENARIOS, ModelInfo, Scenario
+from bench.servers import Server
+
+# The issue's targets (benchmark, not tests).
+TARGET_NAIVE_RATIO, TARGET_NAIVE_CONCURRENCY = 2.0, 64
+TARGET_RAW_FRACTION = 0.5
+TARGET_RSS_GROWTH_MB = 50.0
+
+
+def probe(server: Server, scenario: Scenario, specs: list[RequestSpec], info: ModelInfo) -> str | None:
+    """One request, checked for the right answer, so a sweep never benchmarks fast error responses."""
+    spec = specs[0]
+    try:
+        r = httpx.request(
+            spec.method, server.url + spec.path, content=spec.content, headers=spec.headers, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if r.status_code != 200:
+        return f"HTTP {r.status_code}: {r.text[:300]}"
+    try:
+        return scenario.check(r, info)
+    except Exception as exc:  # a malformed answer is a finding, not a crash of the harness
+        return f"unreadable answer ({type(exc).__name__}: {exc})"
+
+
+def drive(server: Server, specs: list[RequestSpec], items: int, concurrency: int, args) -> dict:
+    """One level against one server, then wait until the server has worked off what was abandoned."""
+    load = {"total": args.requests} if args.requests else {"duration_s": args.duration}
+    result = run_load_sync(
+        server.url,
+        specs,
+        concurrency=concurrency,
+        warmup=args.warmup if args.warmup is not None else max(2 * concurrency, 8),
+        warmup_s=None if args.requests else min(2.0, args.duration),
+        items_per_request=items,
+        server_cpu=server.cpu_seconds,
+        client=args.client,
+        **load,
+    )
+    row = result.to_dict()
+    row["settle_s"] = server.wait_idle()
+    return row
+
+
+def sweep(servers: list[Server], info: ModelInfo, args) -> tuple[list[dict], dict]:
+    rows: list[dict] = []
+    failures: dict[str, str] = {}
+    for name in args.scenarios:
+        scenario = SCENARIOS[name]
+        pools = {s.name: scenario.build(s.name, info) for s in servers}
+        live = []
+        for server in servers:
+            problem = probe(server, scenario, pools[server.name], info)
+            if problem:
+                failures[f"{name}/{server.name}"] = problem
+                print(f"[bench] {name} on {server.name}: SKIPPED: {problem}", flush=True)
+            else:
+                live.append(server)
+        for concurrency in args.concurrency:
+            for server in live:
+                row = {"scenario": name, "target": server.name}
+                row.update(drive(server, pools[server.name], scenario.items, concurrency, args))
+                rows.append(row)
+                print(
+                    f"[bench] {name:14s} c={concurrency:<4d} {server.name:6s} "
+                    f"{row['requests_per_s']:9.1f} req/s {row['items_per_s']:11.1f} items/s  "
+                    f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  "
+                    f"server {row['server_cpu_ms_per_request']} CPU-ms/req client {row['client_cpu_s']} CPU-s"
+                    + (f"  errors {row['errors']}" if row["errors"] else "")
+                    + (f"  cut off {row['unfinished']}" if row["unfinished"] else ""),
+                    flush=True,
+                )
+    return rows, failures
+
+
+def measure_raw(model: RawModel, args, when: str) -> dict:
+    """The in-process call behind each scenario, items/s (the scenario's batch size)."""
+    limits = {}
+    for name in args.scenarios:
+        key = raw_key(name)
+        if key not in limits:
+            graph, batch = SCENARIOS[name].raw
+            limits[key] = measure(model, graph, batch, args.raw_duration)
+            print(f"[bench] raw {key} ({when}): {limits[key]['items_per_s']:,.0f} items/s", flush=True)
+    return limits
+
+
+def raw_key(scenario: str) -> str:
+    graph, batch = SCENARIOS[scenario].raw
+    return f"{graph}_b{batch}"
+
+
+def add_ratios(rows: list[dict], raw_limits: dict) -> None:
+    """In place: ours/naive requests/s at the same scenario and concurrency, and ours/raw items/s."""
+    naive = {(r["scenario"], r["concurrency"]): r for r in rows if r["target"] == "naive"}
+    for r in rows:
+        if r["target"] != "ours":
+            continue
+        base = naive.get((r["scenario"], r["concurrency"]))
+        r["vs_naive_rps"] = (
+            round(r["requests_per_s"] / base["requests_per_s"], 2) if base and base["ok"] else None
+        )
+        limit = raw_limits.get(raw_key(r["scenario"]))
+        r["vs_raw_items"] = round(r["items_per_s"] / limit["items_per_s"], 4) if limit else None
+
+
+def judge(rows: list[dict], raw_limits: dict, soak: dict | None) -> list[dict]:
+    """The issue's targets, pass/fail, from this run's numbers."""
+    verdicts = []
+    by = {(r["scenario"], r["target"], r["concurrency"]): r for r in rows}
+    levels = sorted({r["concurrency"] for r in rows if r["scenario"] == "decode1_png"})
+    if levels:
+        c = min(levels, key=lambda lvl: abs(lvl - TARGET_NAIVE_CONCURRENCY))
+        ours, naive = by.get(("decode1_png", "ours", c)), by.get(("decode1_png", "naive", c))
+        if ours and naive and ours["ok"] and naive["ok"]:
+            ratio = ours["requests_per_s"] / naive["requests_per_s"]
+            passed = ratio >= TARGET_NAIVE_RATIO and ours["p99_ms"] < naive["p99_ms"]
+            verdicts.append({
+                "target": f"/v1/decode 1 latent -> PNG at concurrency {c}: >= {TARGET_NAIVE_RATIO:g}x naive "
+                "requests/s with a lower p99",
+                "measured": f"{ratio:.2f}x ({ours['requests_per_s']:.0f} vs "
+                f"{naive['requests_per_s']:.0f} req/s); "
+                f"p99 {ours['p99_ms']:.1f} ms vs {naive['p99_ms']:.1f} ms",
+                "pass": bool(passed),
+            })  # fmt: skip
+    ours256 = [r for r in rows if r["scenario"] == "decode256_npy" and r["target"] == "ours" and r["ok"]]
+    limit = raw_limits.get(raw_key("decode256_npy"))
+    if ours256 and limit:
+        best = max(ours256, key=lambda r: r["items_per_s"])
+        fraction = best["items_per_s"] / limit["items_per_s"]
+        verdicts.append({
+            "target": f"/v1/decode {DECODE_BATCH} latents -> npy: >= {TARGET_RAW_FRACTION:.0%} of raw "
+            "onnxruntime items/s",
+            "measured": f"{fraction:.1%} ({best['items_per_s']:.0f} vs {limit['items_per_s']:.0f} items/s, "
+            f"best level c={best['concurrency']})",
+            "pass": fraction >= TARGET_RAW_FRACTION,
+        })  # fmt: skip
+    if soak:
+        verdicts.append({
+            "target": f"RSS flat within {TARGET_RSS_GROWTH_MB:g} MB over 100k requests",
+            "measured": f"{soak['growth_mb']:+.1f} MB over {soak['requests']} requests "
+            f"({soak['rss_mb'][0]:.0f} -> {soak['rss_mb'][-1]:.0f} MB)",
+            "pass": abs(soak["growth_mb"]) <= TARGET_RSS_GROWTH_MB and soak["requests"] >= 100_000,
+        })  # fmt: skip
+    return verdicts
+
+
+def soak(server: Server, info: ModelInfo, n: int, concurrency: int, client: str, samples: int = 10) -> dict:
+    """RSS of the server before and after `n` decode-1-PNG requests (after a warm-up that fills its pools)."""
+    scenario = SCENARIOS["decode1_png"]
+    specs = scenario.build(server.name, info)
+    run_load_sync(
+        server.url, specs, concurrency=concurrency, total=max(2000, 20 * concurrency), client=client
+    )
+    rss = [round(server.rss_mb(), 1)]
+    errors: dict[str, int] = {}
+    done, started = 0, time.perf_counter()
+    chunk = max(1, n // samples)
+    while done < n:
+        result = run_load_sync(
+            server.url, specs, concurrency=concurrency, total=min(chunk, n - done), client=client
+        )
+        for k, v in result.errors.items():
+            errors[k] = errors.get(k, 0) + v
+        done += result.requests
+        rss.append(round(server.rss_mb(), 1))
+        print(f"[bench] soak {done}/{n} requests, server RSS {rss[-1]:.1f} MB", flush=True)
+    return {
+        "server": server.name,
+        "scenario": scenario.name,
+        "requests": done,
+        "concurrency": concurrency,
+        "seconds": round(time.perf_counter() - started, 1),
+        "rss_mb": rss,
+        "growth_mb": round(rss[-1] - rss[0], 1),
+        "max_growth_mb": round(max(rss) - rss[0], 1),
+        "errors": errors,
+    }
