@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
-from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -55,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from service.lifecycle import graceful_server, graceful_timeout_s
     from service.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)
@@ -63,34 +62,20 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_config=None,  # keep our handlers (plain or JSON, with request ids)
         access_log=False,  # service.middleware logs each request with its id
-        # SIGTERM: /readyz goes 503 for VAE_DRAIN_S (service.main), then uvicorn stops listening and waits
-        # this long for in-flight requests before the lifespan shutdown closes the models.
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        # SIGTERM: /readyz goes 503 for VAE_DRAIN_S, then uvicorn stops listening and waits this long for
+        # in-flight requests before the lifespan shutdown closes the models (service.lifecycle).
+        timeout_graceful_shutdown=graceful_timeout_s(settings),
         proxy_headers=False,
         server_header=False,  # no "server: uvicorn" banner
     )
     if args.workers > 1:
         uvicorn.run("service.main:create_app", factory=True, workers=args.workers, **options)
         return
-    server = _graceful_server(uvicorn.Config("service.main:create_app", factory=True, **options))
+    server = graceful_server(uvicorn.Config("service.main:create_app", factory=True, **options))
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn re-raises SIGINT after shutting down
         server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE
-
-
-def _graceful_server(config: Any) -> Any:
-    """uvicorn's server, except that SIGTERM is a normal, graceful stop: exit status 0 once drained, instead
-    of re-raising the signal after shutdown (which makes the exit status -15)."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            if sig == signal.SIGTERM and self._captured_signals[-1:] == [sig]:
-                self._captured_signals.pop()
-
-    return Server(config)
 
 
 if __name__ == "__main__":
