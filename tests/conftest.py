@@ -48,10 +48,9 @@ def artifacts_dir() -> Path:
 def _train_and_export(
     mnist, models_dir: Path, run_dir: Path, name: str, latent_dim: int, epochs: int
 ) -> Path:
-    from service.manifest import DatasetSpec, Metrics
     from training.config import TrainConfig
-    from training.export import export_vae
-    from training.train import eval_tensor, train
+    from training.export import export_run
+    from training.train import train
 
     config = TrainConfig(
         latent_dim=latent_dim,
@@ -63,20 +62,11 @@ def _train_and_export(
         threads=2,
     )
     result = train(config, run_dir, dataset=mnist, progress=False)
-    final = result.final
-    metrics = Metrics(
-        split="test[:500]",
-        examples=final["examples"],
-        binarized=False,
-        neg_elbo=final["neg_elbo"],
-        reconstruction=final["reconstruction"],
-        kl=final["kl"],
-        active_units=final["active_units"],
-        measured_with="tests/conftest.py",
+    trained_on = mnist.limited(config.train_limit, config.test_limit)
+    target, _ = export_run(
+        result.model, trained_on, result.final, models_dir, name, measured_with="tests/conftest.py"
     )
-    dataset = DatasetSpec(name="mnist", source=mnist.source, train_examples=6000, test_examples=500)
-    real = eval_tensor(mnist.limited(0, 16), config).numpy()
-    return export_vae(result.model, models_dir, name, dataset=dataset, metrics=metrics, real_images=real)
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -136,38 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_eval_data(config: TrainConfig, data_dir: str | None, limit: int = 0) -> Any:
-    from training.data import load_dataset
-
-    return load_dataset(
-        config.dataset, data_dir or config.data_dir, config.image_size, config.channels
-    ).limited(config.train_limit, limit or config.test_limit)
-
-
-def _measure(
-    checkpoint: str, data_dir: str | None, k: int, limit: int = 0, device: str = "auto"
-) -> tuple[Any, Any, dict[str, Any]]:
-    from training.evaluate import evaluate
-    from training.train import eval_tensor, load_checkpoint
-
-    model, _ = load_checkpoint(Path(checkpoint))
-    dataset = _load_eval_data(model.config, data_dir, limit)
-    target = torch_device(device)
-    tic = time.perf_counter()
-    result = evaluate(model.to(target), eval_tensor(dataset, model.config).to(target), iwae_k=k)
-    result["seconds"] = round(time.perf_counter() - tic, 1)
-    result["device"] = target
-    return model.cpu(), dataset, result
-
-
-def torch_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
     if args.command == "data":
         from training.data import fetch_mnist, load_mnist
@@ -197,54 +164,30 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     elif args.command == "eval":
-        _, _, result = _measure(args.checkpoint, args.data_dir, args.k, args.limit, args.device)
+        from training.evaluate import measure_checkpoint
+
+        _, _, result = measure_checkpoint(args.checkpoint, args.data_dir, args.k, args.limit, args.device)
         print(json.dumps(result, indent=2))
     elif args.command == "export":
-        from service.manifest import DatasetSpec, Metrics
-        from training.export import export_vae
-        from training.train import eval_tensor
+        from training.evaluate import evaluation_data, measure_checkpoint
+        from training.export import export_run, read_evaluation
+        from training.train import load_checkpoint
 
         if args.metrics:
-            # An evaluation already run (`python -m training eval ... > FILE`, e.g. k=5000 on a GPU host).
-            from training.train import load_checkpoint
-
             model, _ = load_checkpoint(Path(args.checkpoint))
-            dataset = _load_eval_data(model.config, args.data_dir)
-            result = json.loads(Path(args.metrics).read_text())
-            if result.get("examples") != len(dataset.x_test):
-                raise ValueError(
-                    f"{args.metrics} covers {result.get('examples')} test images, not {len(dataset.x_test)}"
-                )
+            dataset = evaluation_data(model.config, args.data_dir)
+            result = read_evaluation(Path(args.metrics), dataset)
         else:
-            model, dataset, result = _measure(args.checkpoint, args.data_dir, args.k, device=args.device)
-        config = model.config
-        metrics = Metrics(
-            split="test",
-            examples=result["examples"],
-            binarized=config.binarize,
-            neg_elbo=result["neg_elbo"],
-            reconstruction=result["reconstruction"],
-            kl=result["kl"],
-            iwae_nll=result.get("iwae_nll"),
-            iwae_k=result.get("iwae_k"),
-            active_units=result["active_units"],
-            measured_with=f"python -m training eval on {result['device']} in {result['seconds']}s",
-        )
-        spec = DatasetSpec(
-            name=dataset.name,
-            source=dataset.source,
-            train_examples=len(dataset.x_train),
-            test_examples=len(dataset.x_test),
-        )
-        real = eval_tensor(dataset, config)[:16].numpy()
-        target = export_vae(
+            model, dataset, result = measure_checkpoint(
+                args.checkpoint, args.data_dir, args.k, device=args.device
+            )
+        target, metrics = export_run(
             model,
+            dataset,
+            result,
             Path(args.models_dir),
             args.name,
-            dataset=spec,
-            metrics=metrics,
             version=args.version,
-            real_images=real,
             description=args.description,
             force=args.force,
         )

@@ -8,11 +8,14 @@ same model on the same data report the same numbers.
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.data import iterate_batches
+from training.config import TrainConfig
+from training.data import ImageDataset, iterate_batches, load_dataset
 from training.losses import elbo_terms, iwae_bound
 from training.models import VAE
 
@@ -65,3 +68,32 @@ def evaluate(
     return {
         key: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for key, v in result.items()
     }
+
+
+def evaluation_data(config: TrainConfig, data_dir: str | None = None, limit: int = 0) -> ImageDataset:
+    """The dataset a checkpoint was trained on, with its limits (`limit` > 0 narrows the test set)."""
+    return load_dataset(
+        config.dataset, data_dir or config.data_dir, config.image_size, config.channels
+    ).limited(config.train_limit, limit or config.test_limit)
+
+
+def measure_checkpoint(
+    checkpoint: Path, data_dir: str | None, k: int, limit: int = 0, device: str = "auto"
+) -> tuple[VAE, ImageDataset, dict[str, Any]]:
+    """Evaluate a checkpoint on its test set; the result also says on which device and in how many seconds."""
+    from training.train import eval_tensor, load_checkpoint
+
+    model, _ = load_checkpoint(Path(checkpoint))
+    dataset = evaluation_data(model.config, data_dir, limit)
+    target = resolve_device(device)
+    tic = time.perf_counter()
+    result = evaluate(model.to(target), eval_tensor(dataset, model.config).to(target), iwae_k=k)
+    result["seconds"] = round(time.perf_counter() - tic, 1)
+    result["device"] = target
+    return model.cpu(), dataset, result
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name

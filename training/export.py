@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from service.manifest import (
     verify_model_dir,
     write_manifest,
 )
+from training.data import ImageDataset
 from training.models import VAE
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,81 @@ def check_parity(
     return {f"{role}_max_abs_diff": float(f"{diff:.3g}") for role, diff in worst.items()}
 
 
+def dataset_spec(dataset: ImageDataset) -> DatasetSpec:
+    """The manifest's record of the data a model was trained and evaluated on (after any limits)."""
+    return DatasetSpec(
+        name=dataset.name,
+        source=dataset.source,
+        train_examples=len(dataset.x_train),
+        test_examples=len(dataset.x_test),
+    )
+
+
+def manifest_metrics(evaluation: dict[str, Any], model: VAE, measured_with: str | None = None) -> Metrics:
+    """The manifest's test-set numbers from `training.evaluate.evaluate` output (plus `device`, `seconds`)."""
+    config = model.config
+    if measured_with is None:
+        measured_with = f"python -m training eval on {evaluation['device']} in {evaluation['seconds']}s"
+    examples = evaluation["examples"]
+    return Metrics(
+        split=f"test[:{examples}]" if config.test_limit else "test",
+        examples=examples,
+        binarized=config.binarize,
+        neg_elbo=evaluation["neg_elbo"],
+        reconstruction=evaluation["reconstruction"],
+        kl=evaluation["kl"],
+        iwae_nll=evaluation.get("iwae_nll"),
+        iwae_k=evaluation.get("iwae_k"),
+        active_units=evaluation["active_units"],
+        measured_with=measured_with,
+    )
+
+
+def read_evaluation(path: Path, dataset: ImageDataset) -> dict[str, Any]:
+    """An evaluation already run (`python -m training eval ... > FILE`), checked to cover `dataset`'s test set."""
+    import json
+
+    evaluation: dict[str, Any] = json.loads(Path(path).read_text())
+    if evaluation.get("examples") != len(dataset.x_test):
+        raise ValueError(f"{path} covers {evaluation.get('examples')} test images, not {len(dataset.x_test)}")
+    return evaluation
+
+
+def export_run(
+    vae: VAE,
+    dataset: ImageDataset,
+    evaluation: dict[str, Any],
+    models_dir: Path,
+    name: str,
+    *,
+    measured_with: str | None = None,
+    version: int | None = None,
+    description: str = "",
+    force: bool = False,
+) -> tuple[Path, Metrics]:
+    """Export a trained model with its test-set evaluation and data record; the CLI and the test fixtures.
+
+    `dataset` is the data as trained and evaluated (limits applied); its first 16 test images join the
+    random inputs of the parity check.
+    """
+    from training.train import eval_tensor
+
+    metrics = manifest_metrics(evaluation, vae, measured_with)
+    real = eval_tensor(dataset, vae.config)[:16].numpy()
+    target = export_vae(
+        vae,
+        models_dir,
+        name,
+        dataset=dataset_spec(dataset),
+        metrics=metrics,
+        version=version,
+        real_images=real,
+        description=description,
+        force=force,
+    )
+    return target, metrics
+
+
 def export_vae(
     vae: VAE,
     models_dir: Path,
@@ -200,9 +277,7 @@ def export_vae(
             dataset=dataset,
             metrics=metrics,
             opset=OPSET,
-            exporters={
-                pkg: package_version(pkg) for pkg in ("torch", "onnx", "onnxscript", "onnxruntime-gpu")
-            },
+            exporters=_exporter_versions(),
             parity=parity,
         )
         write_manifest(staging, manifest)
@@ -216,6 +291,17 @@ def export_vae(
         raise
     log.info("exported %s (parity %s)", target, parity)
     return target
+
+
+def _exporter_versions() -> dict[str, str]:
+    """The packages that built and checked the graphs; the onnxruntime build is whichever is installed."""
+    found: dict[str, str] = {}
+    for pkg in ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime"):
+        try:
+            found[pkg] = package_version(pkg)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def _write_preview(decoder_path: Path, latent_dim: int, path: Path) -> None:

@@ -36,7 +36,8 @@ def test_manifest_round_trip_and_contents(exported):
     assert [t.name for t in manifest.encoder.outputs] == ["mean", "log_var"]
     assert manifest.metrics is not None and manifest.metrics.neg_elbo > 0
     assert manifest.training["latent_dim"] == 8 and manifest.opset >= 17
-    assert set(manifest.exporters) >= {"torch", "onnx", "onnxruntime-gpu"}
+    assert set(manifest.exporters) >= {"torch", "onnx"}
+    assert {"onnxruntime", "onnxruntime-gpu"} & set(manifest.exporters)  # whichever build is installed
     assert max(manifest.parity.values()) <= PARITY_TOLERANCE
     raw = json.loads((exported / "model.json").read_text())
     assert read_manifest(exported).model_dump(mode="json") == raw | {"created": raw["created"]}
