@@ -173,7 +173,7 @@ def manifest_metrics(evaluation: dict[str, Any], model: VAE, measured_with: str 
 
 
 def read_evaluation(path: Path, dataset: ImageDataset) -> dict[str, Any]:
-    """An evaluation already run (`python -m training eval ... > FILE`), checked to cover `dataset`'s test set."""
+    """An evaluation already run (`python -m training eval ... > FILE`), checked to cover `dataset`."""
     import json
 
     evaluation: dict[str, Any] = json.loads(Path(path).read_text())
