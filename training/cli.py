@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         from training.train import train
 
         config = _config_from_args(args)
-        result = train(
+        trained = train(
             config,
             Path(args.run_dir),
             resume=args.resume,
@@ -156,9 +156,9 @@ def run(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    "run_dir": str(result.run_dir),
-                    "seconds": round(result.seconds, 1),
-                    "final_test": result.final,
+                    "run_dir": str(trained.run_dir),
+                    "seconds": round(trained.seconds, 1),
+                    "final_test": trained.final,
                 },
                 indent=2,
             )

@@ -178,9 +178,9 @@ def _check_images(x: np.ndarray, y: np.ndarray, where: Path) -> None:
 
 # --- IDX files (MNIST, Fashion-MNIST, KMNIST, ...)
 
-_IDX_DTYPES = {
-    0x08: np.uint8,
-    0x09: np.int8,
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"),
     0x0D: np.dtype(">f4"),

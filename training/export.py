@@ -259,7 +259,7 @@ def export_vae(
             description=description,
             latent_dim=vae.latent_dim,
             image=ImageSpec(channels=c, height=h, width=w),  # type: ignore[arg-type]
-            likelihood=vae.config.likelihood,  # type: ignore[arg-type]
+            likelihood=vae.config.likelihood,
             gaussian_sigma=vae.config.gaussian_sigma if vae.config.likelihood == "gaussian" else None,
             encoder=GraphSpec(
                 file=ENCODER_FILE,

@@ -69,7 +69,7 @@ def load_checkpoint(path: Path) -> tuple[VAE, dict[str, Any]]:
     ) as exc:  # torch raises many types for corrupt files; one clear message is what users need
         raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
     config = TrainConfig.from_dict(payload["config"])
-    model = build_model(config, tuple(payload["image_shape"]))  # type: ignore[arg-type]
+    model = build_model(config, tuple(payload["image_shape"]))
     model.load_state_dict(payload["model"])
     model.eval()
     return model, payload
