@@ -53,10 +53,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from service.connections import GuardedHttpToolsProtocol, raise_fd_limit
     from service.lifecycle import graceful_server, graceful_timeout_s
     from service.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)
+    raise_fd_limit(settings.max_connections)  # before any worker starts: they inherit the limit
     options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=graceful_timeout_s(settings),
         proxy_headers=False,
         server_header=False,  # no "server: uvicorn" banner
+        # Idle, header and body timeouts, a header size cap and a connection cap (VAE_IDLE_TIMEOUT_S, ...);
+        # each worker reads them from the same VAE_* environment.
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=settings.idle_timeout_s,
     )
     if args.workers > 1:
         uvicorn.run("service.main:create_app", factory=True, workers=args.workers, **options)

@@ -37,6 +37,60 @@ class Settings(BaseSettings):
     port: int = Field(
         default=8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free port)."
     )
+    grpc_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="TCP port of the Open Inference Protocol over gRPC (KServe's GRPCInferenceService; "
+        "8081 is KServe's gRPC port), served by the same process with the same models, limits, API keys "
+        "and metrics as HTTP; 0 turns gRPC off. Worker processes share it (SO_REUSEPORT).",
+    )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry tracing (needs the `tracing` extra): a span per request with queue wait, "
+        "batch size, inference and encoding, W3C traceparent honoured, exported over OTLP as the standard "
+        "OTEL_* variables say. Also on when OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT "
+        "is set (unless OTEL_SDK_DISABLED=true). Off: opentelemetry is never imported.",
+    )
+    # Connection guard (service.connections, under `vae-serve`): every connection ends on its own unless it
+    # is idle, and idle ones make room for new clients, so sockets can never exhaust file descriptors.
+    idle_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds a connection with no request in progress (a new one that sends nothing, or a "
+        "keep-alive one between requests) stays open. Behind a load balancer, set it above the balancer's "
+        "own idle timeout (e.g. 65 for an AWS ALB's 60) so the balancer is the side that closes.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds from a request's first byte until its headers must be complete (408 and close "
+        "beyond): a client trickling headers (slowloris) holds a connection this long at most.",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus headers in bytes (431 and close beyond), checked on every "
+        "read before parsing more; nginx's default buffers allow the same 32 KiB.",
+    )
+    body_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description="Longest gap (seconds) between two reads of a request body while the service waits for "
+        "it (408 and close beyond); the request timeout bounds the whole request besides.",
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=16,
+        le=1_000_000,
+        description="Open connections per worker process. At the cap a new connection closes the one idle "
+        "the longest, or gets 503 when none is idle; refusals are logged (at most one line per 10 s). The "
+        "open-file limit is raised to fit it at startup, and the cap shrinks if the hard limit is lower.",
+    )
 
     # --- models --------------------------------------------------------------------------------------------
     models_dir: Path = Field(
@@ -118,7 +172,8 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         le=3600,
-        description="Longest one inference call of a request may wait, queue time included, before 504.",
+        description="Longest one request may take, from the start of reading its body through decoding, "
+        "queueing, inference and encoding the response, before 504; work still queued for it is dropped.",
     )
 
     drain_s: float = Field(
@@ -145,6 +200,29 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(
         default=256, ge=1, description="Most images in one request (422 beyond)."
     )
+    max_request_image_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Budget of decoded image memory per request (422 beyond): the sum over its images of "
+        "width*height times the bytes per pixel Pillow holds (1 for 8-bit grey or palette, 2 for 16-bit "
+        "grey, 4 for RGB, RGBA, CMYK), plus the float32 model input they become. Read from each image's "
+        "header before any image is decoded, so 256 small files that each claim 4000x4000 cost nothing. "
+        "Default 64 MiB: one 4000x4000 RGB photo, or 256 images of 500x500 RGB.",
+    )
+    image_decode_workers: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Threads that decode uploaded images, shared by every request; decoding is CPU work "
+        "that must not starve inference or the event loop.",
+    )
+    image_decode_queue: int = Field(
+        default=1024,
+        ge=1,
+        description="Images waiting for or in decoding before new requests get 503 + Retry-After; images "
+        "of a request whose client left or whose timeout passed are dropped from the queue. Must admit the "
+        "largest request (max_images_per_request).",
+    )
     max_latents_per_request: int = Field(
         default=4096, ge=1, description="Most latent vectors in one request."
     )
@@ -158,6 +236,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest |value| accepted in a latent vector; the prior is N(0, I), so anything near "
         "this is already far outside what the decoder has seen.",
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest response a request may ask for (422, or 400 on /v2, beyond), computed from the "
+        "request before any work: items times the largest size of each output (float32 arrays, PNGs, JSON "
+        "numbers at 16 bytes each). Default 64 MiB: 4096 MNIST images as float32 arrays fit; the same count "
+        "of 64x64 colour images does not. Each /v2 output may be named once.",
     )
 
     # --- security ------------------------------------------------------------------------------------------
@@ -198,6 +284,15 @@ class Settings(BaseSettings):
         )
         if self.max_queue < largest:
             raise ValueError(f"max_queue ({self.max_queue}) must admit the largest request ({largest} items)")
+        return self
+
+    @model_validator(mode="after")
+    def _image_queue_admits_largest_request(self) -> Settings:
+        if self.image_decode_queue < self.max_images_per_request:
+            raise ValueError(
+                f"image_decode_queue ({self.image_decode_queue}) must admit the largest request "
+                f"({self.max_images_per_request} images)"
+            )
         return self
 
     def api_key_values(self) -> list[bytes]:

@@ -1,10 +1,18 @@
-"""Helpers for tests that run a real server on 127.0.0.1: a free port, and waiting for /readyz."""
+"""Helpers for tests that run a real server on 127.0.0.1: a free port, waiting for /readyz, a `vae-serve`
+process over a copy of a committed model."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -28,3 +36,46 @@ def wait_until_ready(url: str, timeout_s: float, proc: subprocess.Popen | None =
             pass
         time.sleep(0.05)
     return False
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def committed_model(target: Path, name: str = "mnist-2d") -> Path:
+    """A models/ folder in `target` holding a copy of one committed model (no training needed)."""
+    models = target / "models"
+    shutil.copytree(ROOT / "models" / name, models / name)
+    return models
+
+
+@contextmanager
+def vae_serve(
+    models_dir: Path, log_path: Path, env: dict[str, str] | None = None, preexec_fn: Any = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `vae-serve` process on 127.0.0.1 (CPU, no reload polling); yields (base URL, process) once
+    ready, and ends the process (SIGTERM, then kill) afterwards."""
+    port = free_port()
+    full_env = {
+        **os.environ, "VAE_MODELS_DIR": str(models_dir), "VAE_PROVIDER": "cpu", "VAE_PORT": str(port),
+        "VAE_HOST": "127.0.0.1", "VAE_RELOAD_INTERVAL_S": "0", "VAE_DRAIN_S": "0",
+        "VAE_INTRA_OP_THREADS": "1",
+        **(env or {}),
+    }  # fmt: skip
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli"], env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=ROOT, preexec_fn=preexec_fn,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_until_ready(url, 60, proc):
+            raise RuntimeError(f"vae-serve did not become ready:\n{log_path.read_text()[-3000:]}")
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
