@@ -2,6 +2,9 @@
 
 Training flags are generated from `TrainConfig`: each flag's help is the reason written beside its default
 there, its choices are the field's `Literal` values, so the dataclass stays the one place options are defined.
+
+Exit status: 0 done; 2 bad options, data or paths (one line on stderr); 3 the export failed and nothing was
+published; 4 training diverged (the loss or weights became non-finite; the message says how to recover).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from training.config import Device, TrainConfig, config_types, literal_choices
 from training.data import DataError
+from training.errors import ExportError, TrainingDiverged
 
 log = logging.getLogger("training")
 
@@ -201,16 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (DataError, ValueError, FileNotFoundError) as exc:
-        # Expected user errors: one line, no traceback. ExportError is a plain Exception subclass below.
+        # Expected user errors: one line, no traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from training.export import ExportError
-
-        if isinstance(exc, ExportError):
-            print(f"export failed: {exc}", file=sys.stderr)
-            return 3
-        raise
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 3
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
 
 
 def _with_command(command: str) -> int:

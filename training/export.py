@@ -8,7 +8,9 @@ reload) never sees half an export, and an existing version is never overwritten 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -37,6 +39,7 @@ from service.manifest import (
     write_manifest,
 )
 from training.data import ImageDataset
+from training.errors import ExportError
 from training.models import VAE
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,6 @@ for _chatty in ("onnxscript", "onnx_ir"):  # the exporter logs every optimisatio
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7)
-
-
-class ExportError(Exception):
-    """The export could not be produced or did not verify; nothing was published."""
 
 
 class EncoderGraph(nn.Module):
@@ -106,6 +105,18 @@ def _ort_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def _max_abs_diff(what: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
+    """Max |a - b|, refusing non-finite outputs: a NaN difference would otherwise compare as "within
+    tolerance" (every comparison with NaN is false, so a running max() silently skips it)."""
+    for runtime, out in (("onnxruntime", onnx_out), ("PyTorch", torch_out)):
+        if not np.isfinite(out).all():
+            raise ExportError(
+                f"{what}: {runtime} output has {int((~np.isfinite(out)).sum())} non-finite values on "
+                "ordinary inputs; the weights overflow, export a checkpoint from before training diverged"
+            )
+    return float(np.abs(onnx_out - torch_out).max())
+
+
 @torch.no_grad()
 def check_parity(
     vae: VAE, encoder_path: Path, decoder_path: Path, real_images: np.ndarray | None, seed: int = 0
@@ -121,20 +132,20 @@ def check_parity(
     for x in inputs:
         mean, log_var = encoder.run(None, {"x": x})
         ref_mean, ref_log_var = vae.encode(torch.from_numpy(x))
-        worst["encoder"] = max(
-            worst["encoder"],
-            float(np.abs(mean - ref_mean.numpy()).max()),
-            float(np.abs(log_var - ref_log_var.numpy()).max()),
-        )
         if mean.shape != (x.shape[0], vae.latent_dim):
             raise ExportError(f"encoder returned shape {mean.shape} for batch {x.shape[0]}")
+        worst["encoder"] = max(
+            worst["encoder"],
+            _max_abs_diff("encoder mean", mean, ref_mean.numpy()),
+            _max_abs_diff("encoder log_var", log_var, ref_log_var.numpy()),
+        )
     latents = [rng.standard_normal((b, vae.latent_dim), dtype=np.float32) for b in PARITY_BATCHES]
     for z in latents:
         (image,) = decoder.run(None, {"z": z})
         if image.shape != (z.shape[0], c, h, w):
             raise ExportError(f"decoder returned shape {image.shape} for batch {z.shape[0]}")
         worst["decoder"] = max(
-            worst["decoder"], float(np.abs(image - vae.decode(torch.from_numpy(z)).numpy()).max())
+            worst["decoder"], _max_abs_diff("decoder", image, vae.decode(torch.from_numpy(z)).numpy())
         )
     for role, diff in worst.items():
         if not diff <= PARITY_TOLERANCE:
@@ -230,9 +241,16 @@ def export_vae(
     description: str = "",
     force: bool = False,
 ) -> Path:
-    """Export, verify and publish one model version; returns its folder. version None = latest + 1."""
+    """Export, verify and publish one model version; returns its folder. version None = latest + 1.
+
+    Refused with ExportError, nothing published: non-variational models, non-finite weights, metrics or
+    graph outputs, parity past tolerance, and any failed write (a full disk: the staging folder is removed).
+    """
     if not vae.config.variational:
         raise ExportError("only variational models are exported: the autoencoder baseline has no posterior")
+    check_finite_weights(vae)
+    if metrics is not None:
+        check_finite_metrics(metrics)
     models_dir = Path(models_dir)
     chosen = version if version is not None else (latest_version(models_dir, name) or 0) + 1
     target = models_dir / name / str(chosen)
@@ -240,57 +258,118 @@ def export_vae(
         raise ExportError(
             f"{target} already exists; model versions are immutable (use --force to replace it)"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
     vae = vae.eval()
-    c, h, w = vae.image_shape
-    staging = Path(tempfile.mkdtemp(prefix=f".{chosen}.", dir=target.parent))
+    made_parent = not target.parent.exists()
+    staging: Path | None = None
     try:
-        enc_path, dec_path = staging / ENCODER_FILE, staging / DECODER_FILE
-        _export_graph(EncoderGraph(vae).eval(), torch.zeros(2, c, h, w), "x", ["mean", "log_var"], enc_path)
-        _export_graph(DecoderGraph(vae).eval(), torch.zeros(2, vae.latent_dim), "z", ["x"], dec_path)
-        parity = check_parity(vae, enc_path, dec_path, real_images)
-        _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE)
-        latent = ["batch", vae.latent_dim]
-        image = ["batch", c, h, w]
-        manifest = Manifest(
-            name=name,
-            version=chosen,
-            created=datetime.now(UTC),
-            description=description,
-            latent_dim=vae.latent_dim,
-            image=ImageSpec(channels=c, height=h, width=w),  # type: ignore[arg-type]
-            likelihood=vae.config.likelihood,
-            gaussian_sigma=vae.config.gaussian_sigma if vae.config.likelihood == "gaussian" else None,
-            encoder=GraphSpec(
-                file=ENCODER_FILE,
-                sha256=sha256_file(enc_path),
-                inputs=[TensorSpec(name="x", shape=image)],  # type: ignore[arg-type]
-                outputs=[TensorSpec(name="mean", shape=latent), TensorSpec(name="log_var", shape=latent)],  # type: ignore[arg-type]
-            ),
-            decoder=GraphSpec(
-                file=DECODER_FILE,
-                sha256=sha256_file(dec_path),
-                inputs=[TensorSpec(name="z", shape=latent)],  # type: ignore[arg-type]
-                outputs=[TensorSpec(name="x", shape=image)],  # type: ignore[arg-type]
-            ),
-            training=training_config if training_config is not None else vae.config.to_dict(),
-            dataset=dataset,
-            metrics=metrics,
-            opset=OPSET,
-            exporters=_exporter_versions(),
-            parity=parity,
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{chosen}.", dir=target.parent))
+        parity = _assemble(
+            vae, staging, name, chosen, dataset, metrics, training_config, real_images, description
         )
-        write_manifest(staging, manifest)
-        verify_model_dir(staging)
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _publish(staging, target)
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if made_parent:
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()  # only if still empty: a model folder this export created
+        if isinstance(exc, OSError):
+            where = exc.filename or staging or target.parent
+            raise ExportError(f"cannot write {where}: {exc.strerror or exc}; nothing was published") from exc
         raise
     log.info("exported %s (parity %s)", target, parity)
     return target
+
+
+def _assemble(
+    vae: VAE,
+    staging: Path,
+    name: str,
+    version: int,
+    dataset: DatasetSpec,
+    metrics: Metrics | None,
+    training_config: dict[str, Any] | None,
+    real_images: np.ndarray | None,
+    description: str,
+) -> dict[str, float]:
+    """Write and verify the graphs, preview and manifest into `staging`; returns the parity numbers."""
+    c, h, w = vae.image_shape
+    enc_path, dec_path = staging / ENCODER_FILE, staging / DECODER_FILE
+    _export_graph(EncoderGraph(vae).eval(), torch.zeros(2, c, h, w), "x", ["mean", "log_var"], enc_path)
+    _export_graph(DecoderGraph(vae).eval(), torch.zeros(2, vae.latent_dim), "z", ["x"], dec_path)
+    parity = check_parity(vae, enc_path, dec_path, real_images)
+    _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE)
+    latent = ["batch", vae.latent_dim]
+    image = ["batch", c, h, w]
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created=datetime.now(UTC),
+        description=description,
+        latent_dim=vae.latent_dim,
+        image=ImageSpec(channels=c, height=h, width=w),  # type: ignore[arg-type]
+        likelihood=vae.config.likelihood,
+        gaussian_sigma=vae.config.gaussian_sigma if vae.config.likelihood == "gaussian" else None,
+        encoder=GraphSpec(
+            file=ENCODER_FILE,
+            sha256=sha256_file(enc_path),
+            inputs=[TensorSpec(name="x", shape=image)],  # type: ignore[arg-type]
+            outputs=[TensorSpec(name="mean", shape=latent), TensorSpec(name="log_var", shape=latent)],  # type: ignore[arg-type]
+        ),
+        decoder=GraphSpec(
+            file=DECODER_FILE,
+            sha256=sha256_file(dec_path),
+            inputs=[TensorSpec(name="z", shape=latent)],  # type: ignore[arg-type]
+            outputs=[TensorSpec(name="x", shape=image)],  # type: ignore[arg-type]
+        ),
+        training=training_config if training_config is not None else vae.config.to_dict(),
+        dataset=dataset,
+        metrics=metrics,
+        opset=OPSET,
+        exporters=_exporter_versions(),
+        parity=parity,
+    )
+    write_manifest(staging, manifest)
+    verify_model_dir(staging)
+    staging.chmod(0o755)
+    return parity
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target`. A forced replacement moves the old version aside first and puts it back
+    if the rename fails, so the version folder is always either the old export or the new one, whole."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)) / target.name
+    target.rename(aside)
+    try:
+        staging.rename(target)
+    except BaseException:
+        aside.rename(target)
+        raise
+    finally:
+        shutil.rmtree(aside.parent, ignore_errors=True)
+
+
+def check_finite_weights(vae: VAE) -> None:
+    """ExportError naming the tensors that hold NaN or infinity (a diverged or corrupted checkpoint)."""
+    bad = [
+        f"{key} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
+        for key, t in vae.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ExportError(f"non-finite weights in {shown}; export a checkpoint from before training diverged")
+
+
+def check_finite_metrics(metrics: Metrics) -> None:
+    values = metrics.model_dump()
+    bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ExportError(f"non-finite test metrics ({', '.join(f'{k}={values[k]}' for k in bad)})")
 
 
 def _exporter_versions() -> dict[str, str]:

@@ -20,6 +20,7 @@ from training.data import ImageDataset, binarize_once, iterate_batches, load_dat
 from training.distributed import Replica, all_sum, device_for, wrap
 from training.distributed import start as distributed_start
 from training.distributed import stop as distributed_stop
+from training.errors import TrainingDiverged
 from training.evaluate import evaluate
 from training.models import VAE, build_model, count_parameters
 
@@ -30,6 +31,11 @@ BEST_CHECKPOINT = "best.pt"
 METRICS_LOG = "metrics.jsonl"
 # With --binarize the test set is binarized once with this seed, so every run is scored on the same bits.
 TEST_BINARIZE_SEED = 0
+
+
+# Only these options may differ on --resume: the epoch budget, the device, and the two knobs that recover
+# a run that diverged (a lower learning rate, gradient clipping).
+RESUMABLE_CHANGES = ("epochs", "device", "lr", "grad_clip")
 
 
 @dataclass
@@ -75,6 +81,27 @@ def load_checkpoint(path: Path) -> tuple[VAE, dict[str, Any]]:
     return model, payload
 
 
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One device sync for the lot, not one per tensor."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _diverged(
+    what: str, where: str, config: TrainConfig, last_path: Path, last_epoch: int
+) -> TrainingDiverged:
+    if last_epoch > 0:
+        saved = (
+            f"{last_path} still holds epoch {last_epoch}, the last good one; continue from it with the same "
+            f"options plus --resume and a lower --lr (now {config.lr:g}) and/or --grad-clip 1"
+        )
+    else:
+        saved = (
+            "no checkpoint was written (no epoch finished); start over with a lower "
+            f"--lr (now {config.lr:g}) and/or --grad-clip 1"
+        )
+    return TrainingDiverged(f"training diverged: {what} became non-finite {where}. {saved}")
+
+
 def _beta_at(config: TrainConfig, epoch_progress: float) -> float:
     if config.kl_warmup_epochs <= 0:
         return config.beta
@@ -114,6 +141,12 @@ def _train(
     progress: bool,
     replica: Replica,
 ) -> TrainResult:
+    last_path = run_dir / LAST_CHECKPOINT
+    if resume and not last_path.is_file():
+        # Checked before anything is written: starting over here would overwrite the run being resumed.
+        raise FileNotFoundError(
+            f"--resume: no checkpoint {last_path}; drop --resume to start a new run there, or check --run-dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -135,14 +168,20 @@ def _train(
     )
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, math.inf
-    last_path = run_dir / LAST_CHECKPOINT
-    if resume and last_path.is_file():
+    if resume:
         model, payload = load_checkpoint(last_path)
         model = model.to(device)
         saved = TrainConfig.from_dict(payload["config"])
-        # Only the epoch budget and the device may change on resume.
-        if replace(saved, epochs=config.epochs, device=config.device) != config:
-            raise ValueError(f"{last_path} was trained with a different config; resume with the same options")
+        allowed = {name: getattr(config, name) for name in RESUMABLE_CHANGES}
+        if replace(saved, **allowed) != config:
+            before = saved.to_dict()
+            changed = sorted(
+                k for k, v in config.to_dict().items() if before[k] != v and k not in RESUMABLE_CHANGES
+            )
+            raise ValueError(
+                f"{last_path} was trained with different options ({', '.join(changed)}); on --resume only "
+                f"{', '.join(RESUMABLE_CHANGES)} may change"
+            )
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         optimizer.load_state_dict(payload["optimizer"])
         generator.set_state(payload["generator"])
@@ -183,13 +222,22 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, position)
             loss, terms = step_module(batch, beta, noise)
+            # One transfer per step (the running sums need it anyway); a non-finite loss stops the run before
+            # its gradients reach the weights.
+            values = torch.stack([loss.detach(), *(terms[key].sum() for key in sums)]).tolist()
+            if not all(math.isfinite(v) for v in values):
+                raise _diverged("the loss", f"at epoch {epoch} step {step}", config, last_path, epoch - 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if not math.isfinite(float(norm)):
+                    raise _diverged(
+                        "the gradient norm", f"at epoch {epoch} step {step}", config, last_path, epoch - 1
+                    )
             optimizer.step()
-            for key in sums:
-                sums[key] += float(terms[key].sum())
+            for key, value in zip(sums, values[1:], strict=True):
+                sums[key] += value
             seen += batch.shape[0]
             if step % 20 == 0:
                 rate = seen / max(time.perf_counter() - tic, 1e-9)
@@ -200,6 +248,10 @@ def _train(
                     samples_s=f"{rate:.0f}",
                 )
         seconds = time.perf_counter() - tic
+        # Gradients that were non-finite at the last step of the epoch only show in the weights: checked
+        # here, before anything of this epoch is logged or saved.
+        if not _all_finite([p.detach() for p in model.parameters()]):
+            raise _diverged("the weights", f"during epoch {epoch}", config, last_path, epoch - 1)
         *totals, seen_all = all_sum([*sums.values(), float(seen)], replica, device)
         sums, seen = dict(zip(sums, totals, strict=True)), int(seen_all)
         if not replica.is_main:
@@ -214,6 +266,8 @@ def _train(
         }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             row["test"] = evaluate(model, x_test, config.eval_batch_size, seed=config.seed)
+            if not math.isfinite(row["test"]["neg_elbo"]):
+                raise _diverged("the test loss", f"after epoch {epoch}", config, last_path, epoch - 1)
         history.append(row)
         with (run_dir / METRICS_LOG).open("a") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -132,3 +132,29 @@ def test_train_eval_export_end_to_end(tmp_path, data_dir, capsys):
     capsys.readouterr()
     assert main([*args, "--version", "1", *common]) == 3
     assert "immutable" in capsys.readouterr().err
+
+
+_TINY = ["--train-limit", "256", "--test-limit", "32", "--batch-size", "32", "--hidden-dims", "16"]
+
+
+def test_diverging_training_exits_non_zero_saying_how_to_recover(tmp_path, data_dir):
+    run = tmp_path / "run"
+    result = _run(
+        "train", "--run-dir", str(run), "--data-dir", str(data_dir), "--lr", "1e6", "--epochs", "3",
+        "--latent-dim", "2", "--no-progress", *_TINY,
+    )  # fmt: skip
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("error: "))
+    assert "training diverged" in line and "non-finite" in line
+    assert "--lr" in line and "--grad-clip" in line
+    assert "final_test" not in result.stdout  # no summary of a nan run
+
+
+def test_resume_on_an_empty_run_dir_is_an_error_that_changes_nothing(tmp_path, data_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    result = _run("train", "--run-dir", str(run), "--resume", "--data-dir", str(data_dir), *_TINY)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--resume: no checkpoint {run / 'last.pt'}" in result.stderr
+    assert list(run.iterdir()) == []

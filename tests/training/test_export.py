@@ -1,7 +1,10 @@
-"""ONNX export: parity with PyTorch, manifest round trip, tamper detection, dynamic batch, immutability."""
+"""ONNX export: parity with PyTorch, manifest round trip, tamper detection, dynamic batch, immutability,
+and refusal of garbage (non-finite weights, outputs or metrics; a full disk) with nothing published."""
 
+import errno
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -119,7 +122,7 @@ def test_parity_failure_fails_loudly_and_publishes_nothing(trained_small, tmp_pa
     spec = DatasetSpec(name="mnist", source="test", train_examples=1, test_examples=1)
     with pytest.raises(ExportError, match="encoder: onnxruntime differs"):
         export_vae(trained_small.model, tmp_path, "bad", dataset=spec)
-    assert list((tmp_path / "bad").iterdir()) == []
+    assert not (tmp_path / "bad").exists()  # neither the version nor the model folder it would have made
 
 
 def test_autoencoder_baseline_is_not_exported(tmp_path):
@@ -132,3 +135,121 @@ def test_autoencoder_baseline_is_not_exported(tmp_path):
     with pytest.raises(ExportError, match="only variational"):
         export_vae(model, tmp_path, "ae", dataset=spec)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _random_vae(**overrides):
+    """An untrained tiny MLP VAE: enough for the export checks, and no training time."""
+    from training.config import TrainConfig
+    from training.models import build_model
+
+    torch.manual_seed(0)
+    config = TrainConfig(**{"latent_dim": 2, "hidden_dims": (16,), "test_limit": 32} | overrides)
+    return build_model(config, (1, 28, 28)).eval()
+
+
+def _spec():
+    from service.manifest import DatasetSpec
+
+    return DatasetSpec(name="mnist", source="test", train_examples=1, test_examples=32)
+
+
+def test_non_finite_weights_are_refused_before_any_work(tmp_path):
+    model = _random_vae()
+    with torch.no_grad():
+        model.to_log_var.weight[0, 3] = float("nan")
+        model.to_mean.bias[1] = float("inf")
+    with pytest.raises(
+        ExportError, match=r"non-finite weights in to_mean.bias \(1 of 2\), to_log_var.weight"
+    ):
+        export_vae(model, tmp_path, "nan", dataset=_spec())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_metrics_are_refused(tmp_path):
+    from service.manifest import Metrics
+
+    metrics = Metrics(
+        split="test", examples=32, binarized=False, neg_elbo=float("nan"), reconstruction=1.0, kl=1.0,
+        active_units=2, measured_with="hand",
+    )  # fmt: skip
+    with pytest.raises(ExportError, match="non-finite test metrics \\(neg_elbo=nan\\)"):
+        export_vae(_random_vae(), tmp_path, "nan", dataset=_spec(), metrics=metrics)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_outputs_are_refused_not_skipped_by_the_parity_max(tmp_path):
+    model = _random_vae()
+    with torch.no_grad():  # finite weights whose log_var overflows float32 on ordinary images
+        model.to_log_var.weight.fill_(3e38)
+        model.to_log_var.bias.fill_(3e38)
+    with pytest.raises(ExportError, match=r"encoder log_var: onnxruntime output has \d+ non-finite values"):
+        export_vae(model, tmp_path, "inf", dataset=_spec())
+    assert list(tmp_path.iterdir()) == []
+
+
+def _checkpoint(tmp_path, data_dir):
+    from training.train import save_checkpoint
+
+    model = _random_vae(data_dir=str(data_dir))
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model, model.config)
+    return path
+
+
+def test_cli_refuses_an_evaluation_file_with_nan(tmp_path, data_dir, capsys):
+    from training.cli import main
+
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(
+        '{"examples": 32, "neg_elbo": NaN, "reconstruction": 1.0, "kl": 1.0, "active_units": 2,'
+        ' "device": "cpu", "seconds": 1.0}'
+    )
+    args = ["--models-dir", str(tmp_path / "models"), "--name", "m", "--metrics", str(evaluation)]
+    assert main(["export", "--checkpoint", str(_checkpoint(tmp_path, data_dir)), *args]) == 3
+    assert "non-finite test metrics (neg_elbo=nan)" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
+
+
+def test_full_disk_is_one_line_and_publishes_nothing(tmp_path, data_dir, capsys, monkeypatch):
+    from training import export
+    from training.cli import main
+
+    def disk_full(module, example, input_name, outputs, path):
+        path.write_bytes(b"\x08\x01" * 64)  # part of a graph, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(export, "_export_graph", disk_full)
+    models = tmp_path / "models"
+    (models / "m").mkdir(parents=True)
+    args = ["--models-dir", str(models), "--name", "m", "--k", "0", "--device", "cpu"]
+    assert main(["export", "--checkpoint", str(_checkpoint(tmp_path, data_dir)), *args]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("export failed: cannot write ") and "encoder.onnx: No space left on device" in err
+    assert "nothing was published" in err
+    assert list((models / "m").iterdir()) == []  # no version folder, no staging folder
+
+
+def test_forced_replacement_keeps_the_old_version_when_the_rename_fails(tmp_path, monkeypatch):
+    from training.export import _publish
+
+    target, staging = tmp_path / "m" / "1", tmp_path / "m" / ".1.new"
+    target.mkdir(parents=True)
+    (target / "model.json").write_text("old")
+    staging.mkdir()
+    (staging / "model.json").write_text("new")
+    real_rename = Path.rename
+
+    def failing(self, other):
+        if self == staging:
+            raise OSError(errno.EIO, "I/O error")
+        return real_rename(self, other)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError):
+        _publish(staging, target)
+    assert (target / "model.json").read_text() == "old"
+    monkeypatch.setattr(Path, "rename", real_rename)
+    _publish(staging, target)
+    assert (target / "model.json").read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["1"]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from training.config import TrainConfig
+from training.errors import TrainingDiverged
 from training.evaluate import evaluate
 from training.train import LAST_CHECKPOINT, eval_tensor, load_checkpoint, train
 
@@ -62,8 +63,8 @@ def test_resume_continues_the_same_run(mnist, tmp_path):
     straight = train(TrainConfig(epochs=2, **base), tmp_path / "straight", dataset=mnist, progress=False)
     run = tmp_path / "resumed"
     train(TrainConfig(epochs=1, **base), run, dataset=mnist, progress=False)
-    # Resume needs the same config; only the epoch budget may grow.
-    with pytest.raises(ValueError, match="different config"):
+    # Resume needs the same config; only the epoch budget, device, lr and gradient clipping may change.
+    with pytest.raises(ValueError, match=r"different options \(seed\)"):
         train(TrainConfig(epochs=2, **{**base, "seed": 6}), run, dataset=mnist, progress=False, resume=True)
     resumed = train(TrainConfig(epochs=2, **base), run, dataset=mnist, progress=False, resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2]
@@ -144,3 +145,57 @@ def test_kl_warmup_and_cosine_schedule(mnist, tmp_path):
     lrs = [row["lr"] for row in result.history]
     assert 0 < betas[0] < betas[1] < 1
     assert lrs[1] < lrs[0] < config.lr
+
+
+def _tiny(**overrides):
+    return TrainConfig(
+        **{"latent_dim": 2, "hidden_dims": (16,), "train_limit": 256, "test_limit": 32, "batch_size": 32}
+        | overrides
+    )
+
+
+def test_divergence_stops_before_a_non_finite_checkpoint_and_resume_recovers(mnist, tmp_path):
+    good = train(_tiny(epochs=1), tmp_path, dataset=mnist, progress=False)
+    last = tmp_path / LAST_CHECKPOINT
+    saved = last.read_bytes()
+    with pytest.raises(TrainingDiverged, match="non-finite") as info:
+        train(_tiny(epochs=3, lr=1e6), tmp_path, dataset=mnist, progress=False, resume=True)
+    message = str(info.value)
+    assert f"{last} still holds epoch 1" in message
+    assert "--resume" in message and "--lr" in message and "--grad-clip" in message
+    assert last.read_bytes() == saved  # the last good checkpoint, untouched
+    model, _ = load_checkpoint(last)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in logged] == [1]
+    # The way out the message names: resume the same run with a lower lr and clipping.
+    resumed = train(_tiny(epochs=2, grad_clip=1.0), tmp_path, dataset=mnist, progress=False, resume=True)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert resumed.history[0] == good.history[0]
+
+
+def test_non_finite_gradients_with_clipping_stop_the_run(mnist, tmp_path, monkeypatch):
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def poisoned(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return norm * float("inf") if len(calls) == 3 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", poisoned)
+    with pytest.raises(TrainingDiverged, match="the gradient norm became non-finite at epoch 1 step 2"):
+        train(_tiny(epochs=1, grad_clip=1.0), tmp_path, dataset=mnist, progress=False)
+    assert not (tmp_path / LAST_CHECKPOINT).exists() and not (tmp_path / "best.pt").exists()
+
+
+def test_resume_without_a_checkpoint_changes_nothing(mnist, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep")
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+        train(_tiny(epochs=1), run, dataset=mnist, progress=False, resume=True)
+    assert [p.name for p in run.iterdir()] == ["notes.txt"]
+    with pytest.raises(FileNotFoundError):
+        train(_tiny(epochs=1), tmp_path / "missing", dataset=mnist, progress=False, resume=True)
+    assert not (tmp_path / "missing").exists()
