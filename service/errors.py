@@ -1,20 +1,15 @@
 """The service's closed set of errors, each mapped to one HTTP status in one place.
 
 The data plane raises these (it knows nothing of HTTP beyond the status each class carries, as MLServer's
-`MLServerError` does); `install_error_handlers` turns every one into `{"error": "...", "error_type": "..."}`.
+`MLServerError` does); each protocol adapter renders them (`service.routes.error_handlers` for HTTP) as
+`{"error": "...", "error_type": "..."}`. No web framework here, so any adapter can import this module.
 Messages are written for clients: they never carry stack traces, paths of the host or secrets.
 """
 
 from __future__ import annotations
 
-import logging
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-log = logging.getLogger(__name__)
+from typing import Any, ClassVar
 
 
 class ErrorType(StrEnum):
@@ -97,90 +92,3 @@ class InferenceFailed(ServiceError):
 
     def __init__(self, message: str = "inference failed; the error was logged"):
         super().__init__(message)
-
-
-# Statuses Starlette raises itself (unknown route, wrong method, bad multipart), in the same body shape.
-_HTTP_STATUS_ERRORS: dict[int, type[ServiceError]] = {
-    400: InvalidInput,
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-}
-
-# For `responses=` in route declarations, so OpenAPI documents each route's errors.
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "error": {"type": "string"},
-        "error_type": {"type": "string", "enum": [e.value for e in ErrorType]},
-    },
-    "required": ["error", "error_type"],
-}
-
-
-def responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the given errors (several classes may share a status)."""
-    out: dict[int | str, dict[str, Any]] = {}
-    for err in errors:
-        entry = out.setdefault(
-            err.status, {"description": "", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-        )
-        entry["description"] = " or ".join(filter(None, [entry["description"], err.error_type.value]))
-    return out
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """One handler per source of errors, all producing the same body shape."""
-    # Imported here so the data plane can raise these errors without importing the web framework.
-    from fastapi.exceptions import RequestValidationError
-    from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-
-    def render(err: ServiceError, extra: dict[str, Any] | None = None) -> Response:
-        return JSONResponse({**err.body(), **(extra or {})}, status_code=err.status, headers=err.headers)
-
-    async def on_service_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
-        return render(exc)
-
-    async def on_validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        detail = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
-        return render(InvalidInput(validation_message(detail)), {"detail": detail})
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        cls = _HTTP_STATUS_ERRORS.get(exc.status_code)
-        if cls is None:
-            return JSONResponse(
-                {"error": str(exc.detail), "error_type": ErrorType.invalid_input.value},
-                status_code=exc.status_code,
-                headers=exc.headers,
-            )
-        err = cls(str(exc.detail))
-        err.headers.update(exc.headers or {})
-        return render(err)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # Anything that escaped the closed set: log it with its traceback, answer generically.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return render(InferenceFailed("internal error; the error was logged"))
-
-    app.add_exception_handler(ServiceError, on_service_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
-
-
-def validation_message(detail: list[dict[str, Any]]) -> str:
-    """'field: problem; other: problem' from pydantic-style error entries."""
-    parts = []
-    for entry in detail[:5]:
-        loc = [str(p) for p in entry.get("loc", ()) if p not in ("body", "query")]
-        parts.append(f"{'.'.join(loc) or 'request'}: {entry.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -30,36 +33,72 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+# Bytes per pixel of each Pillow mode as Pillow holds it in memory (multi-band modes take 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file says about itself before any pixel is decoded."""
+
+    format: str  # "PNG" | "JPEG"
+    width: int
+    height: int
+    mode: str  # Pillow's mode: "L", "RGB", "RGBA", "I;16", ...
+
+    @property
+    def bytes_per_pixel(self) -> int:
+        return _MODE_BYTES.get(self.mode, 4)
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """Format, size and mode from the file's header only (Pillow's `open` decodes no pixels)."""
+    with _open(data) as img:
+        return ImageHeader(img.format or "", img.size[0], img.size[1], img.mode)
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode PNG or JPEG bytes fully, refusing other formats, bombs and truncated files."""
+    img = _open(data)
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"image too large: {width}x{height} exceeds {max_pixels} pixels")
+    with _decode_errors(img.format or "image"):
+        img.load()
+    return img
+
+
+def _open(data: bytes) -> Image.Image:
     if not data:
         raise ImageDecodeError("empty image")
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageDecodeError("unsupported image format: only PNG and JPEG are accepted")
+    with _decode_errors(fmt):
+        return Image.open(io.BytesIO(data), formats=[fmt])
+
+
+@contextmanager
+def _decode_errors(fmt: str) -> Iterator[None]:
+    """Pillow's many exception types -> ImageDecodeError; its bomb warning counts as the error it is."""
     try:
         with warnings.catch_warnings():
             # Pillow warns between MAX_IMAGE_PIXELS and twice that; we treat the warning as the error it is.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(f"image too large: {width}x{height} exceeds {max_pixels} pixels")
-            img.load()
+            yield
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError("image too large (decompression bomb)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated {fmt} image") from exc
-    return img
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any Pillow mode to L (1 channel) or RGB (3), keeping the full dynamic range."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16/32-bit grayscale: Pillow's convert("L") clips at 255, so scale to 8 bits by hand.
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)  # exact for 16-bit values; half the memory of float64
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -2,7 +2,7 @@
 
 `*Options` hold a request's small scalar fields and are validated by pydantic at run time. The `*Request`
 classes add the bulk fields (`images`, `latents`) for the OpenAPI document only: those arrays are parsed with
-orjson and numpy and checked by `service.routes.payload` (shape, finiteness, magnitude), never element by
+orjson and numpy and checked by `service.inference.limits` (shape, finiteness, magnitude), never element by
 element. Response classes likewise document bodies that are serialized straight from numpy by orjson.
 Limits written in descriptions are the defaults; the running values come from `VAE_*` settings.
 """
@@ -99,14 +99,6 @@ class InterpolateRequest(InterpolateOptions):
         None, min_length=2, max_length=2, description="Two images; their encoder means are the endpoints."
     )
     latents: Latents | None = Field(None, min_length=2, max_length=2, description="Two latent vectors.")
-
-
-class ModelQuery(_Options):
-    model: str | None = ModelField
-
-
-class ManifoldQuery(ModelQuery):
-    size: int = Field(20, ge=2, description="Grid edge: size*size decoded latents; at most 40.")
 
 
 # --- responses ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.inference.batcher import Batcher
+from service.inference.limits import check_finite_outputs
 from service.inference.runtime import Graph
 from service.latents import lerp, manifold_latents, slerp
 from service.manifest import Manifest
@@ -141,13 +142,17 @@ class VAEModel:
     async def encode(self, images: np.ndarray, sample_seed: int | None = None) -> Encoding:
         """(N, C, H, W) -> the posterior's mean and log_var (N, D); with a seed, also a draw z from it."""
         mean, log_var = await self.encoder_batcher.submit(images)
+        check_finite_outputs("encoder", mean, log_var)
         if sample_seed is None:
             return Encoding(mean, log_var)
-        return Encoding(mean, log_var, reparameterize(mean, log_var, sample_seed), sample_seed)
+        z = reparameterize(mean, log_var, sample_seed)
+        check_finite_outputs("encoder's sample", z)
+        return Encoding(mean, log_var, z, sample_seed)
 
     async def decode(self, latents: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, C, H, W) in the pixel range."""
         (images,) = await self.decoder_batcher.submit(latents)
+        check_finite_outputs("decoder", images)
         low, high = self.manifest.image.pixel_range
         # In place: these rows of the batch output belong to this request alone.
         return np.clip(images, low, high, out=images)

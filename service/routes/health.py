@@ -6,9 +6,10 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.errors import NotReady, responses
+from service.errors import NotReady
 from service.routes.deps import registry_of
-from service.routes.payload import NumpyJSONResponse
+from service.routes.error_handlers import responses
+from service.routes.responses import NumpyJSONResponse
 from service.schemas import HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])

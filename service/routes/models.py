@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.errors import ModelNotFound, Unauthorized, responses
+from service.errors import ModelNotFound, Unauthorized
 from service.inference import ModelRegistry
 from service.routes.deps import registry_of
-from service.routes.payload import NumpyJSONResponse
+from service.routes.error_handlers import responses
+from service.routes.responses import NumpyJSONResponse
 from service.schemas import ModelInfo, ModelsResponse
 
 router = APIRouter(prefix="/v1", tags=["models"])

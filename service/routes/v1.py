@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from service.config import Settings
 from service.errors import (
     InferenceFailed,
     InvalidInput,
@@ -23,29 +25,29 @@ from service.errors import (
     Timeout,
     Unauthorized,
     UnsupportedMediaType,
-    responses,
 )
 from service.inference import VAEModel, new_seed
+from service.inference.limits import (
+    as_latents,
+    check_manifold_size,
+    check_response_bytes,
+    check_sample_n,
+    check_steps,
+    response_bytes,
+)
 from service.manifest import NAME_PATTERN
-from service.routes.deps import registry_of, settings_of
-from service.routes.payload import (
-    JSON,
-    MULTIPART,
-    NPY,
-    PNG,
+from service.routes.deadline import DeadlineRoute
+from service.routes.deps import image_pool_of, registry_of, settings_of
+from service.routes.error_handlers import responses
+from service.routes.requests import JSON, MULTIPART, NPY, PNG, Payload, read_payload, validate
+from service.routes.responses import (
     NumpyJSONResponse,
-    Payload,
-    check_image_count,
     negotiate,
     npy_response,
-    parse_latents,
     pick_output,
     png_base64,
     png_picture,
     png_response,
-    prepare_images,
-    read_payload,
-    validate,
 )
 from service.schemas import (
     DecodeOptions,
@@ -65,7 +67,7 @@ from service.schemas import (
     SampleResponse,
 )
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+router = APIRouter(prefix="/v1", tags=["inference"], route_class=DeadlineRoute)
 
 _ERRORS = (
     InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType, Unauthorized, NotReady, Overloaded,
@@ -82,7 +84,7 @@ def _responses(model: type[BaseModel], *media: str) -> dict[int | str, dict[str,
 def _body(
     json_model: type[BaseModel], form_options: type[BaseModel] | None, npy: bool = False
 ) -> dict[str, Any]:
-    """OpenAPI requestBody for handlers that parse their own body (see service.routes.payload)."""
+    """OpenAPI requestBody for handlers that parse their own body (see service.routes.requests)."""
     content: dict[str, Any] = {JSON: {"schema": json_model.model_json_schema()}}
     if form_options is not None:
         files = {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images."}
@@ -100,6 +102,19 @@ def _tag(model: VAEModel) -> dict[str, Any]:
 def _no_latents(payload: Payload) -> None:
     if payload.latents is not None:
         raise InvalidInput("latents: not accepted here; send images")
+
+
+async def _images_in(
+    request: Request, payload: Payload, vae: VAEModel, exactly: int | None = None
+) -> np.ndarray:
+    """The request's images as the model's input tensor, checked and decoded on the bounded pool."""
+    pool, settings = image_pool_of(request), settings_of(request)
+    return await pool.prepare(payload.images or [], vae.manifest.image, settings, exactly=exactly)
+
+
+def _bound_response(settings: Settings, vae: VAEModel, images: int, floats: int) -> None:
+    check_response_bytes(response_bytes(images=images, image_shape=vae.manifest.image.shape, floats=floats),
+                         settings)  # fmt: skip
 
 
 ModelQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, description="Model name (default: default).")]
@@ -123,8 +138,8 @@ async def encode(
     opts = validate(EncodeOptions, payload.fields)
     _no_latents(payload)
     model = registry.get(opts.model)
-    blobs = check_image_count(payload.images, settings)
-    x = await prepare_images(blobs, model.manifest.image, settings.max_image_pixels)
+    _bound_response(settings, model, 0, len(payload.images or []) * model.latent_dim * 3)
+    x = await _images_in(request, payload, model)
     seed = (opts.seed if opts.seed is not None else new_seed()) if opts.sample else None
     enc = await model.encode(x, sample_seed=seed)
     headers = {"X-Seed": str(seed)} if seed is not None else None
@@ -154,7 +169,8 @@ async def decode(request: Request, model: ModelQuery = None) -> Response:
     if model and opts.model and model != opts.model:
         raise InvalidInput(f"model given twice: {model!r} in the query, {opts.model!r} in the body")
     vae = registry.get(opts.model or model)
-    z = parse_latents(payload.latents, settings, vae.latent_dim)
+    z = as_latents(payload.latents, settings, vae.latent_dim)
+    _bound_response(settings, vae, len(z), 0)
     images = await vae.decode(z)
     return await _images_out(request, vae, images, {"images": images})
 
@@ -176,9 +192,9 @@ async def sample(
     if payload.images is not None or payload.latents is not None:
         raise InvalidInput("sample takes n, seed, temperature and model only")
     opts = validate(SampleRequest, payload.fields)
-    if opts.n > settings.max_sample_n:
-        raise InvalidInput(f"n: at most {settings.max_sample_n}")
+    check_sample_n(opts.n, settings)
     vae = registry.get(opts.model)
+    _bound_response(settings, vae, opts.n, opts.n * vae.latent_dim)
     seed = opts.seed if opts.seed is not None else new_seed()
     images, latents = await vae.sample(opts.n, seed, opts.temperature)
     headers = {"X-Seed": str(seed)}
@@ -206,8 +222,9 @@ async def reconstruct(
     opts = validate(ReconstructOptions, payload.fields)
     _no_latents(payload)
     vae = registry.get(opts.model)
-    blobs = check_image_count(payload.images, settings)
-    x = await prepare_images(blobs, vae.manifest.image, settings.max_image_pixels)
+    n = len(payload.images or [])
+    _bound_response(settings, vae, n, n * (2 * vae.latent_dim + 2))
+    x = await _images_in(request, payload, vae)
     rec = await vae.reconstruct(x)
     extra = {"scores": rec.scores, "mse": rec.mse, "mean": rec.mean, "log_var": rec.log_var}
     arrays = {"images": rec.images, **extra}
@@ -229,17 +246,16 @@ async def interpolate(
     settings, registry = settings_of(request), registry_of(request)
     payload = await read_payload(request, settings)
     opts = validate(InterpolateOptions, payload.fields)
-    if opts.steps > settings.max_interpolate_steps:
-        raise InvalidInput(f"steps: at most {settings.max_interpolate_steps}")
+    check_steps(opts.steps, settings)
     vae = registry.get(opts.model)
     if (payload.images is None) == (payload.latents is None):
         raise InvalidInput("give either two images or two latents")
+    _bound_response(settings, vae, opts.steps, opts.steps * vae.latent_dim)
     if payload.images is not None:
-        blobs = check_image_count(payload.images, settings, exactly=2)
-        x = await prepare_images(blobs, vae.manifest.image, settings.max_image_pixels)
+        x = await _images_in(request, payload, vae, exactly=2)
         ends = (await vae.encode(x)).mean
     else:
-        ends = parse_latents(payload.latents, settings, vae.latent_dim, exactly=2)
+        ends = as_latents(payload.latents, settings, vae.latent_dim, exactly=2)
     images, latents = await vae.interpolate(ends[0], ends[1], opts.steps, opts.method)
     extra = {"method": opts.method, "latents": latents}
     arrays = {"images": images, "latents": latents}
@@ -259,9 +275,9 @@ async def manifold(
     size: Annotated[int, Query(ge=2, description="Grid edge; at most VAE_MAX_MANIFOLD_SIZE (40).")] = 20,
 ) -> Response:
     settings, registry = settings_of(request), registry_of(request)
-    if size > settings.max_manifold_size:
-        raise InvalidInput(f"size: at most {settings.max_manifold_size}")
+    check_manifold_size(size, settings)
     vae = registry.get(model)
+    _bound_response(settings, vae, size * size, size * size * 2)
     images, latents = await vae.manifold(size)
     if negotiate(request, [PNG]) == PNG:
         return await png_response(images, vae.manifest.image, columns=size)

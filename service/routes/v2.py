@@ -2,7 +2,8 @@
 
 Every VAE `<name>` is addressable as two OIP models: `<name>-encoder` (input `x` -> outputs `mean`, `log_var`)
 and `<name>-decoder` (input `z` -> output `x`). Requests run through the same batchers, limits, API keys and
-metrics as `/v1`. Errors follow the protocol: an HTTP 4xx/5xx with `{"error": "..."}` (400 for bad input).
+metrics as `/v1`, and the same limits (`service.inference.limits`). Errors follow the protocol: an HTTP
+4xx/5xx with `{"error": "...", "error_type": "..."}`, 400 for bad input (see `routes.error_handlers`).
 
 Binary data (Triton docs/protocol/extension_binary_data.md):
 a request whose header `Inference-Header-Content-Length` says N carries N bytes of JSON followed by the raw
@@ -20,12 +21,21 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from service import __version__
-from service.errors import InvalidInput, ModelNotFound, ServiceError
+from service.config import Settings
+from service.errors import InvalidInput, ModelNotFound
 from service.inference import ModelRegistry
+from service.inference.limits import (
+    check_batch,
+    check_latent_values,
+    check_pixel_values,
+    check_response_bytes,
+    response_bytes,
+)
 from service.inference.model import VAEModel
+from service.routes.deadline import DeadlineRoute
 from service.routes.deps import registry_of, settings_of
 
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"], route_class=DeadlineRoute)
 
 HEADER_LENGTH = "inference-header-content-length"
 ROLES = ("encoder", "decoder")
@@ -53,11 +63,6 @@ class GraphRef:
             ]
 
         return tensors(spec.inputs), tensors(spec.outputs)
-
-
-def _error(exc: ServiceError) -> Response:
-    status = 400 if isinstance(exc, InvalidInput) else exc.status
-    return Response(orjson.dumps({"error": exc.message}), status, exc.headers, media_type="application/json")
 
 
 def _resolve(registry: ModelRegistry, oip_name: str, version: str | None) -> GraphRef:
@@ -98,10 +103,7 @@ async def ready(request: Request) -> Response:
 @router.get("/models/{model_name}", summary="Model metadata")
 @router.get("/models/{model_name}/versions/{version}", summary="Model metadata (versioned)")
 async def model_metadata(request: Request, model_name: str, version: str | None = None) -> Response:
-    try:
-        ref = _resolve(registry_of(request), model_name, version)
-    except ServiceError as exc:
-        return _error(exc)
+    ref = _resolve(registry_of(request), model_name, version)
     inputs, outputs = ref.signature()
     return _json(
         {
@@ -117,10 +119,7 @@ async def model_metadata(request: Request, model_name: str, version: str | None 
 @router.get("/models/{model_name}/ready", summary="Model readiness")
 @router.get("/models/{model_name}/versions/{version}/ready", summary="Model readiness (versioned)")
 async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
-    try:
-        ref = _resolve(registry_of(request), model_name, version)
-    except ServiceError as exc:
-        return _error(exc)
+    ref = _resolve(registry_of(request), model_name, version)
     return _json({"name": ref.oip_name, "ready": True})
 
 
@@ -147,18 +146,35 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
     return request, binary
 
 
-def _input_tensor(
-    request: dict[str, Any], binary: bytes, want: dict[str, Any], limit: int
-) -> tuple[np.ndarray, str]:
+def _parameters(owner: dict[str, Any], where: str) -> dict[str, Any]:
+    params = owner.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{where} parameters must be a JSON object")
+    return params
+
+
+def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where} parameter {key!r} must be true or false")
+    return value
+
+
+def _input_header(
+    request: dict[str, Any], want: dict[str, Any], settings: Settings, *, images: bool
+) -> tuple[dict[str, Any], list[int]]:
+    """The one input tensor's description and its shape, checked against the graph and the limits."""
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"expected exactly one input, {want['name']!r}")
     tensor = inputs[0]
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if name != want["name"]:
-        raise InvalidInput(f"unexpected input {name!r}; this model takes {want['name']!r}")
+        raise InvalidInput(f"unexpected input {str(name)[:64]!r}; this model takes {want['name']!r}")
     if datatype != "FP32":
-        raise InvalidInput(f"input {name!r} must have datatype FP32, not {datatype!r}")
+        raise InvalidInput(f"input {name!r} must have datatype FP32, not {str(datatype)[:32]!r}")
     if not (
         isinstance(shape, list)
         and shape
@@ -166,62 +182,77 @@ def _input_tensor(
     ):
         raise InvalidInput(f"input {name!r} needs a shape: a list of integers")
     fixed = want["shape"][1:]
-    if len(shape) != len(want["shape"]) or shape[1:] != fixed or shape[0] < 1:
+    if len(shape) != len(want["shape"]) or shape[1:] != fixed:
         raise InvalidInput(
-            f"input {name!r} has shape {shape}; expected [batch, {', '.join(map(str, fixed))}]"
+            f"input {name!r} has shape {shape[:8]}; expected [batch, {', '.join(map(str, fixed))}]"
         )
-    if shape[0] > limit:
-        raise InvalidInput(f"batch of {shape[0]} exceeds the limit of {limit} per request")
-    count = int(np.prod(shape))
-    params = tensor.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInput("input parameters must be an object")
+    check_batch(shape[0], settings, images=images)
+    return tensor, shape
+
+
+def _input_data(tensor: dict[str, Any], shape: list[int], binary: bytes) -> np.ndarray:
+    """The tensor's values, from the binary section or from JSON `data`, as float32 of `shape`."""
+    name, count = tensor["name"], int(np.prod(shape))
+    params = _parameters(tensor, f"input {name!r}")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if size != count * 4 or len(binary) != size:
+        if not isinstance(size, int) or isinstance(size, bool) or size != count * 4 or len(binary) != size:
             raise InvalidInput(
-                f"binary_data_size {size} does not match shape {shape} of FP32 ({count * 4} bytes)"
+                f"binary_data_size {str(size)[:32]} does not match shape {shape} of FP32 ({count * 4} bytes) "
+                f"or the {len(binary)} bytes sent"
             )
         array = np.frombuffer(binary, dtype="<f4").reshape(shape)
     else:
         if binary:
             raise InvalidInput("binary data was sent but no input declares binary_data_size")
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidInput(f"input {name!r} data must be a list of numbers (flat or nested, row-major)")
         try:
-            array = np.asarray(tensor.get("data"), dtype=np.float32)
+            array = np.asarray(data)  # no dtype: strings and booleans must not be coerced to numbers
         except (TypeError, ValueError):
             raise InvalidInput(f"input {name!r} data must be numbers (flat or nested, row-major)") from None
+        if array.dtype.kind not in "iuf":
+            raise InvalidInput(f"input {name!r} data must be numbers (flat or nested, row-major)")
         if array.size != count:
             raise InvalidInput(f"input {name!r} has {array.size} values; shape {shape} needs {count}")
         array = array.reshape(shape)
-    if not np.isfinite(array).all():
-        raise InvalidInput(f"input {name!r} contains NaN or Inf")
-    return np.ascontiguousarray(array, dtype=np.float32), name
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _wanted_outputs(request: dict[str, Any], names: list[str]) -> list[tuple[str, bool]]:
     """(name, binary?) for each output to return, in request order (all outputs if none is named)."""
-    params = request.get("parameters") or {}
-    default_binary = bool(isinstance(params, dict) and params.get("binary_data_output", False))
+    default_binary = _flag(_parameters(request, "request"), "binary_data_output", False, "request")
     asked = request.get("outputs")
     if asked is None:
         return [(n, default_binary) for n in names]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise InvalidInput("outputs must be a list of objects")
-    chosen = []
+    chosen: list[tuple[str, bool]] = []
     for out in asked:
-        if out.get("name") not in names:
-            raise InvalidInput(f"unknown output {out.get('name')!r}; this model has {names}")
-        out_params = out.get("parameters") or {}
-        chosen.append((out["name"], bool(out_params.get("binary_data", default_binary))))
+        name = out.get("name")
+        if name not in names:
+            raise InvalidInput(f"unknown output {str(name)[:64]!r}; this model has {names}")
+        if any(name == seen for seen, _ in chosen):
+            raise InvalidInput(f"output {name!r} is requested more than once")
+        where = f"output {name!r}"
+        chosen.append((name, _flag(_parameters(out, where), "binary_data", default_binary, where)))
     return chosen
 
 
-async def _run(ref: GraphRef, x: np.ndarray, max_latent_abs: float) -> dict[str, np.ndarray]:
+def _bound_response(ref: GraphRef, batch: int, wanted: list[tuple[str, bool]], settings: Settings) -> None:
+    _, outputs = ref.signature()
+    per_item = {o["name"]: int(np.prod(o["shape"][1:])) for o in outputs}
+    estimate = sum(response_bytes(floats=batch * per_item[name], binary=binary) for name, binary in wanted)
+    check_response_bytes(estimate, settings)
+
+
+async def _run(ref: GraphRef, x: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
     if ref.role == "encoder":
+        check_pixel_values(x, ref.model.manifest.image, name="x")
         encoding = await ref.model.encode(x)
         return {"mean": encoding.mean, "log_var": encoding.log_var}
-    if np.abs(x).max(initial=0.0) > max_latent_abs:
-        raise InvalidInput(f"latent values must lie within +-{max_latent_abs}")
+    check_latent_values(x, settings, name="input 'z'")
     return {"x": await ref.model.decode(x)}
 
 
@@ -229,23 +260,24 @@ async def _run(ref: GraphRef, x: np.ndarray, max_latent_abs: float) -> dict[str,
 @router.post("/models/{model_name}/versions/{version}/infer", summary="Inference (versioned)")
 async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
     settings = settings_of(request)
-    try:
-        ref = _resolve(registry_of(request), model_name, version)
-        body, binary = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-        inputs, outputs = ref.signature()
-        limit = settings.max_images_per_request if ref.role == "encoder" else settings.max_latents_per_request
-        x, _ = _input_tensor(body, binary, inputs[0], limit)
-        wanted = _wanted_outputs(body, [o["name"] for o in outputs])
-        results = await _run(ref, x, settings.max_latent_abs)
-    except ServiceError as exc:
-        return _error(exc)
+    ref = _resolve(registry_of(request), model_name, version)
+    body, binary = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("id must be a string")
+    inputs, outputs = ref.signature()
+    wanted = _wanted_outputs(body, [o["name"] for o in outputs])
+    tensor, shape = _input_header(body, inputs[0], settings, images=ref.role == "encoder")
+    _bound_response(ref, shape[0], wanted, settings)
+    x = _input_data(tensor, shape, binary)
+    results = await _run(ref, x, settings)
     header: dict[str, Any] = {
         "model_name": ref.oip_name,
         "model_version": str(ref.model.manifest.version),
         "outputs": [],
     }
-    if "id" in body:
-        header["id"] = body["id"]
+    if request_id is not None:
+        header["id"] = request_id
     chunks: list[bytes] = []
     for name, as_binary in wanted:
         array = np.ascontiguousarray(results[name], dtype="<f4")
