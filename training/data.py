@@ -52,6 +52,7 @@ class ImageDataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    classes: tuple[str, ...] = ()  # label names by index, where the dataset has named classes
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -62,7 +63,13 @@ class ImageDataset:
         tr = slice(None, train_limit or None)
         te = slice(None, test_limit or None)
         return ImageDataset(
-            self.name, self.source, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te]
+            self.name,
+            self.source,
+            self.x_train[tr],
+            self.y_train[tr],
+            self.x_test[te],
+            self.y_test[te],
+            self.classes,
         )
 
 

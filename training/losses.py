@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from training.likelihoods import discretized_logistic_nll
 from training.models import VAE
 
 LOG_2PI = math.log(2 * math.pi)
@@ -30,6 +31,7 @@ def reconstruction_nll(
     this is the usual "continuous BCE" of pytorch/examples, not a normalised density.
     gaussian: N(x; sigmoid(logits), sigma^2 I), i.e.
     sum (x - mean)^2 / (2 sigma^2) + D (log sigma + log(2 pi) / 2).
+    discretized_logistic: a normalised distribution over the 256 values of 8-bit pixels (see likelihoods.py).
     """
     flat_logits, flat_x = logits.flatten(1), x.flatten(1)
     if likelihood == "bernoulli":
@@ -39,6 +41,8 @@ def reconstruction_nll(
         dims = flat_x.shape[1]
         squared = (flat_x - mean).pow(2).sum(dim=1)
         return squared / (2 * gaussian_sigma**2) + dims * (math.log(gaussian_sigma) + 0.5 * LOG_2PI)
+    if likelihood == "discretized_logistic":
+        return discretized_logistic_nll(logits, x)  # logits: (B, 2C, H, W) mean logits and log-scales
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 

@@ -45,6 +45,8 @@ class VAE(nn.Module):
         self.latent_dim = config.latent_dim
         act = _ACTIVATIONS[config.activation]
         c, h, w = image_shape
+        # The discretized logistic needs a log-scale per pixel and channel beside the mean: 2C output maps.
+        out_c = 2 * c if config.likelihood == "discretized_logistic" else c
         if config.arch == "mlp":
             pixels = c * h * w
             hidden = list(config.hidden_dims)
@@ -52,8 +54,8 @@ class VAE(nn.Module):
             feature_dim = hidden[-1] if hidden else pixels
             self.decoder_body: nn.Module = nn.Sequential(
                 _mlp([config.latent_dim, *hidden], act),
-                nn.Linear(hidden[-1] if hidden else config.latent_dim, pixels),
-                nn.Unflatten(1, image_shape),
+                nn.Linear(hidden[-1] if hidden else config.latent_dim, out_c * h * w),
+                nn.Unflatten(1, (out_c, h, w)),
             )
         else:
             chans = list(config.conv_channels or auto_conv_channels(h, w))
@@ -69,7 +71,7 @@ class VAE(nn.Module):
             feature_dim = hidden[-1] if hidden else flat
             up: list[nn.Module] = []
             rev = chans[::-1]
-            for fan_in, fan_out in zip(rev, [*rev[1:], c], strict=True):
+            for fan_in, fan_out in zip(rev, [*rev[1:], out_c], strict=True):
                 up.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1))  # doubles H and W
                 up.append(act())
             up.pop()  # the last layer emits logits
@@ -93,11 +95,17 @@ class VAE(nn.Module):
         return mean + torch.exp(0.5 * log_var) * eps
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder_body(z)  # (B, C, H, W)
+        return self.decoder_body(z)  # (B, C, H, W); (B, 2C, H, W) with log-scales for discretized_logistic
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's mean image in [0, 1]."""
-        return torch.sigmoid(self.decode_logits(z))
+        return torch.sigmoid(self.decode_logits(z)[:, : self.image_shape[0]])
+
+    def decode_log_scale(self, z: torch.Tensor) -> torch.Tensor:
+        """The discretized logistic's per-pixel log-scale (B, C, H, W), clamped as the likelihood uses it."""
+        from training.likelihoods import split_params
+
+        return split_params(self.decode_logits(z), self.image_shape[0])[1]
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | None = None
