@@ -10,7 +10,7 @@ PORT ?= 8000
 DATA_DIR ?= data
 MODELS_DIR ?= models
 
-.PHONY: help install install-serve browser data test lint format train models serve bench check-deploy clean
+.PHONY: help install install-serve browser data test lint format train models serve bench bench-peers check-deploy clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -63,6 +63,9 @@ serve: install-serve ## serve the committed default models on http://$(HOST):$(P
 
 bench: install ## throughput benchmark against the raw onnxruntime limit and a naive baseline
 	$(BIN)/python -m bench.run --out bench/results
+
+bench-peers: install ## the peer table: ours vs naive vs KServe, MLServer, LitServe (their venvs in /tmp/vae-peers)
+	$(BIN)/python -m bench.run --peers --out bench/results/peers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache runs test-artifacts

@@ -7,6 +7,7 @@ formats. It answers the same routes and request shapes as the service for the be
 generator can drive both:
 
     POST /v1/decode  {"latents": [[...]]}       Accept: image/png -> one PNG (first image); else JSON lists
+                                                ?format=png -> {"images": ["<base64 png>"]}
     POST /v1/encode  {"images": ["<base64>"]}   -> {"mean": [[...]], "log_var": [[...]]}
     POST /v1/sample  {"n": .., "seed": ..}      -> {"images": ["<base64 png>"], "latents": [[...]]}
     GET  /readyz
@@ -75,6 +76,8 @@ def create_app(model_dir: Path, providers: list[str] | None = None) -> FastAPI:
         (images,) = decoder.run(None, {"z": z})
         if "image/png" in request.headers.get("accept", ""):
             return Response(_png(images[0]), media_type="image/png")
+        if request.query_params.get("format") == "png":  # the peers' scenario: base64 PNGs in JSON
+            return {"images": [base64.b64encode(_png(img)).decode() for img in images]}
         return {"images": images.tolist()}
 
     @app.post("/v1/encode")

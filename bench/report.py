@@ -58,6 +58,28 @@ def _fmt(value, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _summary_table(summary: list[dict]) -> list[str]:
+    """Medians over rounds, when a level ran more than once per target (the per-round rows follow)."""
+    if not summary or max(r["rounds"] for r in summary) < 2:
+        return []
+    lines = [
+        f"Medians over {max(r['rounds'] for r in summary)} rounds (targets taking turns):",
+        "",
+        "| concurrency | target | req/s median | req/s min-max | p50 ms | p99 ms | server CPU ms/req "
+        "| load 1m | errors |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in summary:
+        errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
+        lines.append(
+            f"| {r['concurrency']} | {r['target']} | {_fmt(r['requests_per_s'])} "
+            f"| {_fmt(r['rps_min'], 0)}-{_fmt(r['rps_max'], 0)} | {_fmt(r['p50_ms'], 2)} "
+            f"| {_fmt(r['p99_ms'], 2)} | {_fmt(r.get('server_cpu_ms_per_request'), 3)} "
+            f"| {_fmt(r['loadavg_min'], 2)}-{_fmt(r['loadavg_max'], 2)} | {errors} |"
+        )
+    return [*lines, "", "Each round:", ""]
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -90,16 +112,20 @@ def markdown(report: dict) -> str:
                 f"| {key} | {_fmt(r['items_per_s'], 0)} | {_fmt(r['calls_per_s'], 0)} "
                 f"| {each[0]} | {each[1]} |"
             )
+    if report.get("servers"):
+        lines += ["", "Targets:", ""]
+        lines += [f"- `{name}`: {config}" for name, config in report["servers"].items() if config]
     for name in report["scenarios"]:
         rows = [r for r in report["rows"] if r["scenario"] == name]
         lines += ["", f"**{SCENARIOS[name].title}**", ""]
+        lines += _summary_table([r for r in report.get("summary", []) if r["scenario"] == name])
         if not rows:
             lines.append("(no results)")
         else:
             lines += [
-                "| concurrency | target | req/s | items/s | p50 ms | p99 ms | server CPU ms/req | errors "
-                "| ours/naive req/s | ours/raw items/s |",
-                "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+                "| concurrency | round | target | req/s | items/s | p50 ms | p99 ms | server CPU ms/req "
+                "| errors | load 1m | ours/naive req/s | ours/raw items/s |",
+                "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
             ]
             for r in rows:
                 errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
@@ -108,9 +134,11 @@ def markdown(report: dict) -> str:
                 vs_naive = f"{r['vs_naive_rps']:.2f}x" if r.get("vs_naive_rps") is not None else ""
                 vs_raw = f"{r['vs_raw_items']:.1%}" if r.get("vs_raw_items") is not None else ""
                 lines.append(
-                    f"| {r['concurrency']} | {r['target']} | {_fmt(r['requests_per_s'])} "
+                    f"| {r['concurrency']} | {r.get('round', 1)} | {r['target']} "
+                    f"| {_fmt(r['requests_per_s'])} "
                     f"| {_fmt(r['items_per_s'])} | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} "
-                    f"| {_fmt(r.get('server_cpu_ms_per_request'), 3)} | {errors} | {vs_naive} | {vs_raw} |"
+                    f"| {_fmt(r.get('server_cpu_ms_per_request'), 3)} | {errors} "
+                    f"| {_fmt(r.get('loadavg_1m'), 2)} | {vs_naive} | {vs_raw} |"
                 )
         for key, problem in report["failures"].items():
             if key.startswith(name + "/"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -28,11 +29,13 @@ from pathlib import Path
 import httpx
 
 from bench.gpu_table import gpu_table
+from bench.peers import PEERS, PEERS_ROOT, ensure_venv
 from bench.raw import RawModel
 from bench.report import finish, machine
 from bench.scenarios import SCENARIOS, default_model, model_info, resolve_models
-from bench.servers import Server, naive_server, ours_server
-from bench.sweep import add_ratios, judge, measure_raw, soak, sweep
+from bench.servers import Server, describe_ours, naive_server, ours_server, peer_server
+from bench.sweep import add_ratios, judge, measure_raw, soak, summarize_rounds, sweep
+from bench.wrk import available as wrk_available
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,9 +46,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--model", help="model to benchmark (default: the service's default model)")
     p.add_argument("--provider", choices=["cpu", "cuda", "auto"], default="cpu", help="sets VAE_PROVIDER")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64, 128])
-    p.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    p.add_argument("--concurrency", type=int, nargs="+", help="levels (default 1 8 64 128; --peers: 1 64)")
+    p.add_argument(
+        "--scenarios", nargs="+", choices=list(SCENARIOS),
+        help="default: all but the peers' decode1_b64; with --peers: decode1_b64",
+    )  # fmt: skip
     p.add_argument("--targets", nargs="+", choices=["ours", "naive"], default=["ours", "naive"])
+    p.add_argument(
+        "--peers", nargs="*", choices=list(PEERS), metavar="PEER",
+        help=f"also run these peer servers (no names: all of {', '.join(PEERS)}), each from its own venv "
+        f"under {PEERS_ROOT}, created on demand from bench/peers/<name>.txt",
+    )  # fmt: skip
+    p.add_argument(
+        "--peer-workers", type=int, default=len(os.sched_getaffinity(0)),
+        help="worker processes per peer (default: one per usable core, as their docs recommend)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="times each level runs per target, targets taking turns (default 1; --peers: 3)",
+    )
     p.add_argument("--duration", type=float, default=5.0, help="seconds per level and target")
     p.add_argument("--requests", type=int, help="a fixed number of requests per level instead of --duration")
     p.add_argument(
@@ -66,11 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpu-concurrency", type=int, default=8)
     p.add_argument(
         "--client",
-        choices=["httpx", "raw"],
-        default="httpx",
-        help="load generator engine: httpx, or a minimal HTTP/1.1 client that costs the shared CPU far less",
+        choices=["httpx", "raw", "wrk"],
+        help="load generator: httpx, a minimal asyncio HTTP/1.1 client that costs the shared CPU far less "
+        "(raw), or wrk -t1 (default httpx; with --peers: wrk when installed, else raw)",
     )
-    p.add_argument("--workers", type=int, default=1, help="vae-serve --workers (processes)")
+    p.add_argument("--workers", type=int, help="vae-serve --workers (default: the service's own choice)")
     p.add_argument(
         "--ours-cmd",
         help="command that starts the service instead of vae-serve (it gets --host --port --models-dir "
@@ -81,8 +101,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra environment for the service, e.g. --env VAE_MAX_DELAY_MS=1 (repeatable)",
     )  # fmt: skip
     args = p.parse_args(argv)
+    peers = args.peers is not None
+    if peers and not args.peers:
+        args.peers = list(PEERS)
+    args.peers = args.peers or []
+    if args.scenarios is None:
+        args.scenarios = ["decode1_b64"] if peers else [n for n in SCENARIOS if not SCENARIOS[n].peers]
+    if args.concurrency is None:
+        args.concurrency = [1, 64] if peers or args.quick else [1, 8, 64, 128]
+    if args.client is None:
+        args.client = ("wrk" if wrk_available() else "raw") if peers else "httpx"
+    if args.client == "wrk" and not wrk_available():
+        p.error("--client wrk: wrk is not installed (apt-get install wrk)")
+    args.rounds = args.rounds or (3 if peers else 1)
     if args.quick:
-        args.concurrency = [1, 64] if args.concurrency == [1, 8, 64, 128] else args.concurrency
         args.duration, args.raw_duration = 1.0, 0.6
     return args
 
@@ -140,7 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
                 servers.append(ours_server(args, models_dir, name, out, {}))
             if "naive" in args.targets and not args.only_soak:
                 servers.append(naive_server(args, info.path, out))
-            for server in servers:  # both start at once; startup is mostly imports and model loading
+            if not args.only_soak:
+                for peer in args.peers:
+                    python = ensure_venv(PEERS[peer])
+                    servers.append(peer_server(PEERS[peer], python, info.path, args.peer_workers, out))
+            for server in servers:  # all start at once; startup is mostly imports and model loading
                 server.launch()
             for server in servers:
                 server.wait_ready()
@@ -148,8 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
             if servers[0].name == "ours":
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     report["service_models"] = httpx.get(f"{servers[0].url}/v1/models", timeout=10).json()
+                servers[0].config = describe_ours(report.get("service_models"), args)
+            report["servers"] = {s.name: s.config for s in servers}
             if not args.only_soak:
-                targets = [s for s in servers if s.name in args.targets]
+                targets = [s for s in servers if s.name in args.targets or s.name in args.peers]
                 report["rows"], report["failures"] = sweep(targets, info, args)
             if args.soak:
                 report["soak"] = soak(servers[0], info, args.soak, args.soak_concurrency, args.client)
@@ -167,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
                 raw_limits[key] = row
     report["raw"], report["raw_runs"] = raw_limits, raw_runs
     add_ratios(report["rows"], raw_limits)
-    report["targets"] = judge(report["rows"], raw_limits, report.get("soak"))
+    report["summary"] = summarize_rounds(report["rows"])
+    report["targets"] = judge(report["summary"], raw_limits, report.get("soak"), args.peers)
     return finish(report, out)
 
 

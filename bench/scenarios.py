@@ -64,6 +64,7 @@ class Scenario:
     raw: tuple[str, int]  # the in-process call it is compared with: (graph, batch)
     build: Callable[[str, ModelInfo], list[RequestSpec]]  # (target kind, model) -> request pool
     check: Callable[[httpx.Response, ModelInfo], str | None]  # None when the answer is right
+    peers: bool = False  # the peer servers answer it too (they serve only this one)
 
 
 def _decode1_build(kind: str, m: ModelInfo) -> list[RequestSpec]:
@@ -79,6 +80,44 @@ def _decode1_check(r: httpx.Response, m: ModelInfo) -> str | None:
     if not r.content.startswith(PNG_MAGIC):
         return f"expected a PNG, got {r.headers.get('content-type')}"
     size = Image.open(io.BytesIO(r.content)).size
+    return None if size == (m.shape[2], m.shape[1]) else f"PNG of size {size}"
+
+
+def _decode1_b64_build(kind: str, m: ModelInfo) -> list[RequestSpec]:
+    """The peer scenario: one latent in, JSON with one base64 PNG out, in each target's own protocol."""
+    from bench.peers import PEERS
+
+    rng = np.random.default_rng(1)
+    specs = []
+    for _ in range(64):
+        z = rng.standard_normal(m.latent_dim).round(5).tolist()
+        if kind in PEERS:
+            specs.append(RequestSpec("POST", PEERS[kind].path, *json_body(PEERS[kind].body(z))))
+        else:  # ours, and the naive app (which writes base64 PNGs when asked with ?format=png)
+            path = "/v1/decode?format=png" if kind == "naive" else "/v1/decode"
+            specs.append(RequestSpec("POST", path, *json_body({"latents": [z]})))
+    return specs
+
+
+def _first_long_string(value: object) -> str | None:
+    """The base64 PNG wherever a protocol puts it: the first long string in the JSON answer."""
+    if isinstance(value, str):
+        return value if len(value) > 64 else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    for item in items:
+        if (found := _first_long_string(item)) is not None:
+            return found
+    return None
+
+
+def _decode1_b64_check(r: httpx.Response, m: ModelInfo) -> str | None:
+    text = _first_long_string(r.json())
+    if text is None:
+        return f"no base64 string in {r.text[:200]}"
+    png = base64.b64decode(text, validate=True)
+    if not png.startswith(PNG_MAGIC):
+        return "the base64 string is no PNG"
+    size = Image.open(io.BytesIO(png)).size
     return None if size == (m.shape[2], m.shape[1]) else f"PNG of size {size}"
 
 
@@ -137,6 +176,15 @@ SCENARIOS = {
     for s in (
         Scenario(
             "decode1_png", "/v1/decode, 1 latent -> PNG", 1, ("decoder", 1), _decode1_build, _decode1_check
+        ),
+        Scenario(
+            "decode1_b64",
+            "/v1/decode, 1 latent -> JSON with one base64 PNG (the peers' scenario)",
+            1,
+            ("decoder", 1),
+            _decode1_b64_build,
+            _decode1_b64_check,
+            peers=True,
         ),
         Scenario(
             "decode256_npy",

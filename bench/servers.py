@@ -15,10 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
+
+from bench.peers import Peer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,8 @@ class Server:
     log_path: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    ready_path: str = "/readyz"
+    config: str = ""  # how it is configured, in words, for the report
 
     @property
     def url(self) -> str:
@@ -65,7 +69,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                r = httpx.get(f"{self.url}/readyz", timeout=2.0)
+                r = httpx.get(self.url + self.ready_path, timeout=2.0)
                 if r.status_code == 200:
                     return
                 last = f"{r.status_code} {r.text[:300]}"
@@ -144,9 +148,9 @@ def ours_server(args: argparse.Namespace, models_dir: Path, model: str, out: Pat
     exe = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
     if getattr(args, "ours_cmd", None):
         exe = shlex.split(args.ours_cmd)
-    workers = str(getattr(args, "workers", 1))
-    host = ["--host", "127.0.0.1", "--port", "{port}", "--models-dir", str(models_dir), "--workers", workers]
-    argv = [*exe, *host]
+    workers = getattr(args, "workers", None)
+    host = ["--host", "127.0.0.1", "--port", "{port}", "--models-dir", str(models_dir)]
+    argv = [*exe, *host, *(["--workers", str(workers)] if workers else [])]
     env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": args.provider, **extra_env, **dict(args.env)}
     return Server("ours", argv, env, out / "ours.log")
 
@@ -157,4 +161,25 @@ def naive_server(args: argparse.Namespace, model_path: Path, out: Path) -> Serve
         "--port", "{port}", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     env = {"BENCH_NAIVE_MODEL_DIR": str(model_path), "BENCH_NAIVE_PROVIDER": args.provider}
-    return Server("naive", argv, env, out / "naive.log")
+    server = Server("naive", argv, env, out / "naive.log")
+    server.config = "FastAPI sync endpoints under uvicorn, 1 worker, one run() per request, default options"
+    return server
+
+
+def describe_ours(listing: dict | None, args: argparse.Namespace) -> str:
+    """How the service ran: its own account of the workers and threads (on /v1/models), else the flags."""
+    chosen = (listing or {}).get("serving") or {}
+    if chosen:
+        return f"vae-serve: {chosen.get('reason') or chosen}"
+    workers = getattr(args, "workers", None)
+    return f"vae-serve, {'--workers ' + str(workers) if workers else 'defaults'}"
+
+
+def peer_server(peer: Peer, python: Path, model_path: Path, workers: int, out: Path) -> Server:
+    """A peer from its own venv; its apps import bench/peers/common.py by path, MLServer its runtime too."""
+    work = out / f"{peer.name}-work"
+    port = free_port()
+    argv = peer.argv(python, port, model_path.resolve(), workers, work)
+    env = {"PYTHONPATH": str(ROOT / "bench" / "peers"), "PYTHONUNBUFFERED": "1"}
+    server = Server(peer.name, argv, env, out / f"{peer.name}.log", port=port, ready_path=peer.ready_path)
+    return replace(server, config=f"{peer.package} {peer.version()}: {peer.config(workers)}")

@@ -5,6 +5,7 @@ Throughput is measured by `make bench` (bench/run.py), never asserted here (docs
 
 from __future__ import annotations
 
+import asyncio
 import json
 from importlib.util import find_spec
 
@@ -102,3 +103,63 @@ def test_full_run_reports_rows_ratios_and_targets(models_dir, tmp_path):
         "/v1/decode 256 latents -> npy",
     ]
     assert all(isinstance(v["pass"], bool) for v in report["targets"])
+
+
+def test_peer_scenario_speaks_each_protocol_and_the_naive_app_answers_it(tiny):
+    from bench.peers import PEERS
+
+    info, _ = tiny
+    scenario = SCENARIOS["decode1_b64"]
+    for name, peer in PEERS.items():
+        spec = scenario.build(name, info)[0]
+        assert spec.path == peer.path and spec.method == "POST"
+        latent = _latent(spec, name)
+        assert len(latent) == info.latent_dim and json.loads(spec.content) == peer.body(latent)
+    transport = httpx.ASGITransport(app=create_app(info.path))
+    specs = scenario.build("naive", info)
+    result = run_load_sync("http://naive", specs, concurrency=2, total=4, transport=transport)
+    assert (result.ok, result.errors) == (4, {})
+
+    async def ask() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://naive") as client:
+            return await client.post(specs[0].path, content=specs[0].content, headers=specs[0].headers)
+
+    answer = asyncio.run(ask())
+    assert answer.status_code == 200 and scenario.check(answer, info) is None  # one base64 PNG of 28x28
+
+
+def _latent(spec, name: str) -> list[float]:
+    """The latent a peer request carries, read back from its protocol's body."""
+    body = json.loads(spec.content)
+    return {"kserve": lambda: body["instances"][0], "mlserver": lambda: body["inputs"][0]["data"],
+            "litserve": lambda: body["latent"]}[name]()  # fmt: skip
+
+
+def test_rounds_are_summarized_by_median_and_judged_against_the_best_peer():
+    from bench.sweep import judge, summarize_rounds
+
+    def row(target, c, rnd, rps, p50, p99, load):
+        return {"scenario": "decode1_b64", "target": target, "concurrency": c, "round": rnd, "ok": 10,
+                "requests_per_s": rps, "items_per_s": rps, "p50_ms": p50, "p99_ms": p99, "errors": {},
+                "server_cpu_ms_per_request": 0.2, "loadavg_1m": load}  # fmt: skip
+
+    rows = [
+        row("ours", 64, 1, 3000, 20, 40, 2.0), row("ours", 64, 2, 2800, 22, 44, 2.5),
+        row("ours", 64, 3, 2900, 21, 42, 3.0), row("kserve", 64, 1, 1500, 40, 90, 2.1),
+        row("kserve", 64, 2, 1800, 35, 80, 2.2), row("kserve", 64, 3, 1700, 38, 85, 2.3),
+        row("ours", 1, 1, 900, 1.0, 2.0, 2.0), row("kserve", 1, 1, 800, 1.2, 2.5, 2.0),
+    ]  # fmt: skip
+    summary = {(r["target"], r["concurrency"]): r for r in summarize_rounds(rows)}
+    ours = summary[("ours", 64)]
+    assert (ours["rounds"], ours["requests_per_s"], ours["rps_min"], ours["rps_max"]) == (3, 2900, 2800, 3000)
+    assert (ours["p50_ms"], ours["p99_ms"], ours["loadavg_min"], ours["loadavg_max"]) == (21, 42, 2.0, 3.0)
+    verdicts = judge(list(summary.values()), {}, None, ["kserve"])
+
+    def verdict(words: str) -> dict:
+        return next(v for v in verdicts if words in v["target"])
+
+    assert verdict("best peer's req/s")["pass"]
+    assert verdict("best peer's req/s")["measured"].startswith("1.71x kserve")  # 2900 / 1700
+    assert verdict("p50 no higher")["pass"]  # 1.0 ms against kserve's 1.2 ms
+    assert verdict("rounds within")["pass"] and "(7%)" in verdict("rounds within")["measured"]  # 200 / 3000
+    assert verdict("server CPU")["pass"]  # 0.2 ms
