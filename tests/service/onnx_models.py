@@ -1,0 +1,114 @@
+"""Tiny model folders built directly with `onnx.helper`: no torch, no training, milliseconds to make.
+
+`write_model` writes `<models_dir>/<name>/<version>/{encoder.onnx, decoder.onnx, model.json}` for a linear VAE
+on `image` = (C, H, W): encoder mean = flatten(x) @ W_e, log_var = 0; decoder x = sigmoid(z @ W_d). With
+`overflow=True` both graphs end in Exp instead and have large weights, so inputs inside every limit make
+them overflow to inf: the shape of a real model pushed outside its range.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from service.manifest import DatasetSpec, GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
+
+OPSET = 17
+
+
+def _graph(name: str, inp: str, in_shape: list, outs: list[tuple[str, list]], nodes: list, inits: list) -> bytes:
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(inp, TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outs],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_model(
+    models_dir: Path,
+    name: str = "lin",
+    *,
+    latent_dim: int = 2,
+    image: tuple[int, int, int] = (1, 8, 8),
+    version: int = 1,
+    overflow: bool = False,
+) -> Path:
+    c, h, w = image
+    pixels = c * h * w
+    rng = np.random.default_rng(0)
+    scale = 1000.0 if overflow else 0.1
+    w_enc = (rng.standard_normal((pixels, latent_dim)) * scale).astype(np.float32)
+    w_dec = (rng.standard_normal((latent_dim, pixels)) * scale).astype(np.float32)
+    last = "Exp" if overflow else "Sigmoid"
+    encoder = _graph(
+        "encoder",
+        "x",
+        ["batch", c, h, w],
+        [("mean", ["batch", latent_dim]), ("log_var", ["batch", latent_dim])],
+        [
+            helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w_enc"], ["lin"]),
+            helper.make_node(last if overflow else "Identity", ["lin"], ["mean"]),
+            helper.make_node("Mul", ["lin", "zero"], ["log_var"]),
+        ],
+        [numpy_helper.from_array(w_enc, "w_enc"), numpy_helper.from_array(np.zeros(1, np.float32), "zero")],
+    )
+    decoder = _graph(
+        "decoder",
+        "z",
+        ["batch", latent_dim],
+        [("x", ["batch", c, h, w])],
+        [
+            helper.make_node("MatMul", ["z", "w_dec"], ["lin"]),
+            helper.make_node(last, ["lin"], ["act"]),
+            helper.make_node("Reshape", ["act", "shape"], ["x"]),
+        ],
+        [
+            numpy_helper.from_array(w_dec, "w_dec"),
+            numpy_helper.from_array(np.array([-1, c, h, w], dtype=np.int64), "shape"),
+        ],
+    )
+    folder = Path(models_dir) / name / str(version)
+    folder.mkdir(parents=True)
+    (folder / "encoder.onnx").write_bytes(encoder)
+    (folder / "decoder.onnx").write_bytes(decoder)
+    img = ["batch", c, h, w]
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created=datetime(2026, 1, 1, tzinfo=UTC),
+        description="linear test model built with onnx.helper",
+        latent_dim=latent_dim,
+        image={"channels": c, "height": h, "width": w},
+        likelihood="bernoulli",
+        encoder=GraphSpec(
+            file="encoder.onnx",
+            sha256=sha256_file(folder / "encoder.onnx"),
+            inputs=[TensorSpec(name="x", shape=img)],
+            outputs=[
+                TensorSpec(name="mean", shape=["batch", latent_dim]),
+                TensorSpec(name="log_var", shape=["batch", latent_dim]),
+            ],
+        ),
+        decoder=GraphSpec(
+            file="decoder.onnx",
+            sha256=sha256_file(folder / "decoder.onnx"),
+            inputs=[TensorSpec(name="z", shape=["batch", latent_dim])],
+            outputs=[TensorSpec(name="x", shape=img)],
+        ),
+        training={},
+        dataset=DatasetSpec(name="none", source="onnx.helper", train_examples=0, test_examples=0),
+        opset=OPSET,
+        exporters={"onnx": onnx.__version__},
+    )
+    write_manifest(folder, manifest)
+    return folder
