@@ -63,7 +63,8 @@ RUN "$(realpath /usr/local/bin/python3.11)" -m venv /opt/venv \
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY training/ training/
-RUN /opt/venv/bin/pip install --no-cache-dir -c requirements/constraints.txt ".[train]" \
+# serve-cpu brings the onnxruntime that the export's parity check runs on (CPU, like the check itself).
+RUN /opt/venv/bin/pip install --no-cache-dir -c requirements/constraints.txt ".[serve-cpu,train]" \
     && /opt/venv/bin/pip check
 COPY --chmod=755 deploy/train-and-export.sh /usr/local/bin/vae-train-and-export
 # /app/models holds the default models too, so whichever of `vae` and `train` first mounts the empty compose

