@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         "new version is loaded, verified and warmed beside the old one, then swapped in atomically (a broken "
         "one leaves the old version serving). 0: only on SIGHUP.",
     )
+    follow_symlinks: bool = Field(
+        default=False,
+        description="Serve model and version folders (and their files) that are symbolic links resolving "
+        "outside models_dir. Off: such a version is refused, so a link planted in models/ cannot make the "
+        "service read files elsewhere on the host.",
+    )
+    allow_latent_change: bool = Field(
+        default=False,
+        description="Let a new version whose latent_dim differs from the serving version's replace it. Off: "
+        "it is refused (logged, and shown on /readyz), because clients that store embeddings would get "
+        "vectors of another size under the same model name; publish it under a new name instead.",
+    )
 
     # --- onnxruntime ---------------------------------------------------------------------------------------
     provider: Provider = Field(

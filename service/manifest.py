@@ -22,6 +22,10 @@ DECODER_FILE = "decoder.onnx"
 PREVIEW_FILE = "preview.png"
 SCHEMA_VERSION: Literal[1] = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN.removesuffix("$") + r"\Z")  # `$` would also match before a final newline
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,8}\Z", re.ASCII)
+# A manifest is a few KiB; anything past this is not one, and is refused before it is read.
+MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 class ManifestError(Exception):
@@ -131,15 +135,34 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(model_dir: Path) -> Manifest:
+    """Read and validate a version folder's manifest; every way it can be wrong is a ManifestError.
+
+    The file is read only up to MAX_MANIFEST_BYTES (a manifest is a few KiB), must be a regular file (a FIFO
+    or device would block or never end), UTF-8, and JSON no deeper than the parser's recursion limit.
+    """
     path = Path(model_dir) / MANIFEST_FILE
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ManifestError(f"{path}: no manifest") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
+        if not path.is_file():
+            problem = "not a regular file" if path.exists() else "no manifest"
+            raise ManifestError(f"{path}: {problem}")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError(f"{path}: unreadable manifest ({exc.strerror or type(exc).__name__})") from exc
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: manifest is not UTF-8 (byte {exc.start})") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"{path}: manifest nested too deeply") from exc
+    except ValueError as exc:  # json.JSONDecodeError
+        raise ManifestError(f"{path}: manifest is not JSON ({exc})") from exc
     try:
         manifest = Manifest.model_validate(raw)
+    except RecursionError as exc:
+        raise ManifestError(f"{path}: manifest nested too deeply") from exc
     except ValidationError as exc:
         raise ManifestError(f"{path}: invalid manifest: {_summarize(exc)}") from exc
     manifest.expected_graphs()
@@ -173,11 +196,15 @@ def verify_model_dir(model_dir: Path) -> Manifest:
 
 
 def list_versions(models_dir: Path, name: str) -> list[int]:
-    """Versions of one model, ascending; version folders are positive integers."""
+    """Versions of one model, ascending. A version folder is named by a positive integer in ASCII digits
+    without a leading zero; anything else beside them (`.DS_Store`, `README`, `tmp/`, `latest`, an export's
+    hidden staging folder `.<version>.<random>`) is not a version and is ignored."""
     root = Path(models_dir) / name
-    if not root.is_dir():
+    try:
+        entries = list(root.iterdir())
+    except OSError:  # absent, not a folder, unreadable
         return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+    return sorted(int(p.name) for p in entries if VERSION_PATTERN.match(p.name) and _is_dir(p))
 
 
 def latest_version(models_dir: Path, name: str) -> int | None:
@@ -186,10 +213,12 @@ def latest_version(models_dir: Path, name: str) -> int | None:
 
 
 def list_model_names(models_dir: Path) -> list[str]:
-    root = Path(models_dir)
-    if not root.is_dir():
+    """Folders of models_dir whose names are valid model names (files and other names are ignored)."""
+    try:
+        entries = list(Path(models_dir).iterdir())
+    except OSError:
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and re.match(NAME_PATTERN, p.name))
+    return sorted(p.name for p in entries if _NAME_RE.match(p.name) and _is_dir(p))
 
 
 def model_dir(models_dir: Path, name: str, version: int | None = None) -> Path:
@@ -198,6 +227,21 @@ def model_dir(models_dir: Path, name: str, version: int | None = None) -> Path:
     if chosen is None:
         raise ManifestError(f"{Path(models_dir) / name}: no versions")
     return Path(models_dir) / name / str(chosen)
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    """Whether path, with every symbolic link resolved, is root itself or lies under it (resolved too)."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError):  # unreadable, or a symlink loop
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _summarize(exc: ValidationError) -> str:

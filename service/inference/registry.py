@@ -1,22 +1,38 @@
 """The data plane's entry point: loads every configured model, knows which is the default, reports readiness.
 
-A model that fails any check (manifest, sha256, onnxruntime load, tensor names and shapes, required provider,
-warm-up) is not served; the reason is logged and shown on /readyz, and readiness stays false. Models are only
-ever read from the configured models directory, never from a path or URL given in a request.
+Models are only ever read from the configured models directory, never from a path or URL given in a request.
+Every model and every version folder is judged on its own: a version that fails any check (manifest, sha256,
+onnxruntime load, tensor names and shapes, required provider, warm-up, a symbolic link out of models_dir, a
+latent size that differs from the serving version's) is refused with a logged, client-safe reason shown on
+/readyz, and nothing else is affected. What is not a version is ignored: files (`.DS_Store`, `README`),
+folders whose names are not positive integers (`tmp/`, `latest/`, an export's hidden staging folder
+`.<version>.<random>` left by a killed export), and, when `models` is unset, model folders with no version
+folder at all.
 
-Hot reload: `reload()` (polled every `reload_interval_s`, and on SIGHUP) looks for a newer version folder of
-each model, loads, verifies and warms it in a thread beside the serving one, then swaps it in with one dict
-assignment on the event loop. Requests already holding the old version finish on it; its batchers close once
-the request timeout has passed. A broken new version is logged and shown as `reload_failures` on /readyz and
-as `reload_error` on /v1/models; the old version keeps serving and readiness is unchanged.
+Startup serves, per model, the newest version that passes every check; a newer one that fails is listed
+under `reload_failures` (the model serves, readiness holds). A model with no loadable version is a `failure`
+and readiness is false.
+
+Hot reload: `reload()` (polled every `reload_interval_s`, and on SIGHUP) looks for version folders newer than
+the serving one, loads, verifies and warms the newest in a thread beside the serving one, then swaps it in
+with one dict assignment on the event loop. Requests already holding the old version finish on it; its
+batchers close once the request timeout has passed. A refused folder is retried only once its files change.
+Version numbers only move forward: a folder older than the serving version (a republished old number, or
+what is left after the serving version's folder was deleted) is logged once and not loaded, so clients that
+store embeddings never get an older model's vectors under the same name without a restart; the serving
+version keeps answering from memory (its files were verified when it loaded). Entries for folders that no
+longer exist are dropped from the reported state. When `models` is unset, model folders that appear later are
+loaded, and discovered models whose folders are removed while not serving are forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from service.config import Settings
@@ -25,10 +41,11 @@ from service.inference.batcher import Batcher, BatchStats
 from service.inference.model import VAEModel
 from service.inference.runtime import Graph, ModelLoadError, session_options
 from service.manifest import (
+    MANIFEST_FILE,
     ManifestError,
-    latest_version,
+    is_inside,
     list_model_names,
-    model_dir,
+    list_versions,
     verify_model_dir,
 )
 from service.metrics import Metrics
@@ -36,6 +53,8 @@ from service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 PREFERRED_DEFAULT = "mnist"
+
+Stamp = tuple[tuple[str, int, int], ...]
 
 
 class ModelRegistry:
@@ -47,10 +66,11 @@ class ModelRegistry:
         self.names: list[str] = []
         self.loaded = False  # load() has finished
         self.draining = False  # shutdown has begun: readiness goes false before requests stop
-        # Hot reload: why the newest version of a model was refused (the old one still serves), and a stamp of
-        # the refused folder so it is retried only once its files change (e.g. a copy that was still running).
+        # Why a version newer than the serving one was refused (the serving one still answers).
         self.reload_failures: dict[str, str] = {}
-        self._refused: dict[str, tuple[int, tuple[tuple[str, int, int], ...]]] = {}
+        # Refused version folders, with a stamp of their files so each is retried only once they change.
+        self._refused: dict[str, dict[int, tuple[Stamp, str]]] = {}
+        self._noted: set[tuple[str, int, str]] = set()  # one-time log lines already written
         self._retired: list[VAEModel] = []
         self._retire_tasks: set[asyncio.Task[None]] = set()
         self._reload_lock: asyncio.Lock | None = None
@@ -63,49 +83,90 @@ class ModelRegistry:
     def load(self) -> None:
         """Load, verify and warm every model (blocking; the app runs it in a thread at startup)."""
         root = self.settings.models_dir
-        self.names = list(self.settings.models or list_model_names(root))
+        self.names = list(self.settings.models) if self.settings.models else self._discover()
         if not self.names:
             self.failures["*"] = f"no models found in {root.name or root}/"
             log.error("no models to serve in %s", root)
-        self._executor = ThreadPoolExecutor(max(2, 2 * len(self.names)), thread_name_prefix="onnxruntime")
+        # Threads start only when needed: a generous cap costs nothing and leaves room for models found later.
+        self._executor = ThreadPoolExecutor(max(16, 4 * len(self.names)), thread_name_prefix="onnxruntime")
         for name in self.names:
-            started = time.perf_counter()
-            try:
-                model = self._load_one(name)
-            except (ManifestError, ModelLoadError) as exc:
-                reason = self._client_safe(exc)
-                self.failures[name] = reason
-                if (newest := latest_version(root, name)) is not None:  # retried by reload() once changed
-                    self._refused[name] = (newest, _folder_stamp(root / name / str(newest)))
-                self.metrics.model_loaded.labels(name).set(0)
-                log.error("model %s NOT loaded: %s", name, reason)
-                continue
-            self.models[name] = model
-            self.metrics.model_loaded.labels(name).set(1)
-            log.info(
-                "model %s v%d loaded from %s in %.2fs; latent_dim=%d; providers=%s",
-                name, model.manifest.version, model.path, time.perf_counter() - started,
-                model.latent_dim, model.providers,
-            )  # fmt: skip
+            self._load_newest(name)
         self.loaded = True
         if self.models and self.default_name not in self.models:
             log.error("default model %r is not loaded", self.default_name)
 
-    def _client_safe(self, exc: Exception) -> str:
+    def _discover(self) -> list[str]:
+        """Model folders holding at least one version folder; anything else in models_dir is ignored."""
         root = self.settings.models_dir
-        return str(exc).replace(str(root), root.name or "models")
+        names = []
+        for name in list_model_names(root):
+            if list_versions(root, name):
+                names.append(name)
+            else:
+                self._note_once(name, 0, "empty", logging.INFO, "ignoring %s/: no version folder", name)
+        return names
 
-    def _load_one(self, name: str, version: int | None = None) -> VAEModel:
-        s = self.settings
+    def _load_newest(self, name: str) -> None:
+        """Serve the newest version of `name` that passes every check (startup, and models found later)."""
+        versions = list_versions(self.settings.models_dir, name)
+        if not versions:
+            self._fail(name, f"no version folder in {self._shown(self.settings.models_dir / name)}/")
+            return
+        for version in reversed(versions):
+            started = time.perf_counter()
+            result = self._attempt(name, version, None)
+            if isinstance(result, VAEModel):
+                self._serve(name, result)
+                log.info(
+                    "model %s v%d loaded from %s in %.2fs; latent_dim=%d; providers=%s",
+                    name, version, result.path, time.perf_counter() - started, result.latent_dim,
+                    result.providers,
+                )  # fmt: skip
+                break
+            if len(versions) > 1:
+                log.error("model %s v%d NOT loaded: %s", name, version, result)
+        else:
+            newest = versions[-1]
+            self._fail(name, self._refused[name][newest][1])
+        self._report_refusals(name)
+
+    def _attempt(self, name: str, version: int, serving: VAEModel | None) -> VAEModel | str:
+        """Load one version folder, or say (client-safe) why not and remember the refusal. Blocking."""
+        path = self.settings.models_dir / name / str(version)
+        stamp = _folder_stamp(path)
         try:
-            path = model_dir(s.models_dir, name, version)
-        except ManifestError as exc:
-            raise ModelLoadError(f"model {name!r}: no version folder in {s.models_dir}") from exc
+            return self._load_one(name, version, serving)
+        except (ManifestError, ModelLoadError) as exc:
+            reason = self._client_safe(str(exc))
+        except OSError as exc:  # unreadable files: permissions, I/O errors
+            reason = f"{self._shown(path)}: cannot read ({exc.strerror or type(exc).__name__})"
+        except Exception as exc:  # a check we did not foresee: log the traceback once per folder state
+            log.exception("model %s v%d: unexpected error while loading", name, version)
+            reason = f"{self._shown(path)}: unexpected error while loading ({type(exc).__name__})"
+        self._refused.setdefault(name, {})[version] = (stamp, reason)
+        return reason
+
+    def _load_one(self, name: str, version: int, serving: VAEModel | None = None) -> VAEModel:
+        s = self.settings
+        path = s.models_dir / name / str(version)
+        self._check_inside(path, path / MANIFEST_FILE)
         manifest = verify_model_dir(path)
+        self._check_inside(path / manifest.encoder.file, path / manifest.decoder.file)
         if manifest.name != name:
             raise ModelLoadError(f"{path}: manifest names the model {manifest.name!r}, folder says {name!r}")
-        if str(manifest.version) != path.name:
-            raise ModelLoadError(f"{path}: manifest says version {manifest.version}, folder says {path.name}")
+        if manifest.version != version:
+            raise ModelLoadError(f"{path}: manifest says version {manifest.version}, folder says {version}")
+        if serving is not None and manifest.latent_dim != serving.latent_dim:
+            change = (
+                f"latent_dim {manifest.latent_dim} differs from the serving v{serving.manifest.version}'s"
+            )
+            if not s.allow_latent_change:
+                raise ModelLoadError(
+                    f"{path}: {change} {serving.latent_dim}: a breaking change for clients that store "
+                    "embeddings (publish it under a new model name, or set VAE_ALLOW_LATENT_CHANGE=true)"
+                )
+            log.warning("model %s v%d: %s %d (allowed by VAE_ALLOW_LATENT_CHANGE)", name, version, change,
+                        serving.latent_dim)  # fmt: skip
         options = session_options(s.intra_op_threads, s.inter_op_threads)
         encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
         decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
@@ -118,6 +179,16 @@ class ModelRegistry:
         except Exception as exc:
             raise ModelLoadError(f"{path}: warm-up failed ({type(exc).__name__}: {exc})") from exc
         return model
+
+    def _check_inside(self, *paths: Path) -> None:
+        if self.settings.follow_symlinks:
+            return
+        root = self.settings.models_dir
+        for path in paths:
+            if not is_inside(root, path):
+                raise ModelLoadError(
+                    f"{path}: a symbolic link leading out of {root} (VAE_FOLLOW_SYMLINKS=true serves it)"
+                )
 
     def _batcher(self, name: str, role: str, graph: Graph) -> Batcher:
         s, m = self.settings, self.metrics
@@ -146,6 +217,57 @@ class ModelRegistry:
             stats=stats,
         )
 
+    # --- state ---------------------------------------------------------------------------------------------
+
+    def _serve(self, name: str, model: VAEModel) -> None:
+        # The swap: one assignment, so every request sees either the old or the new model.
+        self.models[name] = model
+        self.failures.pop(name, None)
+        self._refused.get(name, {}).pop(model.manifest.version, None)
+        self.metrics.model_loaded.labels(name).set(1)
+
+    def _fail(self, name: str, reason: str) -> None:
+        self.failures[name] = reason
+        self.metrics.model_loaded.labels(name).set(0)
+        log.error("model %s NOT loaded: %s", name, reason)
+
+    def _report_refusals(self, name: str) -> None:
+        """reload_failures: the refused versions newer than the serving one, newest first."""
+        current = self.models.get(name)
+        refused = self._refused.get(name, {})
+        if current is None:
+            self.reload_failures.pop(name, None)
+            return
+        newer = sorted((v for v in refused if v > current.manifest.version), reverse=True)
+        if newer:
+            self.reload_failures[name] = "; ".join(f"version {v}: {refused[v][1]}" for v in newer)
+        else:
+            self.reload_failures.pop(name, None)
+
+    def _forget_missing(self, name: str, versions: list[int]) -> None:
+        """Drop what is known about version folders that no longer exist."""
+        refused = self._refused.get(name, {})
+        for version in [v for v in refused if v not in versions]:
+            del refused[version]
+            log.info("model %s v%d: refused folder removed; forgotten", name, version)
+        # Notes about folders that are gone go too (so a republished folder is logged again); the note that
+        # the serving version's folder is gone stays, so it is written once.
+        kept = {n for n in self._noted if n[0] != name or n[1] in versions or n[1] <= 0 or n[2] == "gone"}
+        self._noted = kept
+
+    def _note_once(self, name: str, version: int, what: str, level: int, msg: str, *args: Any) -> None:
+        key = (name, version, what)
+        if key not in self._noted:
+            self._noted.add(key)
+            log.log(level, msg, *args)
+
+    def _shown(self, path: Path) -> str:
+        return self._client_safe(str(path))
+
+    def _client_safe(self, text: str) -> str:
+        root = self.settings.models_dir
+        return text.replace(str(root), root.name or "models")
+
     # --- hot reload ---------------------------------------------------------------------------------------
 
     async def reload(self) -> list[str]:
@@ -154,52 +276,88 @@ class ModelRegistry:
             self._reload_lock = asyncio.Lock()
         async with self._reload_lock:  # a SIGHUP during a poll waits instead of loading twice
             swapped = []
-            for name in self.names:
+            for name in self._names_to_watch():
                 if self.draining:
                     break
-                if await self._reload_one(name):
-                    swapped.append(f"{name} v{self.models[name].manifest.version}")
+                try:
+                    if await self._reload_one(name):
+                        swapped.append(f"{name} v{self.models[name].manifest.version}")
+                except Exception as exc:  # one model never stops the others; logged once per model and error
+                    what = type(exc).__name__
+                    self._note_once(name, -1, what, logging.ERROR, "model %s: reload failed (%s)", name, what)
+                    log.debug("model %s: reload failed", name, exc_info=True)
             return swapped
+
+    def _names_to_watch(self) -> list[str]:
+        if self.settings.models:
+            return self.names
+        found = self._discover()
+        for name in found:
+            if name not in self.names:
+                self.names.append(name)
+                log.info("model folder %s/ appeared", name)
+        for name in [n for n in self.names if n not in found and n not in self.models]:
+            self.names.remove(name)  # a discovered model that is gone and never served: forget it
+            self.failures.pop(name, None)
+            self.reload_failures.pop(name, None)
+            self._refused.pop(name, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.model_loaded.remove(name)
+            log.info("model folder %s/ removed; forgotten", name)
+        if self.names:
+            self.failures.pop("*", None)
+        return list(self.names)
 
     async def _reload_one(self, name: str) -> bool:
         root = self.settings.models_dir
-        newest = latest_version(root, name)
+        versions = list_versions(root, name)
+        self._forget_missing(name, versions)
         current = self.models.get(name)
-        if newest is None or (current is not None and newest <= current.manifest.version):
-            return False
-        stamp = (newest, _folder_stamp(root / name / str(newest)))
-        if self._refused.get(name) == stamp:
-            return False  # refused before and unchanged since
-        started = time.perf_counter()
-        try:
-            model = await asyncio.to_thread(self._load_one, name, newest)
-        except (ManifestError, ModelLoadError) as exc:
-            reason = self._client_safe(exc)
-            self._refused[name] = stamp
-            if current is None:
-                self.failures[name] = reason
-            else:
-                self.reload_failures[name] = f"version {newest}: {reason}"
-            serving = f"still serving v{current.manifest.version}" if current else "not serving"
-            log.error("model %s v%d NOT loaded (%s): %s", name, newest, serving, reason)
-            return False
-        if self.draining:
-            await model.close()
-            return False
-        # The swap: one assignment on the event loop, so every request sees either the old or the new model.
-        self.models[name] = model
-        self.failures.pop(name, None)
-        self.reload_failures.pop(name, None)
-        self._refused.pop(name, None)
-        self.metrics.model_loaded.labels(name).set(1)
-        log.info(
-            "model %s v%d loaded from %s in %.2fs and swapped in%s", name, model.manifest.version,
-            model.path, time.perf_counter() - started,
-            f" (replacing v{current.manifest.version})" if current else "",
-        )  # fmt: skip
         if current is not None:
-            self._retire(current)
-        return True
+            serving = current.manifest.version
+            if serving not in versions:
+                newest = f"the newest on disk is v{versions[-1]}" if versions else "no version is on disk"
+                self._note_once(
+                    name, serving, "gone", logging.WARNING,
+                    "model %s v%d: its folder is gone; still serving it from memory (%s; versions only move "
+                    "forward: restart to serve an older one)", name, serving, newest,
+                )  # fmt: skip
+            for older in (v for v in versions if v < serving):
+                self._note_once(
+                    name, older, "older", logging.INFO,
+                    "model %s v%d is older than the serving v%d: not loaded (versions only move forward)",
+                    name, older, serving,
+                )  # fmt: skip
+        elif not versions and name not in self.failures:
+            self._fail(name, f"no version folder in {self._shown(root / name)}/")
+        candidates = [v for v in versions if current is None or v > current.manifest.version]
+        swapped = False
+        for version in reversed(candidates):
+            refused = self._refused.get(name, {}).get(version)
+            if refused is not None and refused[0] == _folder_stamp(root / name / str(version)):
+                continue  # refused before and unchanged since
+            started = time.perf_counter()
+            result = await asyncio.to_thread(self._attempt, name, version, current)
+            if isinstance(result, str):
+                state = f"still serving v{current.manifest.version}" if current else "not serving"
+                log.error("model %s v%d NOT loaded (%s): %s", name, version, state, result)
+                if current is None:
+                    self.failures[name] = result
+                continue
+            if self.draining:
+                await result.close()
+                return False
+            self._serve(name, result)
+            log.info(
+                "model %s v%d loaded from %s in %.2fs and swapped in%s", name, version, result.path,
+                time.perf_counter() - started, f" (replacing v{current.manifest.version})" if current else "",
+            )  # fmt: skip
+            if current is not None:
+                self._retire(current)
+            swapped = True
+            break
+        self._report_refusals(name)
+        return swapped
 
     def _retire(self, model: VAEModel) -> None:
         """Close an old version's batchers once no request can still be waiting on them."""
@@ -220,8 +378,8 @@ class ModelRegistry:
             await asyncio.sleep(interval_s)
             try:
                 await self.reload()
-            except Exception:
-                log.exception("model reload failed")
+            except Exception as exc:  # reload() isolates models; this is the last resort, logged briefly
+                log.error("model reload failed: %s", type(exc).__name__)
 
     async def close(self) -> None:
         self.draining = True
@@ -271,7 +429,7 @@ class ModelRegistry:
         }
 
 
-def _folder_stamp(path: Any) -> tuple[tuple[str, int, int], ...]:
+def _folder_stamp(path: Path) -> Stamp:
     """(name, size, mtime) of each file in a version folder: changes when a copy into it progresses."""
     try:
         return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in path.iterdir() if (st := p.stat())))

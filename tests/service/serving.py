@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,18 @@ def wait_until_ready(url: str, timeout_s: float, proc: subprocess.Popen | None =
     return False
 
 
+def _wait_for(predicate: Callable[[str], bool], url: str, timeout_s: float, proc: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if predicate(url):
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,10 +62,14 @@ def committed_model(target: Path, name: str = "mnist-2d") -> Path:
 
 @contextmanager
 def vae_serve(
-    models_dir: Path, log_path: Path, env: dict[str, str] | None = None, preexec_fn: Any = None
+    models_dir: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    preexec_fn: Any = None,
+    until: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real `vae-serve` process on 127.0.0.1 (CPU, no reload polling); yields (base URL, process) once
-    ready, and ends the process (SIGTERM, then kill) afterwards."""
+    ready (or once `until(url)` holds), and ends the process (SIGTERM, then kill) afterwards."""
     port = free_port()
     full_env = {
         **os.environ, "VAE_MODELS_DIR": str(models_dir), "VAE_PROVIDER": "cpu", "VAE_PORT": str(port),
@@ -68,7 +84,7 @@ def vae_serve(
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        if not wait_until_ready(url, 60, proc):
+        if not (wait_until_ready(url, 60, proc) if until is None else _wait_for(until, url, 60, proc)):
             raise RuntimeError(f"vae-serve did not become ready:\n{log_path.read_text()[-3000:]}")
         yield url, proc
     finally:
