@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -24,11 +24,14 @@ from service.manifest import ImageSpec
 
 
 class ImagePool:
-    def __init__(self, workers: int, max_pending: int, retry_after_s: int = 1):
+    def __init__(
+        self, workers: int, max_pending: int, retry_after_s: int = 1, *, executor: Executor | None = None
+    ):
+        """`executor`: where decoding runs (default: a new pool of `workers` threads, owned by this pool)."""
         self.workers = workers
         self.max_pending = max_pending
         self.retry_after_s = retry_after_s
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="image-decode")
+        self._executor = executor or ThreadPoolExecutor(workers, thread_name_prefix="image-decode")
         self._lock = threading.Lock()
         self._pending = 0
 
@@ -47,15 +50,20 @@ class ImagePool:
         """Image files -> float32 (N, C, H, W) in the model's pixel range, or the first problem found."""
         check_image_count(len(blobs), settings, exactly)
         n = len(blobs)
-        self._admit(n + 1)  # the header pass takes a slot too
-        (headers,) = await self._await([self._submit(_read_headers, blobs)])
-        check_image_headers(headers, spec, settings)  # type: ignore[arg-type]
-        self._admit(n)
-        out = np.empty((n, *spec.shape), dtype=np.float32)
-        jobs = [self._submit(_prepare_into, out, i, blob, spec, settings.max_image_pixels) for i, blob in
-                enumerate(blobs)]  # fmt: skip
-        await self._await(jobs)
-        return out
+        self._admit(n + 1)  # the header pass and every image, reserved up front
+        unsubmitted = n
+        try:
+            (headers,) = await self._await([self._submit(_read_headers, blobs)])
+            check_image_headers(headers, spec, settings)  # type: ignore[arg-type]
+            out = np.empty((n, *spec.shape), dtype=np.float32)
+            jobs = []
+            for i, blob in enumerate(blobs):
+                jobs.append(self._submit(_prepare_into, out, i, blob, spec, settings.max_image_pixels))
+                unsubmitted -= 1
+            await self._await(jobs)
+            return out
+        finally:
+            self._release(unsubmitted)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -68,16 +76,16 @@ class ImagePool:
                     retry_after_s=self.retry_after_s,
                 )
             self._pending += n
-        # Admitted slots are released one by one as their jobs finish or are cancelled (_release).
+        # A submitted job gives its slot back when it finishes or is cancelled; prepare() gives back the rest.
 
     def _submit(self, fn: object, *args: object) -> Future[object]:
         future: Future[object] = self._executor.submit(fn, *args)  # type: ignore[arg-type]
-        future.add_done_callback(self._release)
+        future.add_done_callback(lambda _: self._release(1))
         return future
 
-    def _release(self, _: Future[object]) -> None:
+    def _release(self, n: int) -> None:
         with self._lock:
-            self._pending -= 1
+            self._pending -= n
 
     async def _await(self, jobs: list[Future[object]]) -> list[object]:
         """Every job's result; on the first failure or on cancellation, the jobs not started are dropped.

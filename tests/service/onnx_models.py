@@ -20,7 +20,9 @@ from service.manifest import DatasetSpec, GraphSpec, Manifest, TensorSpec, sha25
 OPSET = 17
 
 
-def _graph(name: str, inp: str, in_shape: list, outs: list[tuple[str, list]], nodes: list, inits: list) -> bytes:
+def _graph(
+    name: str, inp: str, in_shape: list, outs: list[tuple[str, list]], nodes: list, inits: list
+) -> bytes:
     graph = helper.make_graph(
         nodes,
         name,
