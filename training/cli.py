@@ -78,7 +78,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(progs: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `python -m training`; `progs` names a command's usage line (`vae-train`, ...)."""
     parser = argparse.ArgumentParser(
         prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     devices = literal_choices(Device)
 
     def command(name: str, summary: str, **extra: Any) -> argparse.ArgumentParser:
+        if progs and name in progs:
+            extra["prog"] = progs[name]
         return sub.add_parser(
             name, help=summary, description=summary, formatter_class=_HelpFormatter, **extra
         )
@@ -199,9 +202,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, progs: dict[str, str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser(progs).parse_args(argv)
     try:
         return run(args)
     except (DataError, ValueError, FileNotFoundError) as exc:
@@ -214,10 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
+    except OSError as exc:  # a full disk or a read-only folder while writing checkpoints or plots
+        print(f"error: cannot write {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def _with_command(command: str) -> int:
-    return main([command, *sys.argv[1:]])
+    return main([command, *sys.argv[1:]], progs={command: f"vae-{command}"})
 
 
 def main_train() -> int:

@@ -187,10 +187,16 @@ def read_evaluation(path: Path, dataset: ImageDataset) -> dict[str, Any]:
     """An evaluation already run (`python -m training eval ... > FILE`), checked to cover `dataset`."""
     import json
 
-    evaluation: dict[str, Any] = json.loads(Path(path).read_text())
-    if evaluation.get("examples") != len(dataset.x_test):
-        raise ValueError(f"{path} covers {evaluation.get('examples')} test images, not {len(dataset.x_test)}")
-    return evaluation
+    evaluation = json.loads(Path(path).read_text())
+    needed = ("examples", "neg_elbo", "reconstruction", "kl", "active_units", "device", "seconds")
+    missing = [key for key in needed if key not in evaluation] if isinstance(evaluation, dict) else needed
+    if missing:
+        raise ValueError(
+            f"{path}: not the output of `python -m training eval` (missing {', '.join(missing)})"
+        )
+    if evaluation["examples"] != len(dataset.x_test):
+        raise ValueError(f"{path} covers {evaluation['examples']} test images, not {len(dataset.x_test)}")
+    return dict(evaluation)
 
 
 def export_run(

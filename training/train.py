@@ -60,8 +60,12 @@ def save_checkpoint(path: Path, model: VAE, config: TrainConfig, **extra: Any) -
         **extra,
     }
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never corrupts the previous checkpoint
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)  # atomic: an interrupted save never corrupts the previous checkpoint
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written file beside the good checkpoint
+        raise
 
 
 def load_checkpoint(path: Path) -> tuple[VAE, dict[str, Any]]:
@@ -70,13 +74,16 @@ def load_checkpoint(path: Path) -> tuple[VAE, dict[str, Any]]:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except (
-        Exception
-    ) as exc:  # torch raises many types for corrupt files; one clear message is what users need
+    # torch raises many types for corrupt files, and a foreign file lacks our keys or has other tensors:
+    # one clear message is what users need.
+    except Exception as exc:
         raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-    config = TrainConfig.from_dict(payload["config"])
-    model = build_model(config, tuple(payload["image_shape"]))
-    model.load_state_dict(payload["model"])
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+        model = build_model(config, tuple(payload["image_shape"]))
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a checkpoint written by `python -m training train` ({exc!r})") from exc
     model.eval()
     return model, payload
 

@@ -78,6 +78,13 @@ def test_help_shows_each_reason_default_and_choices(capsys, monkeypatch):
     assert "--run-dir RUN_DIR" in text and "(default: runs/latest)" in text
 
 
+def test_console_scripts_name_themselves_in_usage(capsys):
+    with pytest.raises(SystemExit):
+        build_parser({"train": "vae-train"}).parse_args(["train", "--epochs", "x"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vae-train ") and "vae-train: error: argument --epochs" in err
+
+
 def test_top_level_help_lists_each_command_with_a_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["--help"])

@@ -84,7 +84,7 @@ def test_invalid_manifest_is_rejected_on_read(model_copy):
     with pytest.raises(ManifestError, match="disagree"):
         read_manifest(version)
     (version / "model.json").write_text("{not json")
-    with pytest.raises(ManifestError, match="unreadable|not JSON"):
+    with pytest.raises(ManifestError, match=r"unreadable|not JSON"):
         read_manifest(version)
 
 
@@ -253,3 +253,13 @@ def test_forced_replacement_keeps_the_old_version_when_the_rename_fails(tmp_path
     _publish(staging, target)
     assert (target / "model.json").read_text() == "new"
     assert sorted(p.name for p in target.parent.iterdir()) == ["1"]
+
+
+def test_an_evaluation_file_of_another_shape_is_one_clear_error(tmp_path, mnist):
+    from training.export import read_evaluation
+
+    path = tmp_path / "eval.json"
+    for body in ("[]", '{"examples": 32}'):
+        path.write_text(body)
+        with pytest.raises(ValueError, match="not the output of `python -m training eval` \\(missing "):
+            read_evaluation(path, mnist.limited(0, 32))
