@@ -290,7 +290,15 @@ def load_dataset(dataset: str, data_dir: str | Path, image_size: int = 32, chann
         return load_idx_dir(Path(data_dir))
     if dataset == "folder":
         return load_image_folder(Path(data_dir), image_size, channels)
-    raise DataError(f"unknown dataset {dataset!r}: use mnist, idx or folder")
+    if dataset == "fashion":
+        from training.datasets.fashion import load_fashion
+
+        return load_fashion(Path(data_dir))
+    if dataset == "emoji":
+        from training.datasets.emoji import load_emoji
+
+        return load_emoji(Path(data_dir), image_size)
+    raise DataError(f"unknown dataset {dataset!r}: use mnist, fashion, emoji, idx or folder")
 
 
 # --- batches

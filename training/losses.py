@@ -42,7 +42,7 @@ def reconstruction_nll(
         squared = (flat_x - mean).pow(2).sum(dim=1)
         return squared / (2 * gaussian_sigma**2) + dims * (math.log(gaussian_sigma) + 0.5 * LOG_2PI)
     if likelihood == "discretized_logistic":
-        return discretized_logistic_nll(logits, x)  # logits: (B, 2C, H, W) mean logits and log-scales
+        return discretized_logistic_nll(logits, x)  # logits: (B, K(1+2C), H, W) mixture parameters
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 

@@ -45,8 +45,11 @@ class VAE(nn.Module):
         self.latent_dim = config.latent_dim
         act = _ACTIVATIONS[config.activation]
         c, h, w = image_shape
-        # The discretized logistic needs a log-scale per pixel and channel beside the mean: 2C output maps.
-        out_c = 2 * c if config.likelihood == "discretized_logistic" else c
+        out_c = c
+        if config.likelihood == "discretized_logistic":  # mixture weights, means and log-scales per pixel
+            from training.likelihoods import DEFAULT_COMPONENTS, param_channels
+
+            out_c = param_channels(c, getattr(config, "mixture_components", DEFAULT_COMPONENTS))
         if config.arch == "mlp":
             pixels = c * h * w
             hidden = list(config.hidden_dims)
@@ -95,17 +98,16 @@ class VAE(nn.Module):
         return mean + torch.exp(0.5 * log_var) * eps
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder_body(z)  # (B, C, H, W); (B, 2C, H, W) with log-scales for discretized_logistic
+        return self.decoder_body(z)  # (B, C, H, W); (B, K(1+2C), H, W) for discretized_logistic
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's mean image in [0, 1]."""
-        return torch.sigmoid(self.decode_logits(z)[:, : self.image_shape[0]])
+        out = self.decode_logits(z)
+        if self.config.likelihood == "discretized_logistic":
+            from training.likelihoods import mean_image
 
-    def decode_log_scale(self, z: torch.Tensor) -> torch.Tensor:
-        """The discretized logistic's per-pixel log-scale (B, C, H, W), clamped as the likelihood uses it."""
-        from training.likelihoods import split_params
-
-        return split_params(self.decode_logits(z), self.image_shape[0])[1]
+            return mean_image(out, self.image_shape[0])
+        return torch.sigmoid(out)
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | None = None

@@ -11,6 +11,8 @@ from training.likelihoods import (
     bits_per_dim,
     discretized_logistic_log_prob,
     discretized_logistic_nll,
+    mean_image,
+    param_channels,
     split_params,
 )
 
@@ -22,11 +24,16 @@ def sigmoid(t):
 
 
 def params_for(mean: float, scale: float, shape=(1, 1, 4, 4)) -> torch.Tensor:
-    """Decoder output (B, 2C, H, W) whose sigmoid mean and log-scale are the given constants."""
+    """Decoder output (B, K(1+2C), H, W), K = 1, whose sigmoid mean and log-scale are the given constants."""
     logit = math.log(mean / (1 - mean))
     b, c, h, w = shape
     return torch.cat(
-        [torch.full((b, c, h, w), logit), torch.full((b, c, h, w), math.log(scale))], dim=1
+        [
+            torch.zeros((b, 1, h, w)),
+            torch.full((b, c, h, w), logit),
+            torch.full((b, c, h, w), math.log(scale)),
+        ],
+        dim=1,
     ).double()
 
 
@@ -74,11 +81,51 @@ def test_far_tail_uses_the_density_and_stays_finite():
 
 
 def test_split_params_clamps_the_log_scale_and_bounds_the_mean():
-    params = torch.cat([torch.full((2, 3, 2, 2), 50.0), torch.full((2, 3, 2, 2), -30.0)], dim=1)
-    mean, log_scale = split_params(params, 3)
-    assert mean.shape == log_scale.shape == (2, 3, 2, 2)
+    k, c = 2, 3
+    params = torch.cat(
+        [torch.zeros(2, k, 2, 2), torch.full((2, k * c, 2, 2), 50.0), torch.full((2, k * c, 2, 2), -30.0)], 1
+    )
+    assert params.shape[1] == param_channels(c, k) == 14
+    log_pi, mean, log_scale = split_params(params, c)
+    assert log_pi.shape == (2, k, 1, 2, 2) and torch.allclose(log_pi.exp(), torch.full_like(log_pi, 0.5))
+    assert mean.shape == log_scale.shape == (2, k, c, 2, 2)
     assert float(mean.max()) <= 1.0
     assert float(log_scale.min()) == MIN_LOG_SCALE
+    with pytest.raises(ValueError, match="do not split"):
+        split_params(params[:, :13], c)
+
+
+def test_two_component_rgb_mixture_by_hand():
+    # One RGB pixel (255, 0, 128) under pi = (0.25, 0.75): component 0 at (0.9, 0.1, 0.5) with s = 0.05,
+    # component 1 at (0.2, 0.3, 0.4) with s = 0.2; the channels share the component.
+    x = torch.tensor([255.0, 0.0, 128.0], dtype=torch.float64).view(1, 3, 1, 1) / 255
+    pi = np.array([0.25, 0.75])
+    mu = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.4]])
+    s = np.array([0.05, 0.2])
+    h = 1 / 510
+
+    def p(value, m, scale):
+        if value == 0:
+            return sigmoid((h - m) / scale)
+        if value == 1:
+            return 1 - sigmoid((1 - h - m) / scale)
+        return sigmoid((value + h - m) / scale) - sigmoid((value - h - m) / scale)
+
+    values = [1.0, 0.0, 128 / 255]
+    by_hand = sum(pi[k] * np.prod([p(values[c], mu[k, c], s[k]) for c in range(3)]) for k in range(2))
+    params = torch.cat(
+        [
+            torch.log(torch.tensor(pi)).view(1, 2, 1, 1),
+            torch.logit(torch.tensor(mu).reshape(1, 6, 1, 1)),
+            torch.log(torch.tensor(s)).repeat_interleave(3).view(1, 6, 1, 1),
+        ],
+        dim=1,
+    )
+    nll = discretized_logistic_nll(params, x)
+    assert float(nll[0]) == pytest.approx(-math.log(by_hand), rel=1e-9)
+    assert bits_per_dim(float(nll[0]), 3) == pytest.approx(-math.log2(by_hand) / 3, rel=1e-9)
+    expected_mean = (pi[:, None] * mu).sum(0)
+    assert np.allclose(mean_image(params, 3).numpy().ravel(), expected_mean)
 
 
 def test_reconstruction_nll_dispatches_to_the_likelihood():
