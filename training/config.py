@@ -116,6 +116,9 @@ class TrainConfig:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def validated(self) -> TrainConfig:
+        for name, kind in config_types().items():
+            if not _has_type(getattr(self, name), kind):
+                raise ValueError(f"{name} must be {_type_name(kind)}, not {getattr(self, name)!r}")
         for name, allowed in config_choices().items():
             if getattr(self, name) not in allowed:
                 listed = ", ".join(str(a) for a in allowed)
@@ -138,6 +141,27 @@ def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
     if typing.get_origin(annotation) is Literal:
         return typing.get_args(annotation)
     return None
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    """Whether a value read from JSON or a checkpoint fits the field's type (Literal choices are checked
+    separately, with a message that lists them)."""
+    if literal_choices(kind) is not None:
+        return True
+    if typing.get_origin(kind) is tuple:
+        return isinstance(value, tuple) and all(_has_type(v, int) for v in value)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return "a list of integers"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(kind, kind.__name__)
 
 
 def config_types() -> dict[str, Any]:

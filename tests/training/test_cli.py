@@ -53,6 +53,24 @@ def test_bad_value_in_a_config_file_is_one_line(tmp_path, capsys):
     assert "not 'poisson'" in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"latent_dim": "abc"}', "latent_dim must be an integer, not 'abc'"),
+        ('{"binarize": 1}', "binarize must be true or false, not 1"),
+        ('{"hidden_dims": [64, "a"]}', "hidden_dims must be a list of integers"),
+        ('{"epochs": 0}', "epochs must be >= 1"),
+        ('{"colour": 3}', "unknown config keys: colour"),
+        ("[1, 2]", "expected a JSON object of TrainConfig fields"),
+    ],
+)
+def test_config_files_of_the_wrong_shape_are_one_line(tmp_path, capsys, body, message):
+    config = tmp_path / "config.json"
+    config.write_text(body)
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_flags_are_generated_from_the_config(tmp_path):
     args = build_parser().parse_args(
         ["train", "--latent-dim", "2", "--hidden-dims", "64", "32", "--binarize", "--channels", "1"]
