@@ -7,6 +7,7 @@ checked in one generic place (`validated`) for configs read from JSON files and 
 
 from __future__ import annotations
 
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -154,6 +155,9 @@ def _has_type(value: Any, kind: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(kind)
+    if origin is not None and origin not in (typing.Union, types.UnionType):
+        return isinstance(value, origin)  # e.g. dict[str, float]: the container only
     return isinstance(value, kind)
 
 
