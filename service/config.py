@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Provider = Literal["auto", "cuda", "cpu"]
+AUTH_OFF = "none"  # VAE_API_KEYS=none: authentication explicitly off
 
 
 def _split_csv(value: object) -> object:
@@ -28,7 +29,11 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VAE_", extra="ignore", validate_default=True)
+    # hide_input_in_errors: a validation error names the setting and the problem, never its value (which may
+    # be an API key).
+    model_config = SettingsConfigDict(
+        env_prefix="VAE_", extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     # --- network -------------------------------------------------------------------------------------------
     host: str = Field(
@@ -262,7 +267,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr] | None, NoDecode] = Field(
         default=None,
         description="Accepted API keys (comma-separated or JSON list), sent as 'Authorization: Bearer <key>' "
-        "or 'X-API-Key: <key>'; unset: no authentication. Health, readiness and metrics stay open.",
+        "or 'X-API-Key: <key>'; unset or 'none': no authentication. Set but empty (or holding an empty key) "
+        "refuses to start, so a templating mistake never silently turns authentication off. Health, "
+        "readiness and metrics stay open.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -275,10 +282,26 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(default=False, description="One JSON object per log line (with the request id).")
 
-    @field_validator("models", "api_keys", "cors_origins", mode="before")
+    @field_validator("models", "cors_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        # Messages here never include the value: it holds secrets.
+        if isinstance(value, str) and value.strip().lower() == AUTH_OFF:
+            return None
+        try:
+            keys = _split_csv(value)
+        except ValueError:
+            raise ValueError("neither a JSON list of strings nor comma-separated (value not shown)") from None
+        if value is not None and (not isinstance(keys, list) or not keys):
+            raise ValueError(f"set but holds no key; unset it or set it to '{AUTH_OFF}' to run without keys")
+        if isinstance(keys, list) and any(not isinstance(k, str) or not k.strip() for k in keys):
+            raise ValueError("every key must be a non-empty string (value not shown)")
+        return [k.strip() for k in keys] if isinstance(keys, list) else keys
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -178,6 +178,17 @@ class _Guard:
 _guards: weakref.WeakKeyDictionary[Any, _Guard] = weakref.WeakKeyDictionary()
 
 
+class _DropParserWarnings(logging.Filter):
+    """uvicorn logs a warning for every malformed request before answering it; the guard counts them in
+    its rate-limited line instead, so a client cannot flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Invalid HTTP request received."
+
+
+_drop_parser_warnings = _DropParserWarnings()
+
+
 def _guard_for(server_state: Any, loop: asyncio.AbstractEventLoop) -> _Guard:
     guard = _guards.get(server_state)
     if guard is None:
@@ -206,6 +217,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = connection_limits()
         self.timeout_keep_alive = self.limits.idle_timeout_s  # type: ignore[assignment]
         self.guard = _guard_for(self.server_state, self.loop)
+        if _drop_parser_warnings not in self.logger.filters:
+            self.logger.addFilter(_drop_parser_warnings)
         self._refused = False
         self._in_headers = False  # a request has begun and its headers are not complete
         self._header_bytes = 0
@@ -256,6 +269,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 )  # fmt: skip
         elif not self._body_pending and self.timeout_keep_alive_task is None and self._between_requests():
             self._go_idle(keep_since=True)  # bytes between requests (e.g. stray CRLFs) do not reset the clock
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser rejects (bad syntax, control characters in a header): 400 in the service's
+        error shape, counted in the rate-limited log instead of uvicorn's warning line per request."""
+        self.transport.write(
+            _error_response(400, "Bad Request", ErrorType.invalid_input, "malformed HTTP request")
+        )
+        self.transport.close()
+        self.guard.note("malformed requests (400)")
 
     # --- parser callbacks ---
 

@@ -45,6 +45,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # /healthz answers (and /readyz says 503) meanwhile.
     await asyncio.to_thread(registry.load)
     log.info("ready=%s default=%s failures=%s", registry.ready, registry.default_name, registry.failures)
+    if settings.api_keys:
+        log.info("authentication: %d API key(s) required on /v1 and /v2", len(settings.api_keys))
+    elif settings.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("authentication is off (VAE_API_KEYS unset or 'none') on %s", settings.host)
     watcher = None
     if settings.reload_interval_s > 0:
         watcher = asyncio.create_task(registry.watch(settings.reload_interval_s), name="model-reload")

@@ -18,7 +18,34 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, shown escaped: a client can
+# put any of them in a logged value (a percent-encoded path decodes to them), and a raw CR or LF would let it
+# end our line and write one of its own.
+_UNSAFE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: control characters and line separators written as `\\xNN` / `\\uNNNN`."""
+    return text.translate(_UNSAFE) if not text.isprintable() else text
+
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+class PlainFormatter(logging.Formatter):
+    """Plain lines, one per record whatever the message holds; only a traceback spans several lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; orjson escapes every control character in strings, so values are safe."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -39,9 +66,7 @@ def configure_logging(level: str = "info", json_lines: bool = False) -> None:
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+        handler.setFormatter(PlainFormatter(PLAIN_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

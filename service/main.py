@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: the request context wraps everything, so even a 413 carries a request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_values())
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_values(), routes=app.router.routes)
         document_api_keys(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -22,7 +22,7 @@ from service.metrics import Metrics
 
 log = logging.getLogger("service.access")
 
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")  # \Z: `$` would accept a trailing newline
 
 # nginx's status for "client closed the request": logged and counted, never sent (there is no one to send to).
 CLIENT_CLOSED = 499

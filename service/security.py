@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Unauthorized
@@ -40,9 +41,15 @@ def offered_key(headers: Headers) -> bytes:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[bytes]):
+    """401 for protected paths without a valid key. `routes` (the app's, live) let a refused request be
+    counted under its route template in the metrics, as if the router had seen it."""
+
+    def __init__(self, app: ASGIApp, keys: list[bytes], routes: list[BaseRoute] | None = None):
+        if not keys:
+            raise ValueError("ApiKeyMiddleware needs at least one key")
         self.app = app
         self.keys = keys
+        self.routes = routes if routes is not None else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -52,10 +59,35 @@ class ApiKeyMiddleware:
             and not scope["path"].startswith(OPEN_PREFIXES)
             and not key_matches(offered_key(Headers(scope=scope)), self.keys)
         ):
+            if (route := _match(scope, self.routes)) is not None:
+                scope["route"] = route
             err = Unauthorized()
             await JSONResponse(err.body(), status_code=err.status, headers=err.headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _match(scope: Scope, routes: list[BaseRoute]) -> BaseRoute | None:
+    """The route the router would pick (a path match with the wrong method counts, as Starlette's does)."""
+    return _search(scope, routes)[1]
+
+
+def _search(scope: Scope, routes: list[BaseRoute]) -> tuple[Match, BaseRoute | None]:
+    partial: BaseRoute | None = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        found: BaseRoute | None = route
+        included = getattr(getattr(route, "original_router", None), "routes", None)
+        if included is not None:  # FastAPI's wrapper of an included router: the route is one of its own
+            match, found = _search(scope, included)
+        if found is None:
+            continue
+        if match is Match.FULL:
+            return match, found
+        partial = partial or found
+    return (Match.PARTIAL if partial is not None else Match.NONE), partial
 
 
 def document_api_keys(app: FastAPI) -> None:
