@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.config import Settings
+
+APP_FACTORY = "service.workers:create_worker_app"  # service.main.create_app, after per-worker setup
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="bind address (VAE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (VAE_PORT, default 8000)")
     parser.add_argument("--models-dir", help="models/ folder (VAE_MODELS_DIR, default models)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--workers", type=int,
+        default=int(os.environ["VAE_WORKERS"]) if os.environ.get("VAE_WORKERS", "").isdigit() else None,
+        help="worker processes (VAE_WORKERS; default: chosen from the machine, one per core on CPU and one "
+        "per GPU; the choice and its reason are logged and shown on /v1/models)",
+    )  # fmt: skip
     parser.add_argument(
         "--provider", choices=["auto", "cuda", "cpu"], help="execution provider (VAE_PROVIDER)"
     )
@@ -48,8 +56,15 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings()  # validate once here, so a bad setting fails before any worker starts
     except ValidationError as exc:
         sys.exit(f"vae-serve: invalid settings:\n{exc}")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         sys.exit("vae-serve: --workers must be at least 1")
+    from service.workers import PLAN_ENV, choose
+
+    given_threads = settings.intra_op_threads if "VAE_INTRA_OP_THREADS" in os.environ else None
+    plan = choose(args.workers, settings.provider, given_threads)
+    # Every worker reads its settings from the environment: the thread count and the plan travel there too.
+    os.environ["VAE_INTRA_OP_THREADS"] = str(plan.intra_op_threads)
+    os.environ[PLAN_ENV] = plan.to_env()
 
     import uvicorn
 
@@ -58,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     from service.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)
+    logging.getLogger("service.workers").info("serving plan: %s", plan.reason)
     raise_fd_limit(settings.max_connections)  # before any worker starts: they inherit the limit
     options: dict[str, Any] = dict(
         host=settings.host,
@@ -74,10 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         http=GuardedHttpToolsProtocol,
         timeout_keep_alive=settings.idle_timeout_s,
     )
-    if args.workers > 1:
-        uvicorn.run("service.main:create_app", factory=True, workers=args.workers, **options)
-        return
-    server = graceful_server(uvicorn.Config("service.main:create_app", factory=True, **options))
+    if plan.workers > 1:
+        from service.workers import run_workers
+
+        sys.exit(run_workers(uvicorn.Config(APP_FACTORY, factory=True, workers=plan.workers, **options)))
+    server = graceful_server(uvicorn.Config(APP_FACTORY, factory=True, **options))
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn re-raises SIGINT after shutting down
         server.run()
     if not server.started:

@@ -1,11 +1,14 @@
 """Prometheus metrics, held in a registry per app so several apps (tests, workers) never collide.
 
-With `--workers > 1` each worker process exports its own numbers; scrape them per pod or run one worker per
-container (the usual layout for a model server behind a load balancer).
+With several worker processes (`vae-serve` sets PROMETHEUS_MULTIPROC_DIR to a temporary directory for them),
+prometheus_client writes every value to a per-process file there, and `/metrics` in any worker reports the
+sum over all workers (counters, histograms, the queue gauge) or the minimum over live ones (model loaded), so
+a scrape never depends on which worker answers it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -19,8 +22,15 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        r = CollectorRegistry()
+        # What /metrics exposes: this app's own metrics, or everything every worker wrote.
+        self.registry = r
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if shared:
+            from prometheus_client import multiprocess
+
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry, path=shared)
         self.requests = Counter(
             "vae_http_requests", "HTTP requests by route template, method and status.",
             ["route", "method", "status"], registry=r,
@@ -30,8 +40,9 @@ class Metrics:
             ["route"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_items = Gauge(
-            "vae_queue_items", "Items waiting in a model graph's batch queue.", ["model", "graph"], registry=r
-        )
+            "vae_queue_items", "Items waiting in a model graph's batch queue.", ["model", "graph"],
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.batch_size = Histogram(
             "vae_batch_size", "Items per onnxruntime call.", ["model", "graph"],
             buckets=_BATCH_BUCKETS, registry=r,
@@ -44,8 +55,8 @@ class Metrics:
             "vae_rejected", "Requests refused by a full queue (503).", ["model", "graph"], registry=r
         )
         self.model_loaded = Gauge(
-            "vae_model_loaded", "1 when a model is loaded, verified and warm; 0 when it failed.",
-            ["model"], registry=r,
+            "vae_model_loaded", "1 when a model is loaded, verified and warm (in every worker); 0 if not.",
+            ["model"], registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
         # labels() hashes and locks on every call; children are cached per label set (a bounded set: route
         # templates, methods and statuses).

@@ -1,0 +1,230 @@
+"""How many worker processes `vae-serve` runs, with how many onnxruntime threads each, and their supervisor.
+
+The default uses the machine it is on:
+
+- CPU host: one worker process per usable core, each with one onnxruntime intra-op thread. Measured on a
+  2-core host (docs/benchmarks.md): 2 workers x 1 thread served ~1.6-1.9x the requests/s of 1 worker x 2
+  threads at 64 connections with a lower p99, and the same p50 for a lone client. A 28x28 decode is too small
+  for two threads to split one call profitably, while the per-request HTTP, JSON and PNG work runs in Python,
+  one core per process; a second process is the only way to use the second core for that work.
+- GPU host: one process per GPU (each pinned to its device with CUDA_VISIBLE_DEVICES), since one process
+  keeps a GPU busy through batching, and every extra process would hold its own CUDA context and arena.
+
+`--workers N` and `VAE_INTRA_OP_THREADS` override the choice. The plan is logged at startup and shown on
+`/v1/models` (`serving`), with the reason.
+
+With several workers, metrics are collected across them (prometheus_client's multiprocess mode, in a temporary
+directory the CLI creates and removes), SIGHUP sent to the parent is forwarded to every worker (each reloads
+its models), and SIGTERM to the parent is sent on to every worker, which drains as a single process does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+PLAN_ENV = "VAE_SERVING_PLAN"  # JSON of the Plan, from the CLI to every worker
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True)
+class Plan:
+    workers: int
+    intra_op_threads: int  # 0: onnxruntime's default (one per physical core)
+    device: Literal["cpu", "cuda"]
+    reason: str
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> Plan | None:
+        text = os.environ.get(PLAN_ENV)
+        if not text:
+            return None
+        with contextlib.suppress(ValueError, TypeError):
+            return cls(**json.loads(text))
+        return None
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def count_gpus() -> int:
+    """NVIDIA GPUs this process may use, without loading CUDA: CUDA_VISIBLE_DEVICES, else /dev/nvidiaN."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([p for p in Path("/dev").glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)])
+
+
+def choose(
+    workers: int | None,
+    provider: str,
+    intra_op_threads: int | None,
+    cores: int | None = None,
+    gpus: int | None = None,
+) -> Plan:
+    """The plan for these flags on this machine; `None` means "not given": choose from the hardware."""
+    cores = cores or usable_cores()
+    gpus = count_gpus() if gpus is None else gpus
+    on_gpu = provider == "cuda" or (provider == "auto" and gpus > 0)
+    if workers is not None:
+        threads = intra_op_threads if intra_op_threads is not None else max(1, cores // workers)
+        why = f"--workers {workers} given; {threads or 'the default number of'} onnxruntime thread(s) each"
+        return Plan(workers, threads, "cuda" if on_gpu else "cpu", why)
+    if on_gpu and gpus > 0:
+        threads = intra_op_threads if intra_op_threads is not None else max(1, cores // gpus)
+        why = (
+            f"{gpus} GPU(s) visible: one worker process per GPU (batching keeps a GPU busy from one process; "
+            "more would each hold a CUDA context)"
+        )
+        return Plan(gpus, threads, "cuda", why)
+    threads = intra_op_threads if intra_op_threads is not None else 1
+    # 0 threads is onnxruntime's own default, every core for one session: then one process.
+    chosen = 1 if threads == 0 else max(1, cores // threads)
+    why = (
+        f"CPU host with {cores} usable core(s): {chosen} worker process(es) x {threads} onnxruntime "
+        "thread(s) "
+        "(the HTTP, JSON and PNG work of a request runs in Python, one core per process; a small decode "
+        "gains nothing from a second thread)"
+    )
+    return Plan(chosen, threads, "cpu", why)
+
+
+# --- inside each worker ------------------------------------------------------------------------------------
+
+
+def create_worker_app() -> Any:
+    """uvicorn's factory in every worker: pin a GPU when there are several, then the usual app."""
+    from service.main import create_app
+
+    plan = Plan.from_env()
+    slot = None
+    if plan is not None and plan.device == "cuda" and plan.workers > 1:
+        slot = _claim_slot(plan.workers)
+        if slot is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
+        elif slot is not None:  # renumber within what the operator made visible
+            visible = [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
+    app = create_app()
+    if plan is not None:
+        app.state.serving = {**asdict(plan), "pid": os.getpid(), "slot": slot}
+        where = f"slot {slot} of {plan.workers}" if slot is not None else f"one of {plan.workers}"
+        log.info("worker pid %d (%s): %s", os.getpid(), where, plan.reason)
+    return app
+
+
+_slot_lock: Any = None  # held for the life of the worker: the kernel frees it when the process dies
+
+
+def _claim_slot(n: int) -> int | None:
+    """The lowest free worker slot (0..n-1), by an exclusive lock on a file per slot in the shared temp dir.
+
+    A replacement for a worker that died gets that worker's slot, and so its GPU.
+    """
+    global _slot_lock
+    root = os.environ.get(MULTIPROC_ENV)
+    if not root:
+        return None
+    for slot in range(n):
+        handle = open(Path(root) / f"slot-{slot}.lock", "a+")  # noqa: SIM115 - kept open while the worker lives
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _slot_lock = handle
+        return slot
+    return None
+
+
+# --- the parent ------------------------------------------------------------------------------------------
+
+
+def supervisor_class() -> Any:
+    """uvicorn's multiprocess supervisor, except for what our lifecycle needs from it.
+
+    - SIGHUP: uvicorn would restart every worker; we forward the signal, and each worker reloads its models
+      in place (service.lifecycle), as a single process does.
+    - A worker that is gone has its live gauges removed from the shared metrics directory.
+    - A worker that fails at startup (its models' failure is not that: those workers start and say 503 on
+      /readyz) stops the parent with uvicorn's STARTUP_FAILURE status.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class Supervisor(Multiprocess):
+        startup_failed = False
+
+        def handle_hup(self) -> None:
+            pids = [p.pid for p in self.processes if p.pid is not None and p.exitcode is None]
+            log.info(
+                "SIGHUP: forwarded to %d worker(s) %s: each looks for new model versions", len(pids), pids
+            )
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().keep_subprocess_alive()
+            for pid in before - {p.pid for p in self.processes}:
+                _mark_dead(pid)
+            if any(p.exitcode == STARTUP_FAILURE for p in self.processes):
+                self.startup_failed = True
+
+        def join_all(self) -> None:
+            super().join_all()
+            for process in self.processes:
+                if process.exitcode == STARTUP_FAILURE:
+                    self.startup_failed = True
+                _mark_dead(process.pid)
+
+    return Supervisor
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is None or not os.environ.get(MULTIPROC_ENV):
+        return
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(pid)
+
+
+def run_workers(config: Any) -> int:
+    """Run `config.workers` processes on one socket until SIGTERM/SIGINT; the exit status.
+
+    Metrics: a fresh PROMETHEUS_MULTIPROC_DIR for this run (set before any worker starts, since
+    prometheus_client picks its storage when first imported), removed when the last worker has exited.
+    """
+    import shutil
+    import tempfile
+
+    shared = tempfile.mkdtemp(prefix="vae-metrics-")
+    os.environ[MULTIPROC_ENV] = shared
+    log.info("%d workers; metrics of all workers in %s (removed at exit)", config.workers, shared)
+    try:
+        sock = config.bind_socket()
+        supervisor = supervisor_class()(config, sockets=[sock])
+        with contextlib.suppress(KeyboardInterrupt):
+            supervisor.run()
+        return 3 if supervisor.startup_failed else 0  # 3: uvicorn's STARTUP_FAILURE
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
