@@ -4,6 +4,13 @@ with their licences recorded: Fashion-MNIST (a Debian package) and colour emoji 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.data import ImageDataset
+
 
 def dataset_record(name: str) -> dict[str, str]:
     """The licence and split a manifest states for a dataset of ours, by ImageDataset.name; {} if unknown."""
@@ -23,3 +30,26 @@ def dataset_record(name: str) -> dict[str, str]:
             ),
         }
     return {}
+
+
+FETCHABLE = ("mnist", "fashion", "emoji")
+
+
+def fetch_datasets(which: str, data_dir: Path) -> list[str]:
+    """Fetch one dataset, or `all` (what the default models need), into data_dir; one line per dataset."""
+    from training.data import fetch_mnist, load_mnist
+    from training.datasets.emoji import fetch_emoji, load_emoji
+    from training.datasets.fashion import fetch_fashion, load_fashion
+
+    fetchers: dict[str, tuple[Callable[[Path], Path], Callable[[Path], ImageDataset]]] = {
+        "mnist": (fetch_mnist, load_mnist),
+        "fashion": (fetch_fashion, load_fashion),
+        "emoji": (fetch_emoji, load_emoji),
+    }
+    lines = []
+    for name in FETCHABLE if which == "all" else (which,):
+        fetch, load = fetchers[name]
+        path = fetch(Path(data_dir))
+        ds = load(Path(data_dir))
+        lines.append(f"{path}: {len(ds.x_train)} train and {len(ds.x_test)} test images ({ds.source})")
+    return lines
