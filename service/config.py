@@ -201,7 +201,7 @@ class Settings(BaseSettings):
         "balancers stop sending), before the server stops listening and waits for in-flight requests.",
     )
 
-    # --- request limits (issue 7) --------------------------------------------------------------------------
+    # --- request limits (docs/limits.md is generated from these descriptions) -----------------------------
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,
@@ -212,10 +212,14 @@ class Settings(BaseSettings):
         default=16_000_000,
         ge=16,
         le=89_000_000,
-        description="Largest decoded image (width*height) accepted; below Pillow's own bomb limit.",
+        description="Largest image (width*height, from its header, 422 beyond) accepted; below Pillow's "
+        "own decompression-bomb limit (89 M pixels). Default: a 16-megapixel photo.",
     )
     max_images_per_request: int = Field(
-        default=256, ge=1, description="Most images in one request (422 beyond)."
+        default=256,
+        ge=1,
+        description="Most images in one request (422 beyond); the batch size a GPU fills well, and with "
+        "max_request_image_bytes it bounds a request's decoding work.",
     )
     max_request_image_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -241,18 +245,32 @@ class Settings(BaseSettings):
         "largest request (max_images_per_request).",
     )
     max_latents_per_request: int = Field(
-        default=4096, ge=1, description="Most latent vectors in one request."
+        default=4096,
+        ge=1,
+        description="Most latent vectors in one request (422 beyond, 400 on /v2); checked from the shape "
+        "(JSON list, .npy header or OIP shape) before the values are read.",
     )
-    max_sample_n: int = Field(default=256, ge=1, description="Largest `n` for /v1/sample.")
-    max_interpolate_steps: int = Field(default=128, ge=2, description="Largest `steps` for /v1/interpolate.")
+    max_sample_n: int = Field(
+        default=256,
+        ge=1,
+        description="Largest `n` for /v1/sample (422 beyond): each sample is one decoded image.",
+    )
+    max_interpolate_steps: int = Field(
+        default=128,
+        ge=2,
+        description="Largest `steps` for /v1/interpolate (422 beyond): each step is one decoded image.",
+    )
     max_manifold_size: int = Field(
-        default=40, ge=2, description="Largest `size` (grid edge) for /v1/manifold."
+        default=40,
+        ge=2,
+        description="Largest `size` (grid edge) for /v1/manifold (422 beyond): size^2 decoded images in one "
+        "PNG (1,600 at the default 40).",
     )
     max_latent_abs: float = Field(
         default=100.0,
         gt=0,
-        description="Largest |value| accepted in a latent vector; the prior is N(0, I), so anything near "
-        "this is already far outside what the decoder has seen.",
+        description="Largest |value| accepted in a latent vector (422 beyond, 400 on /v2); the prior is "
+        "N(0, I), so anything near this is already far outside what the decoder has seen.",
     )
     max_response_bytes: int = Field(
         default=64 * 1024 * 1024,

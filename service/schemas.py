@@ -4,7 +4,7 @@
 classes add the bulk fields (`images`, `latents`) for the OpenAPI document only: those arrays are parsed with
 orjson and numpy and checked by `service.inference.limits` (shape, finiteness, magnitude), never element by
 element. Response classes likewise document bodies that are serialized straight from numpy by orjson.
-Limits written in descriptions are the defaults; the running values come from `VAE_*` settings.
+Limits in descriptions are read from `Settings` (their defaults); the running values come from `VAE_*`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.config import Settings
 from service.manifest import NAME_PATTERN
 
 MAX_SEED = 2**63 - 1
+
+
+def limit(name: str) -> str:
+    """'VAE_NAME (default)' for a Settings field, so descriptions never restate a default by hand."""
+    return f"VAE_{name.upper()} ({Settings.model_fields[name].default:g})"
+
 
 ModelField = Field(
     None,
@@ -33,13 +40,13 @@ ImagesField = Field(
     ...,
     min_length=1,
     description="PNG or JPEG images as base64 strings or data URLs (`data:image/png;base64,...`); any mode "
-    "and size, converted as training prepared data. At most VAE_MAX_IMAGES_PER_REQUEST (256).",
+    f"and size, converted as training prepared data. At most {limit('max_images_per_request')}.",
 )
 LatentsField = Field(
     ...,
     min_length=1,
-    description="Latent vectors, each of the model's latent_dim, finite, |value| <= VAE_MAX_LATENT_ABS "
-    "(100). At most VAE_MAX_LATENTS_PER_REQUEST (4096).",
+    description="Latent vectors, each of the model's latent_dim, finite, |value| <= "
+    f"{limit('max_latent_abs')}. At most {limit('max_latents_per_request')}.",
 )
 Latents = list[list[float]]
 
@@ -71,7 +78,7 @@ class DecodeRequest(DecodeOptions):
 
 class SampleRequest(_Options):
     model: str | None = ModelField
-    n: int = Field(1, ge=1, description="Number of samples; at most VAE_MAX_SAMPLE_N (256).")
+    n: int = Field(1, ge=1, description=f"Number of samples; at most {limit('max_sample_n')}.")
     seed: int | None = SeedField
     temperature: float = Field(
         1.0, gt=0, le=10, description="Scale of the prior draws: z ~ N(0, temperature^2 I)."
@@ -88,7 +95,11 @@ class ReconstructRequest(ReconstructOptions):
 
 class InterpolateOptions(_Options):
     model: str | None = ModelField
-    steps: int = Field(8, ge=2, description="Points on the path, endpoints included; at most 128.")
+    steps: int = Field(
+        8,
+        ge=2,
+        description=f"Points on the path, endpoints included; at most {limit('max_interpolate_steps')}.",
+    )
     method: Literal["lerp", "slerp"] = Field(
         "lerp", description="lerp: straight line; slerp: great circle (keeps a typical norm under the prior)."
     )

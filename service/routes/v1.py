@@ -65,6 +65,7 @@ from service.schemas import (
     ReconstructResponse,
     SampleRequest,
     SampleResponse,
+    limit,
 )
 
 router = APIRouter(prefix="/v1", tags=["inference"], route_class=DeadlineRoute)
@@ -272,7 +273,7 @@ async def interpolate(
 async def manifold(
     request: Request,
     model: ModelQuery = None,
-    size: Annotated[int, Query(ge=2, description="Grid edge; at most VAE_MAX_MANIFOLD_SIZE (40).")] = 20,
+    size: Annotated[int, Query(ge=2, description=f"Grid edge; at most {limit('max_manifold_size')}.")] = 20,
 ) -> Response:
     settings, registry = settings_of(request), registry_of(request)
     check_manifold_size(size, settings)
