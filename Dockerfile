@@ -96,11 +96,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     VAE_HOST=0.0.0.0 \
     VAE_PORT=8000 \
+    VAE_GRPC_PORT=8081 \
     VAE_MODELS_DIR=/app/models \
     VAE_PROVIDER=auto
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (/v1, /v2, /metrics); 8081: the Open Inference Protocol over gRPC.
+EXPOSE 8000 8081
 # Ready means every model is loaded, verified and warmed up; urllib raises on a 503, so python exits non-zero.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]

@@ -49,6 +49,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("authentication: %d API key(s) required on /v1 and /v2", len(settings.api_keys))
     elif settings.host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("authentication is off (VAE_API_KEYS unset or 'none') on %s", settings.host)
+    grpc_server = None
+    if settings.grpc_port:
+        from service.grpc.server import start as start_grpc  # grpcio is imported only when gRPC is on
+
+        grpc_server = await start_grpc(registry, settings, app.state.metrics)
+        app.state.grpc_port = grpc_server.port
     watcher = None
     if settings.reload_interval_s > 0:
         watcher = asyncio.create_task(registry.watch(settings.reload_interval_s), name="model-reload")
@@ -62,6 +68,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        if grpc_server is not None:  # calls in flight finish (up to the request timeout) before models close
+            await grpc_server.stop(settings.request_timeout_s)
         await registry.close()
 
 

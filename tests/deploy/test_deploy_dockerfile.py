@@ -52,7 +52,8 @@ def test_serve_stage_environment_defaults() -> None:
     assert env["VAE_PORT"] == "8000"
     assert env["VAE_MODELS_DIR"] == "/app/models"
     assert env["VAE_PROVIDER"] == "auto"
-    assert stage("serve").all("EXPOSE") == ["8000"]
+    assert env["VAE_GRPC_PORT"] == "8081"
+    assert stage("serve").all("EXPOSE") == ["8000 8081"]
 
 
 def test_healthcheck_probes_readyz_on_the_served_port() -> None:

@@ -27,8 +27,9 @@ T = TypeVar("T")
 
 
 def make_settings(models_dir: Path, **overrides: Any) -> Settings:
-    """Settings for tests: CPU provider (identical results everywhere), everything else as configured."""
-    return Settings(**{"models_dir": models_dir, "provider": "cpu", **overrides})
+    """Settings for tests: CPU provider (identical results everywhere), gRPC off unless a test gives it a
+    port (see tests/service/test_grpc.py), everything else as configured."""
+    return Settings(**{"models_dir": models_dir, "provider": "cpu", "grpc_port": 0, **overrides})
 
 
 @contextmanager

@@ -1,0 +1,290 @@
+"""The gRPC adapter of the Open Inference Protocol: KServe's `inference.GRPCInferenceService` on `grpc.aio`.
+
+It runs on the HTTP server's event loop, so it shares the models, batchers, limits and metrics of `/v1` and
+`/v2` and adds no rule of its own: a tensor is checked by the same functions as `/v2` REST
+(`service.inference.limits` through `service.routes.v2`), and an error of the service's closed set becomes
+one gRPC status (`STATUS_CODES`), its message the same text REST sends.
+
+- API keys (when configured) travel as metadata, `authorization: Bearer <key>` or `x-api-key: <key>`;
+  ServerLive and ServerReady stay open, like `/v2/health/*`.
+- Deadlines: the call's own deadline (or `request_timeout_s`, whichever is sooner) bounds queueing and
+  inference, then DEADLINE_EXCEEDED. A call that the client cancels or whose deadline passes is cancelled
+  here too, and its queued batcher work is dropped before it runs.
+- Tensors: one FP32 input, in `raw_input_contents` (what tritonclient sends) or `contents.fp32_contents`;
+  outputs always go back in `raw_output_contents`, as Triton answers.
+- Metrics: each call is counted in `vae_http_requests` / `vae_http_request_duration_seconds` with route
+  `grpc:<method>`, method `GRPC`, and the HTTP status its outcome would have had over REST (200, 4xx, 5xx),
+  so one dashboard covers both transports; batch metrics come from the shared batchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from service import __version__
+from service.config import Settings
+from service.errors import ErrorType, InvalidInput, NotReady, ServiceError, Timeout, Unauthorized
+from service.grpc import grpc_predict_v2_pb2 as pb
+from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.inference import ModelRegistry
+from service.inference.limits import check_batch
+from service.metrics import Metrics
+from service.routes.v2 import EXTENSIONS, GraphRef, _bound_response, _resolve, _run
+from service.security import key_matches
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SERVICE = "inference.GRPCInferenceService"
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
+CLIENT_CLOSED = 499  # as service.middleware counts an HTTP client that went away
+
+STATUS_CODES: dict[ErrorType, grpc.StatusCode] = {
+    ErrorType.invalid_input: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorType.unsupported_media_type: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorType.model_not_found: grpc.StatusCode.NOT_FOUND,
+    ErrorType.not_found: grpc.StatusCode.NOT_FOUND,
+    ErrorType.method_not_allowed: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorType.payload_too_large: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorType.unauthorized: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorType.not_ready: grpc.StatusCode.UNAVAILABLE,
+    ErrorType.overloaded: grpc.StatusCode.UNAVAILABLE,
+    ErrorType.timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorType.inference_failed: grpc.StatusCode.INTERNAL,
+}
+
+
+def _offered_key(metadata: Any) -> bytes:
+    values = {key.lower(): value for key, value in metadata or ()}
+    auth = values.get("authorization", "")
+    if isinstance(auth, bytes):
+        auth = auth.decode("latin-1")
+    scheme, _, credentials = str(auth).partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip().encode()
+    key = values.get("x-api-key", "")
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
+def _version(text: str) -> str | None:
+    return text or None  # the protocol's empty version: the server's choice, here the newest loaded
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The six RPCs; method names are the protocol's."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics):
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self.keys = settings.api_key_values()
+
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Authorize, run `work` within the deadline, map errors to statuses, count the call.
+
+        The call is counted before its status goes out, so a client that reads /metrics next sees it.
+        """
+        started = time.perf_counter()
+
+        def count(status: int) -> None:
+            self.metrics.observe_request(f"grpc:{method}", "GRPC", status, time.perf_counter() - started)
+
+        try:
+            offered = _offered_key(context.invocation_metadata()) if self.keys else b""
+            if self.keys and method not in OPEN_METHODS and not key_matches(offered, self.keys):
+                raise Unauthorized()
+            remaining = context.time_remaining()
+            budget = self.settings.request_timeout_s
+            if remaining is not None:
+                budget = min(budget, max(remaining, 0.0))
+            try:
+                async with asyncio.timeout(budget):
+                    result = await work()
+            except TimeoutError:
+                raise Timeout(f"the call did not finish within {budget:g} s") from None
+        except ServiceError as exc:
+            count(exc.status)
+            trailers = tuple((k.lower(), v) for k, v in exc.headers.items() if k.lower() == "retry-after")
+            await context.abort(STATUS_CODES[exc.error_type], exc.message, trailing_metadata=trailers)
+            raise AssertionError("unreachable: abort raises") from None
+        except asyncio.CancelledError:
+            count(CLIENT_CLOSED)  # the client cancelled or its deadline passed
+            raise
+        except Exception:
+            count(500)
+            log.exception("unhandled error in gRPC %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the error was logged")
+            raise AssertionError("unreachable: abort raises") from None
+        count(200)
+        return result
+
+    # --- health and metadata ------------------------------------------------------------------------------
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return pb.ServerLiveResponse(live=True)
+
+        return await self._call("ServerLive", context, work)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return pb.ServerReadyResponse(ready=self.registry.ready)
+
+        return await self._call("ServerReady", context, work)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return pb.ServerMetadataResponse(name="vae-service", version=__version__, extensions=EXTENSIONS)
+
+        return await self._call("ServerMetadata", context, work)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            # Unknown or not (yet) loaded: not ready, as Triton answers, rather than an error.
+            try:
+                _resolve(self.registry, request.name, _version(request.version))
+            except ServiceError:
+                return pb.ModelReadyResponse(ready=False)
+            return pb.ModelReadyResponse(ready=not self.registry.draining)
+
+        return await self._call("ModelReady", context, work)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            ref = _resolve(self.registry, request.name, _version(request.version))
+            inputs, outputs = ref.signature()
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=ref.oip_name,
+                versions=[str(ref.model.manifest.version)],
+                platform="onnxruntime_onnx",
+                inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in inputs],
+                outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in outputs],
+            )
+
+        return await self._call("ModelMetadata", context, work)
+
+    # --- inference ----------------------------------------------------------------------------------------
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            ref = _resolve(self.registry, request.model_name, _version(request.model_version))
+            inputs, outputs = ref.signature()
+            names = [o["name"] for o in outputs]
+            wanted = _wanted_outputs(request, names)
+            x = _input_array(request, inputs[0], self.settings, images=ref.role == "encoder")
+            _bound_response(ref, len(x), [(name, True) for name in wanted], self.settings)
+            results = await _run(ref, x, self.settings)
+            return _response(ref, request.id, wanted, results)
+
+        return await self._call("ModelInfer", context, work)
+
+
+def _wanted_outputs(request: Any, names: list[str]) -> list[str]:
+    if not request.outputs:
+        return names
+    chosen: list[str] = []
+    for out in request.outputs:
+        if out.name not in names:
+            raise InvalidInput(f"unknown output {out.name[:64]!r}; this model has {names}")
+        if out.name in chosen:
+            raise InvalidInput(f"output {out.name!r} is requested more than once")
+        chosen.append(out.name)
+    return chosen
+
+
+def _input_array(request: Any, want: dict[str, Any], settings: Settings, *, images: bool) -> np.ndarray:
+    """The one FP32 input as float32 of its declared shape, checked against the graph and the limits."""
+    if len(request.inputs) != 1:
+        raise InvalidInput(f"expected exactly one input, {want['name']!r}")
+    tensor = request.inputs[0]
+    name, shape = tensor.name, list(tensor.shape)
+    if name != want["name"]:
+        raise InvalidInput(f"unexpected input {name[:64]!r}; this model takes {want['name']!r}")
+    if tensor.datatype != "FP32":
+        raise InvalidInput(f"input {name!r} must have datatype FP32, not {tensor.datatype[:32]!r}")
+    fixed = want["shape"][1:]
+    if len(shape) != len(want["shape"]) or shape[1:] != fixed:
+        raise InvalidInput(
+            f"input {name!r} has shape {shape[:8]}; expected [batch, {', '.join(map(str, fixed))}]"
+        )
+    check_batch(shape[0], settings, images=images)
+    count = int(np.prod(shape))
+    typed = tensor.contents.fp32_contents if tensor.HasField("contents") else None
+    if request.raw_input_contents:
+        if typed is not None and len(typed):
+            raise InvalidInput("send the input either in raw_input_contents or in contents, not both")
+        if len(request.raw_input_contents) != 1:
+            raise InvalidInput("raw_input_contents must hold exactly one entry per input")
+        raw = request.raw_input_contents[0]
+        if len(raw) != count * 4:
+            raise InvalidInput(
+                f"input {name!r} has {len(raw)} bytes; shape {shape} of FP32 needs {count * 4}"
+            )
+        array = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    else:
+        if typed is None or len(typed) != count:
+            got = 0 if typed is None else len(typed)
+            raise InvalidInput(f"input {name!r} has {got} fp32_contents values; shape {shape} needs {count}")
+        array = np.asarray(typed, dtype=np.float32).reshape(shape)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _response(ref: GraphRef, request_id: str, wanted: list[str], results: dict[str, np.ndarray]) -> Any:
+    response = pb.ModelInferResponse(
+        model_name=ref.oip_name, model_version=str(ref.model.manifest.version), id=request_id
+    )
+    for name in wanted:
+        array = np.ascontiguousarray(results[name], dtype="<f4")
+        response.outputs.add(name=name, datatype="FP32", shape=list(array.shape))
+        response.raw_output_contents.append(array.tobytes())
+    return response
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class GrpcServer:
+    """The running gRPC server and the port it is bound to."""
+
+    def __init__(self, server: grpc.aio.Server, port: int):
+        self.server = server
+        self.port = port
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls, let calls in flight finish for up to grace_s seconds, then cancel them."""
+        await self.server.stop(grace_s)
+
+
+async def start(registry: ModelRegistry, settings: Settings, metrics: Metrics) -> GrpcServer:
+    """Bind `settings.host:settings.grpc_port` and start serving; raises if the port cannot be bound."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", settings.max_response_bytes),
+        ("grpc.so_reuseport", 1),  # `--workers N` processes share the port; the kernel spreads connections
+        ("grpc.max_connection_idle_ms", int(max(settings.idle_timeout_s, 60.0) * 1000)),
+        ("grpc.max_concurrent_streams", 256),
+    ]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_connections)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry, settings, metrics), server)
+    address = _address(settings.host, settings.grpc_port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise NotReady(f"gRPC: cannot bind {address}: {exc}") from None
+    if port == 0:
+        raise NotReady(f"gRPC: cannot bind {address}")
+    await server.start()
+    log.info("gRPC (Open Inference Protocol) listening on %s", _address(settings.host, port))
+    return GrpcServer(server, port)
