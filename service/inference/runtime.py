@@ -2,7 +2,8 @@
 
 A CUDA execution provider that fails to load (missing CUDA 13 / cuDNN 9 libraries, no device) makes
 onnxruntime fall back to CPU with nothing but a log line, so every session's *active* providers are read back
-with `session.get_providers()` and compared with what was asked for.
+with `session.get_providers()` and compared with what was asked for. 'auto' asks for CUDA only where
+service.inference.cuda finds it usable, and says once which provider it chose and why.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import InferenceFailed
+from service.inference import cuda
 from service.inference.limits import check_finite_outputs
 from service.manifest import GraphSpec
 
@@ -66,14 +68,33 @@ def cuda_options() -> dict[str, Any]:
     }
 
 
-def requested_providers(mode: str, available: Sequence[str]) -> ProviderList:
-    """The provider list for a session; 'cuda' asks for CUDA even when unlisted, so failure is explicit."""
+def requested_providers(
+    mode: str, available: Sequence[str], cuda_here: cuda.CudaStatus | None = None
+) -> ProviderList:
+    """The provider list for a session. 'auto' asks for CUDA only when `cuda.status()` finds it usable, so a
+    CPU host never sees onnxruntime's errors about missing libraries; 'cuda' asks for it regardless, so its
+    absence fails loudly (runtime.Graph refuses the model)."""
     if mode == "cpu":
+        _log_choice(CPU, "VAE_PROVIDER=cpu")
         return [CPU]
-    if mode == "cuda" or (mode == "auto" and CUDA in available and not _cuda_fell_back):
+    found = cuda.status() if cuda_here is None else cuda_here
+    if mode == "auto":
+        if _cuda_fell_back:
+            return [CPU]
+        if CUDA not in available or not found.usable:
+            why = found.reason if CUDA in available else "onnxruntime lists no CUDA provider"
+            _log_choice(CPU, f"auto, CUDA is not usable here: {why}")
+            return [CPU]
+        _log_choice(CUDA, f"auto: {found.reason}")
+    if found.pip_libraries or mode == "cuda":
         _preload_cuda_libraries()
-        return [(CUDA, cuda_options()), CPU]
-    return [CPU]
+    return [(CUDA, cuda_options()), CPU]
+
+
+@functools.cache
+def _log_choice(provider: str, why: str) -> None:
+    """One line per process (not per graph) saying which provider sessions ask for and why."""
+    log.info("onnxruntime provider: %s (%s)", provider, why)
 
 
 @functools.cache
@@ -81,7 +102,8 @@ def _preload_cuda_libraries() -> None:
     """Load CUDA and cuDNN from the nvidia-* pip packages (onnxruntime-gpu[cuda,cudnn]) when they are there.
 
     onnxruntime looks for them only on the system library path; pip puts them in site-packages, where
-    `preload_dlls` finds them. In CUDA images the system copies are used and this is a harmless no-op.
+    `preload_dlls` finds them. 'auto' calls it only when cuda.status() found them there (it prints a line per
+    missing library otherwise); 'cuda' always does, as part of failing loudly.
     """
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
@@ -125,7 +147,7 @@ class Graph:
                 "(CUDA provider failed to load: check CUDA 13 / cuDNN 9 libraries and the device)"
             )
             if mode == "cuda":
-                raise ModelLoadError(message)
+                raise ModelLoadError(f"{message}; on this host: {cuda.status().reason}")
             global _cuda_fell_back
             _cuda_fell_back = True
             log.warning("!!! %s; serving on CPU (later sessions will not try CUDA again)", message)

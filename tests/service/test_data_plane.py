@@ -101,7 +101,7 @@ def test_provider_requests():
     cuda, cpu = runtime.CUDA, runtime.CPU
     assert runtime.requested_providers("cpu", [cuda, cpu]) == [cpu]
     assert runtime.requested_providers("auto", [cpu]) == [cpu]
-    auto = runtime.requested_providers("auto", [cuda, cpu])
+    auto = runtime.requested_providers("auto", [cuda, cpu], runtime.cuda.CudaStatus(True, "libraries found"))
     assert auto[0][0] == cuda and auto[-1] == cpu
     assert runtime.requested_providers("cuda", [cpu])[0][0] == cuda  # asked for, so the failure is explicit
 
@@ -119,6 +119,8 @@ def test_cuda_mode_refuses_a_model_that_is_not_on_cuda(models_dir, settings_for)
 
 def test_auto_mode_reports_a_silent_cpu_fallback(models_dir, settings_for, monkeypatch, caplog):
     monkeypatch.setattr(runtime, "_cuda_fell_back", False)
+    # As if the libraries were all there, so that 'auto' asks onnxruntime for CUDA even on a CPU host.
+    monkeypatch.setattr(runtime.cuda, "status", lambda: runtime.cuda.CudaStatus(True, "assumed usable"))
     with caplog.at_level(logging.WARNING):
         registry = load(settings_for(models_dir, models="tiny", provider="auto"))
     try:
