@@ -136,8 +136,9 @@ class Settings(BaseSettings):
     # --- onnxruntime ---------------------------------------------------------------------------------------
     provider: Provider = Field(
         default="auto",
-        description="Execution provider: 'auto' uses CUDA when onnxruntime lists it and it actually loads "
-        "(a fallback to CPU is logged as a warning); 'cuda' refuses to serve a model that is not on CUDA; "
+        description="Execution provider: 'auto' uses CUDA when the NVIDIA driver, CUDA and cuDNN libraries "
+        "load and onnxruntime lists it, else CPU without asking (one log line says which and why; a later "
+        "fallback to CPU is a warning); 'cuda' refuses to serve a model that is not on CUDA; "
         "'cpu' never touches CUDA.",
     )
     intra_op_threads: int = Field(
