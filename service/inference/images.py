@@ -22,6 +22,8 @@ from service.imaging import ImageDecodeError, ImageHeader, decode_image, prepare
 from service.inference.limits import check_image_count, check_image_headers
 from service.manifest import ImageSpec
 
+_CHUNK = 16  # most images per decoding job
+
 
 class ImagePool:
     def __init__(
@@ -52,17 +54,22 @@ class ImagePool:
         n = len(blobs)
         self._admit(n + 1)  # the header pass and every image, reserved up front
         unsubmitted = n
+        stop = threading.Event()  # set when the request ends early: running jobs stop between images
         try:
-            (headers,) = await self._await([self._submit(_read_headers, blobs)])
+            (headers,) = await self._await([self._submit(1, _read_headers, blobs)])
             check_image_headers(headers, spec, settings)  # type: ignore[arg-type]
             out = np.empty((n, *spec.shape), dtype=np.float32)
+            # Chunks: one job per image would cost more in hand-offs than a small image costs to decode.
+            size = max(1, min(_CHUNK, -(-n // self.workers)))
             jobs = []
-            for i, blob in enumerate(blobs):
-                jobs.append(self._submit(_prepare_into, out, i, blob, spec, settings.max_image_pixels))
-                unsubmitted -= 1
+            for start in range(0, n, size):
+                part = blobs[start : start + size]
+                jobs.append(self._submit(len(part), _prepare_into, out, start, part, spec, settings, stop))
+                unsubmitted -= len(part)
             await self._await(jobs)
             return out
         finally:
+            stop.set()
             self._release(unsubmitted)
 
     def close(self) -> None:
@@ -78,9 +85,9 @@ class ImagePool:
             self._pending += n
         # A submitted job gives its slot back when it finishes or is cancelled; prepare() gives back the rest.
 
-    def _submit(self, fn: object, *args: object) -> Future[object]:
+    def _submit(self, slots: int, fn: object, *args: object) -> Future[object]:
         future: Future[object] = self._executor.submit(fn, *args)  # type: ignore[arg-type]
-        future.add_done_callback(lambda _: self._release(1))
+        future.add_done_callback(lambda _: self._release(slots))
         return future
 
     def _release(self, n: int) -> None:
@@ -117,8 +124,14 @@ def _read_headers(blobs: Sequence[bytes]) -> list[ImageHeader]:
     return headers
 
 
-def _prepare_into(out: np.ndarray, i: int, data: bytes, spec: ImageSpec, max_pixels: int) -> None:
-    try:
-        out[i] = prepare_image(decode_image(data, max_pixels), spec)
-    except ImageDecodeError as exc:
-        raise InvalidInput(f"images[{i}]: {exc}") from None
+def _prepare_into(
+    out: np.ndarray, start: int, blobs: Sequence[bytes], spec: ImageSpec, settings: Settings,
+    stop: threading.Event,
+) -> None:  # fmt: skip
+    for i, data in enumerate(blobs, start):
+        if stop.is_set():  # the request is over (cancelled, timed out, or another image failed)
+            return
+        try:
+            out[i] = prepare_image(decode_image(data, settings.max_image_pixels), spec)
+        except ImageDecodeError as exc:
+            raise InvalidInput(f"images[{i}]: {exc}") from None

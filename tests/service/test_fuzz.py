@@ -4,12 +4,14 @@ A small JSON-schema -> Hypothesis translator (no extra dependency) generates pat
 request bodies for each operation from `/openapi.json`: mostly schema-shaped values with realistic leaves
 (model names, base64 digits, latents of the right length), each field sometimes swapped for junk, plus
 random bodies under random content types. The /v2 inference operations, whose bodies the schema leaves open,
-get Open Inference Protocol shaped requests, including binary tensor data.
+get Open Inference Protocol shaped requests, including binary tensor data; and valid /v2 JSON, /v2 binary
+and `.npy` bodies are mutated field by field and byte by byte. Every error must be the closed body.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
@@ -23,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.config import Settings
+from service.errors import ErrorType
 from service.imaging import encode_png
 from service.main import create_app
 
@@ -278,12 +281,127 @@ def junk_requests(draw: st.DrawFn) -> dict[str, Any]:
             "headers": {"content-type": ctype}}  # fmt: skip
 
 
+ERROR_TYPES = {e.value for e in ErrorType}
+
+
 def _check(client: Any, request: dict[str, Any]) -> None:
     r = client.request(**request)
     assert r.status_code < 500, (request, r.status_code, r.text[:300])
-    if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
-        body = r.json()
-        assert "error" in body and "Traceback" not in r.text, body
+    if r.status_code >= 400:
+        body = r.json()  # every error is JSON in the closed shape
+        assert isinstance(body["error"], str) and body["error_type"] in ERROR_TYPES, body
+        assert "Traceback" not in r.text and r.headers["x-request-id"], body
+
+
+# --- mutations of valid /v2 and .npy bodies -----------------------------------------------------------------
+
+# Valid requests for the fixture models (tiny: latent 8, tiny-2d: latent 2, both 1x28x28).
+OIP_VALID = [
+    ("tiny-decoder", {"name": "z", "shape": [2, 8]}, ["x"]),
+    ("tiny-2d-decoder", {"name": "z", "shape": [1, 2]}, ["x"]),
+    ("tiny-encoder", {"name": "x", "shape": [1, 1, 28, 28]}, ["mean", "log_var"]),
+]
+wrong_type = st.one_of(
+    junk_json, st.sampled_from([[], {}, "", "true", 1, -1, 2**63, 1e308, None, [{}], {"binary_data": "x"}])
+)
+
+
+@st.composite
+def oip_mutated(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid OIP request (JSON or binary tensors), then one to three fields set to junk or removed."""
+    model, tensor, outputs = copy.deepcopy(draw(st.sampled_from(OIP_VALID)))
+    count = int(np.prod(tensor["shape"]))
+    values = np.full(count, 0.5, dtype=np.float32)
+    binary = draw(st.booleans())
+    tensor = {**tensor, "datatype": "FP32"}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": values.nbytes}
+    else:
+        tensor["data"] = values.tolist()
+    body: dict[str, Any] = {
+        "id": "r1",
+        "inputs": [tensor],
+        "outputs": [{"name": n, "parameters": {"binary_data": draw(st.booleans())}} for n in outputs],
+        "parameters": {"binary_data_output": draw(st.booleans())},
+    }
+    paths = [("id",), ("inputs",), ("outputs",), ("parameters",), ("parameters", "binary_data_output"),
+             ("inputs", 0, "name"), ("inputs", 0, "shape"), ("inputs", 0, "datatype"), ("inputs", 0, "data"),
+             ("inputs", 0, "parameters"), ("inputs", 0, "shape", 0), ("outputs", 0), ("outputs", 0, "name"),
+             ("outputs", 0, "parameters"), ("outputs", 0, "parameters", "binary_data")]  # fmt: skip
+    for path in draw(st.lists(st.sampled_from(paths), min_size=1, max_size=3)):
+        node: Any = body
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else node[key] if isinstance(node, list) else None
+            if node is None or (isinstance(node, list) and not node):
+                break
+        else:
+            last = path[-1]
+            if isinstance(node, dict) and draw(st.integers(0, 4)) == 0:
+                node.pop(last, None)
+            elif isinstance(node, (dict, list)) and (isinstance(node, dict) or len(node) > last):
+                node[last] = draw(wrong_type)
+    if draw(st.integers(0, 4)) == 0:  # the same output many times: the response must stay bounded
+        body["outputs"] = [{"name": outputs[0]}] * draw(st.integers(2, 5000))
+    header = json.dumps(body).encode()
+    if not binary:
+        return {"method": "POST", "url": f"/v2/models/{model}/infer", "content": header,
+                "headers": {"content-type": "application/json"}}  # fmt: skip
+    raw = header + values.tobytes()
+    declared = draw(st.sampled_from([len(header)] * 4 + [len(header) - 1, len(header) + 3, 0, len(raw) + 1]))
+    if draw(st.booleans()):  # flip a few bytes anywhere
+        data = bytearray(raw)
+        for pos in draw(st.lists(st.integers(0, len(data) - 1), max_size=4)):
+            data[pos] = draw(st.integers(0, 255))
+        raw = bytes(data)
+    raw = raw[: draw(st.integers(0, len(raw)))] if draw(st.integers(0, 5)) == 0 else raw
+    return {"method": "POST", "url": f"/v2/models/{model}/infer", "content": raw,
+            "headers": {"content-type": "application/octet-stream",
+                        "inference-header-content-length": str(declared)}}  # fmt: skip
+
+
+@st.composite
+def npy_mutated(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid .npy of latents with its header text edited (shape, dtype, order, length) or bytes flipped."""
+    import io
+
+    arr = np.zeros((draw(st.integers(1, 3)), 8), dtype=np.float32)
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    data = buf.getvalue()
+    text = data[10:128].decode("latin-1")
+    edits = {
+        "shape": lambda: "(" + ", ".join(map(str, draw(st.lists(
+            st.integers(-3, 2**64) | st.sampled_from([0, 1, 8, 4096, 4097, 10**12]), max_size=3)))) + ",)",
+        "descr": lambda: repr(draw(st.sampled_from(["<f8", ">f4", "|O", "<U4", "|b1", "<c8", "V8", "x"]))),
+        "fortran_order": lambda: draw(st.sampled_from(["True", "1", "None", "'yes'"])),
+    }  # fmt: skip
+    for key in draw(st.lists(st.sampled_from(sorted(edits)), max_size=2)):
+        start = text.index(f"'{key}': ") + len(key) + 4
+        end = text.index("), " if key == "shape" else ", ", start) + (1 if key == "shape" else 0)
+        text = text[:start] + edits[key]() + text[end:]
+    header = text.encode("latin-1")
+    body = data[:8] + len(header).to_bytes(2, "little") + header + data[128:]
+    if draw(st.booleans()):
+        flipped = bytearray(body)
+        for pos in draw(st.lists(st.integers(0, min(len(flipped) - 1, 140)), max_size=3)):
+            flipped[pos] = draw(st.integers(0, 255))
+        body = bytes(flipped)
+    body = body + b"\0" * draw(st.sampled_from([0, 0, 4, 32]))
+    model = draw(st.sampled_from(["tiny", "tiny-2d"]))
+    return {"method": "POST", "url": f"/v1/decode?model={model}", "content": body,
+            "headers": {"content-type": "application/x-npy"}}  # fmt: skip
+
+
+@settings(FUZZ, max_examples=2 * EXAMPLES)
+@given(request=oip_mutated())
+def test_no_5xx_from_mutated_oip_bodies(client, request):
+    _check(client, request)
+
+
+@settings(FUZZ, max_examples=2 * EXAMPLES)
+@given(request=npy_mutated())
+def test_no_5xx_from_mutated_npy_bodies(client, request):
+    _check(client, request)
 
 
 @pytest.mark.parametrize(("method", "path", "op"), OPERATIONS, ids=[f"{m} {p}" for m, p, _ in OPERATIONS])
