@@ -6,8 +6,11 @@ seen exactly as the training data was. Torch-free: numpy and Pillow only.
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,9 +140,38 @@ def encode_png(
     arr: np.ndarray, pixel_range: tuple[float, float] = (0.0, 1.0), compress_level: int = 1
 ) -> bytes:
     """(C, H, W) float -> PNG bytes. Level 1: small model outputs compress nearly as well, far faster."""
-    buf = io.BytesIO()
-    Image.fromarray(image_to_uint8(arr, pixel_range)).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    return png_bytes(image_to_uint8(arr, pixel_range), compress_level)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+
+
+@functools.lru_cache(maxsize=64)
+def _png_header(height: int, width: int, color_type: int) -> bytes:
+    # 8 bits per sample, deflate, no interlace (PNG spec, section 11.2.2).
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
+
+
+_PNG_END = _png_chunk(b"IEND", b"")
+
+
+def png_bytes(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    """(H, W) gray or (H, W, 3) RGB uint8 -> PNG, written directly with zlib.
+
+    The whole file is three chunks: IHDR, one IDAT of the deflated rows (each row prefixed with filter type
+    0, none), IEND. For a model's small outputs this is what Pillow writes too, at a fraction of the cost:
+    Pillow's image object, plugin lookup and encoder setup took ~2/3 of the time of a 28x28 PNG.
+    """
+    height, width = pixels.shape[:2]
+    rows = np.zeros((height, 1 + pixels[0].size), dtype=np.uint8)  # column 0: the filter byte
+    rows[:, 1:] = pixels.reshape(height, -1)
+    idat = _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level))
+    return _png_header(height, width, 0 if pixels.ndim == 2 else 2) + idat + _PNG_END
 
 
 def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
