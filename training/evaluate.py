@@ -38,8 +38,11 @@ def evaluate(
     generator = torch.Generator(device=x.device).manual_seed(seed)
     totals = {"neg_elbo": 0.0, "reconstruction": 0.0, "kl": 0.0, "mse": 0.0, "iwae": 0.0}
     means = []
-    # IWAE batches shrink so that batch * chunk decoded images stay around 50k at a time.
-    iwae_batch = max(1, min(batch_size, 50_000 // max(1, min(iwae_k, iwae_chunk))))
+    # IWAE batches shrink so that batch * chunk decoder outputs stay around 50k MNIST images' worth of values
+    # at a time (a colour mixture decoder emits 45x more values per image than a 28x28 Bernoulli one).
+    out_values = model.decode_logits(torch.zeros(1, model.latent_dim, device=x.device)).numel()
+    budget = 50_000 * 784 // max(1, out_values)
+    iwae_batch = max(1, min(batch_size, budget // max(1, min(iwae_k, iwae_chunk))))
     for batch in iterate_batches(x, batch_size, shuffle=False):
         terms = elbo_terms(model, batch, generator)
         for key in ("neg_elbo", "reconstruction", "kl"):
