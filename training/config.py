@@ -94,6 +94,13 @@ class TrainConfig:
     eval_k: int = option(0, ">0: also report the IWAE bound with this many samples at the end of training")
     eval_batch_size: int = option(500, "large batches make evaluation fast; memory is small for these models")
 
+    def __post_init__(self) -> None:
+        # JSON (config files, checkpoints, callers passing parsed JSON) has lists where the fields are tuples.
+        for name, kind in config_types().items():
+            value = getattr(self, name)
+            if typing.get_origin(kind) is tuple and isinstance(value, list):
+                setattr(self, name, tuple(value))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -103,11 +110,7 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        values = dict(raw)
-        for key in ("hidden_dims", "conv_channels"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values).validated()
+        return cls(**raw).validated()
 
     def torch_device(self) -> str:
         if self.device != "auto":
