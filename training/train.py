@@ -103,7 +103,7 @@ def _diverged(
         )
     else:
         saved = (
-            "no checkpoint was written (no epoch finished); start over with a lower "
+            "No checkpoint was written (no epoch finished); start over with a lower "
             f"--lr (now {config.lr:g}) and/or --grad-clip 1"
         )
     return TrainingDiverged(f"training diverged: {what} became non-finite {where}. {saved}")
