@@ -14,6 +14,9 @@ Guarantees, each tested in tests/service/test_batcher.py:
 - a failing batch of several requests is retried one request at a time, so a bad input fails only its own
   request, and an error never stops the worker.
 
+A request that finds the graph idle (nothing queued, nothing running, `max_delay_s` 0) runs in its own task
+at once, without the queue and the worker task, so a lone client pays nothing for batching.
+
 Calls run in a worker thread (onnxruntime releases the GIL), except calls expected to finish faster than a
 thread hop costs (`inline_below_s`, from a moving average of measured run time per item): those run on the
 event loop directly.
@@ -83,6 +86,7 @@ class Batcher:
         self._queued_items = 0
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._running = False  # a call is in flight (the worker's batch, or a lone request's own run)
         self._closed = False
         # Runs expected to take less than inline_below_s happen on the event loop itself; the expectation is a
         # moving average of measured time per item, unknown (infinite) until the first run.
@@ -113,12 +117,18 @@ class Batcher:
             _Job(x[start : start + self.max_batch_size], loop.create_future())
             for start in range(0, n, self.max_batch_size)
         ]
-        self._queue.extend(jobs)
-        self._queued_items += n
-        self._stats.on_queue(self._queued_items)
-        self._wake.set()
+        # A lone request on an idle graph runs in its own task: no queue, no wake-up of the worker task and
+        # back, so batching costs a lone client nothing. Anything arriving meanwhile queues as usual.
+        direct = self.max_delay_s == 0 and len(jobs) == 1 and not self._running and not self._queue
+        if not direct:
+            self._queue.extend(jobs)
+            self._queued_items += n
+            self._stats.on_queue(self._queued_items)
+            self._wake.set()
         try:
             async with asyncio.timeout(self.timeout_s):
+                if direct:
+                    await self._run_alone(jobs[0])
                 parts = [await job.future for job in jobs]
         except TimeoutError:
             raise Timeout(f"{self.name} did not answer within {self.timeout_s:g} s") from None
@@ -131,6 +141,15 @@ class Batcher:
         if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate(rows) for rows in zip(*parts, strict=True))
+
+    async def _run_alone(self, job: _Job) -> None:
+        self._running = True
+        try:
+            await self._run([job])
+        finally:
+            self._running = False
+            if self._queue and self._wake is not None:
+                self._wake.set()  # what queued meanwhile is the worker's next batch
 
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
@@ -156,7 +175,7 @@ class Batcher:
     async def _work(self) -> None:
         assert self._wake is not None
         while not self._closed:
-            if not self._queue:
+            if not self._queue or self._running:  # one call in flight per graph: a lone run may be going
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -174,11 +193,14 @@ class Batcher:
                     break
             batch = self._take()
             if batch:
+                self._running = True
                 try:
                     await self._run(batch)
                 except Exception:  # never let the worker die: fail the batch and go on
                     log.exception("batcher %s: unexpected error", self.name)
                     _fail(batch, InferenceFailed)
+                finally:
+                    self._running = False
 
     def _take(self) -> list[_Job]:
         batch: list[_Job] = []

@@ -195,3 +195,45 @@ def test_fast_runs_go_inline_and_slow_ones_to_the_thread():
     assert threads[0] != main_thread
     assert threads[1] == threads[2] == threads[3] == main_thread
     assert threads[4] != main_thread
+
+
+def test_a_lone_request_runs_in_its_own_task_and_what_arrives_meanwhile_forms_the_next_batch():
+    """max_delay 0: an idle graph runs a request at once, without the worker task; the requests arriving
+    while it runs queue and go together in one call after it, never beside it (one call in flight)."""
+    started, release = threading.Event(), threading.Event()
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        if x[0, 0] == 0:  # the first request holds the graph until the others have queued
+            started.set()
+            release.wait(5)
+        with lock:
+            in_flight[0] -= 1
+        return (x * 2,)
+
+    recorded = Recorder()
+    batcher = make(lambda x: (recorded(x), run(x))[1], max_delay_s=0.0)
+
+    async def main():
+        async def submit(x: np.ndarray) -> np.ndarray:
+            (out,) = await batcher.submit(x)
+            return out
+
+        first = asyncio.create_task(submit(rows(0, 1)))
+        await asyncio.to_thread(started.wait, 5)
+        others = [asyncio.create_task(submit(rows(i, 1))) for i in (1, 2, 3)]
+        while batcher.queued_items < 3:
+            await asyncio.sleep(0)
+        release.set()
+        return await first, await asyncio.gather(*others)
+
+    lone, rest = asyncio.run(main())
+    np.testing.assert_array_equal(lone, rows(0, 1) * 2)
+    for i, out in zip((1, 2, 3), rest, strict=True):
+        np.testing.assert_array_equal(out, rows(i, 1) * 2)
+    assert recorded.batches == [1, 3]  # the lone run, then one batch of the three that queued
+    assert most[0] == 1  # never two calls at once
