@@ -22,7 +22,16 @@ from fastapi import APIRouter, Request, Response
 
 from service import __version__
 from service.config import Settings
-from service.errors import InvalidInput, ModelNotFound
+from service.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    Timeout,
+    Unauthorized,
+)
 from service.inference import ModelRegistry
 from service.inference.limits import (
     check_batch,
@@ -34,6 +43,7 @@ from service.inference.limits import (
 from service.inference.model import VAEModel
 from service.routes.deadline import DeadlineRoute
 from service.routes.deps import registry_of, settings_of
+from service.routes.error_handlers import responses
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"], route_class=DeadlineRoute)
 
@@ -77,6 +87,13 @@ def _resolve(registry: ModelRegistry, oip_name: str, version: str | None) -> Gra
     return GraphRef(model, role)
 
 
+_META_ERRORS = responses(ModelNotFound, Unauthorized, oip=True)
+_INFER_ERRORS = responses(
+    InvalidInput, ModelNotFound, PayloadTooLarge, Unauthorized, NotReady, Overloaded, Timeout,
+    InferenceFailed, oip=True,
+)  # fmt: skip
+
+
 def _json(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status, media_type="application/json")
 
@@ -100,8 +117,10 @@ async def ready(request: Request) -> Response:
     return _json({"ready": is_ready}, 200 if is_ready else 503)
 
 
-@router.get("/models/{model_name}", summary="Model metadata")
-@router.get("/models/{model_name}/versions/{version}", summary="Model metadata (versioned)")
+@router.get("/models/{model_name}", summary="Model metadata", responses=_META_ERRORS)
+@router.get(
+    "/models/{model_name}/versions/{version}", summary="Model metadata (versioned)", responses=_META_ERRORS
+)
 async def model_metadata(request: Request, model_name: str, version: str | None = None) -> Response:
     ref = _resolve(registry_of(request), model_name, version)
     inputs, outputs = ref.signature()
@@ -116,8 +135,12 @@ async def model_metadata(request: Request, model_name: str, version: str | None 
     )
 
 
-@router.get("/models/{model_name}/ready", summary="Model readiness")
-@router.get("/models/{model_name}/versions/{version}/ready", summary="Model readiness (versioned)")
+@router.get("/models/{model_name}/ready", summary="Model readiness", responses=_META_ERRORS)
+@router.get(
+    "/models/{model_name}/versions/{version}/ready",
+    summary="Model readiness (versioned)",
+    responses=_META_ERRORS,
+)
 async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
     ref = _resolve(registry_of(request), model_name, version)
     return _json({"name": ref.oip_name, "ready": True})
@@ -257,8 +280,12 @@ async def _run(ref: GraphRef, x: np.ndarray, settings: Settings) -> dict[str, np
     return {"x": await ref.model.decode(x)}
 
 
-@router.post("/models/{model_name}/infer", summary="Inference (JSON or binary tensors)")
-@router.post("/models/{model_name}/versions/{version}/infer", summary="Inference (versioned)")
+@router.post(
+    "/models/{model_name}/infer", summary="Inference (JSON or binary tensors)", responses=_INFER_ERRORS
+)
+@router.post(
+    "/models/{model_name}/versions/{version}/infer", summary="Inference (versioned)", responses=_INFER_ERRORS
+)
 async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
     settings = settings_of(request)
     ref = _resolve(registry_of(request), model_name, version)
