@@ -51,15 +51,6 @@ REQUEST_LIMITS = (
 # --- counts ---------------------------------------------------------------------------------------------
 
 
-def check_count(name: str, n: int, most: int, exactly: int | None = None, setting: str = "") -> None:
-    """1 <= n <= most (or n == exactly)."""
-    if exactly is not None and n != exactly:
-        raise InvalidInput(f"{name}: expected exactly {exactly}, got {n}")
-    if n < 1 or n > most:
-        hint = f" (VAE_{setting.upper()})" if setting else ""
-        raise InvalidInput(f"{name}: {n} given; allowed 1 to {most}{hint}")
-
-
 def check_image_count(n: int, settings: Settings, exactly: int | None = None) -> None:
     if n == 0:
         raise InvalidInput("images: at least one image is required (JSON 'images' or multipart 'files')")
