@@ -58,13 +58,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"vae-serve: invalid settings:\n{exc}")
     if args.workers is not None and args.workers < 1:
         sys.exit("vae-serve: --workers must be at least 1")
-    from service.workers import PLAN_ENV, choose
+    from service.workers import choose
 
     given_threads = settings.intra_op_threads if "VAE_INTRA_OP_THREADS" in os.environ else None
     plan = choose(args.workers, settings.provider, given_threads)
     # Every worker reads its settings from the environment: the thread count and the plan travel there too.
-    os.environ["VAE_INTRA_OP_THREADS"] = str(plan.intra_op_threads)
-    os.environ[PLAN_ENV] = plan.to_env()
+    os.environ.update(plan.environment(os.environ))
 
     import uvicorn
 

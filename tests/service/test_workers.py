@@ -99,3 +99,11 @@ def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(tmp_path: Path):
     assert log.count("SIGTERM: /readyz now answers 503") == 2  # both workers drained
     shared = re.search(r"metrics of all workers in (\S+)", log)
     assert shared and not Path(shared.group(1)).exists()  # the CLI removed its metrics directory
+
+
+def test_single_threaded_cpu_workers_run_small_calls_inline_unless_told_otherwise():
+    plan = choose(None, "cpu", None, cores=2, gpus=0)
+    env = plan.environment({})
+    assert env["VAE_INTRA_OP_THREADS"] == "1" and env["VAE_INLINE_RUN_US"] == "5000"
+    assert "VAE_INLINE_RUN_US" not in plan.environment({"VAE_INLINE_RUN_US": "100"})  # the operator's wins
+    assert "VAE_INLINE_RUN_US" not in choose(1, "cpu", 2, cores=2, gpus=0).environment({})  # 2 threads
