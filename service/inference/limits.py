@@ -10,7 +10,7 @@ before anything is decoded, allocated or run, so a request's cost is known befor
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,35 @@ def check_batch(n: int, settings: Settings, *, images: bool) -> None:
         raise InvalidInput(f"batch size must be at least 1, got {n}")
     if n > limit:
         raise InvalidInput(f"batch of {n} exceeds the limit of {limit} per request")
+
+
+def check_tensor(
+    name: object, datatype: object, shape: Sequence[int], want: Mapping[str, Any], settings: Settings, *,
+    images: bool,
+) -> None:  # fmt: skip
+    """An Open Inference Protocol input's declaration (any transport) against the graph's signature
+    (`want`: name and shape, batch first) and the batch limit, before its data is read."""
+    if name != want["name"]:
+        raise InvalidInput(f"unexpected input {str(name)[:64]!r}; this model takes {want['name']!r}")
+    if datatype != "FP32":
+        raise InvalidInput(f"input {name!r} must have datatype FP32, not {str(datatype)[:32]!r}")
+    fixed = list(want["shape"][1:])
+    if len(shape) != len(want["shape"]) or list(shape[1:]) != fixed:
+        raise InvalidInput(
+            f"input {name!r} has shape {list(shape[:8])}; expected [batch, {', '.join(map(str, fixed))}]"
+        )
+    check_batch(shape[0], settings, images=images)
+
+
+def check_output_names(asked: Sequence[object], names: Sequence[str]) -> None:
+    """Requested outputs exist and each is named once (a repeated name would repeat the whole output)."""
+    seen: set[str] = set()
+    for name in asked:
+        if not isinstance(name, str) or name not in names:
+            raise InvalidInput(f"unknown output {str(name)[:64]!r}; this model has {list(names)}")
+        if name in seen:
+            raise InvalidInput(f"output {name!r} is requested more than once")
+        seen.add(name)
 
 
 # --- latents --------------------------------------------------------------------------------------------

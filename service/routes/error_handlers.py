@@ -21,9 +21,14 @@ from service.errors import (
     InferenceFailed,
     InvalidInput,
     MethodNotAllowed,
+    ModelNotFound,
     NotFound,
+    NotReady,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
+    Timeout,
+    Unauthorized,
     UnsupportedMediaType,
 )
 
@@ -49,6 +54,13 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
     "required": ["error", "error_type"],
 }
+
+
+# What an inference operation can answer besides success, on every protocol.
+INFERENCE_ERRORS: tuple[type[ServiceError], ...] = (
+    InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType, Unauthorized, NotReady, Overloaded,
+    Timeout, InferenceFailed,
+)  # fmt: skip
 
 
 def responses(*errors: type[ServiceError], oip: bool = False) -> dict[int | str, dict[str, Any]]:

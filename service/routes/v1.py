@@ -15,17 +15,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from service.config import Settings
-from service.errors import (
-    InferenceFailed,
-    InvalidInput,
-    ModelNotFound,
-    NotReady,
-    Overloaded,
-    PayloadTooLarge,
-    Timeout,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from service.errors import InvalidInput
 from service.inference import VAEModel, new_seed
 from service.inference.limits import (
     as_latents,
@@ -38,7 +28,7 @@ from service.inference.limits import (
 from service.manifest import NAME_PATTERN
 from service.routes.deadline import DeadlineRoute
 from service.routes.deps import image_pool_of, registry_of, settings_of
-from service.routes.error_handlers import responses
+from service.routes.error_handlers import INFERENCE_ERRORS, responses
 from service.routes.requests import JSON, MULTIPART, NPY, PNG, Payload, read_payload, validate
 from service.routes.responses import (
     NumpyJSONResponse,
@@ -79,7 +69,7 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 def _responses(model: type[BaseModel], *media: str) -> dict[int | str, dict[str, Any]]:
     ok: dict[str, Any] = {"model": model, "description": "Success", "content": {m: _BINARY for m in media}}
-    return {200: ok, **responses(*_ERRORS)}
+    return {200: ok, **responses(*INFERENCE_ERRORS)}
 
 
 def _body(

@@ -22,28 +22,20 @@ from fastapi import APIRouter, Request, Response
 
 from service import __version__
 from service.config import Settings
-from service.errors import (
-    InferenceFailed,
-    InvalidInput,
-    ModelNotFound,
-    NotReady,
-    Overloaded,
-    PayloadTooLarge,
-    Timeout,
-    Unauthorized,
-)
+from service.errors import InvalidInput, ModelNotFound, Unauthorized
 from service.inference import ModelRegistry
 from service.inference.limits import (
-    check_batch,
     check_latent_values,
+    check_output_names,
     check_pixel_values,
     check_response_bytes,
+    check_tensor,
     response_bytes,
 )
 from service.inference.model import VAEModel
 from service.routes.deadline import DeadlineRoute
 from service.routes.deps import registry_of, settings_of
-from service.routes.error_handlers import responses
+from service.routes.error_handlers import INFERENCE_ERRORS, responses
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"], route_class=DeadlineRoute)
 
@@ -88,10 +80,7 @@ def _resolve(registry: ModelRegistry, oip_name: str, version: str | None) -> Gra
 
 
 _META_ERRORS = responses(ModelNotFound, Unauthorized, oip=True)
-_INFER_ERRORS = responses(
-    InvalidInput, ModelNotFound, PayloadTooLarge, Unauthorized, NotReady, Overloaded, Timeout,
-    InferenceFailed, oip=True,
-)  # fmt: skip
+_INFER_ERRORS = responses(*INFERENCE_ERRORS, oip=True)
 
 
 def _json(content: Any, status: int = 200) -> Response:
@@ -193,23 +182,16 @@ def _input_header(
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"expected exactly one input, {want['name']!r}")
     tensor = inputs[0]
-    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-    if name != want["name"]:
-        raise InvalidInput(f"unexpected input {str(name)[:64]!r}; this model takes {want['name']!r}")
-    if datatype != "FP32":
-        raise InvalidInput(f"input {name!r} must have datatype FP32, not {str(datatype)[:32]!r}")
-    if not (
+    name, shape = tensor.get("name"), tensor.get("shape")
+    if name == want["name"] and not (
         isinstance(shape, list)
         and shape
         and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
     ):
         raise InvalidInput(f"input {name!r} needs a shape: a list of integers")
-    fixed = want["shape"][1:]
-    if len(shape) != len(want["shape"]) or shape[1:] != fixed:
-        raise InvalidInput(
-            f"input {name!r} has shape {shape[:8]}; expected [batch, {', '.join(map(str, fixed))}]"
-        )
-    check_batch(shape[0], settings, images=images)
+    check_tensor(name, tensor.get("datatype"), shape if isinstance(shape, list) else [], want, settings,
+                 images=images)  # fmt: skip
+    assert isinstance(shape, list)  # the name matched, so the shape was checked above
     return tensor, shape
 
 
@@ -252,15 +234,11 @@ def _wanted_outputs(request: dict[str, Any], names: list[str]) -> list[tuple[str
         return [(n, default_binary) for n in names]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise InvalidInput("outputs must be a list of objects")
+    check_output_names([out.get("name") for out in asked], names)
     chosen: list[tuple[str, bool]] = []
     for out in asked:
-        name = out.get("name")
-        if name not in names:
-            raise InvalidInput(f"unknown output {str(name)[:64]!r}; this model has {names}")
-        if any(name == seen for seen, _ in chosen):
-            raise InvalidInput(f"output {name!r} is requested more than once")
-        where = f"output {name!r}"
-        chosen.append((name, _flag(_parameters(out, where), "binary_data", default_binary, where)))
+        where = f"output {out['name']!r}"
+        chosen.append((out["name"], _flag(_parameters(out, where), "binary_data", default_binary, where)))
     return chosen
 
 
