@@ -60,10 +60,6 @@ from service.schemas import (
 
 router = APIRouter(prefix="/v1", tags=["inference"], route_class=DeadlineRoute)
 
-_ERRORS = (
-    InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType, Unauthorized, NotReady, Overloaded,
-    Timeout, InferenceFailed,
-)  # fmt: skip
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
