@@ -13,7 +13,6 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.config import Settings
-from service.errors import install_error_handlers
 from service.inference import ModelRegistry
 from service.lifecycle import lifespan
 from service.logs import configure_logging
