@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     given_threads = settings.intra_op_threads if "VAE_INTRA_OP_THREADS" in os.environ else None
     plan = choose(args.workers, settings.provider, given_threads)
     # Every worker reads its settings from the environment: the thread count and the plan travel there too.
-    os.environ.update(plan.environment(os.environ))
+    os.environ.update(plan.environment())
 
     import uvicorn
 

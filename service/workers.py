@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +34,6 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 PLAN_ENV = "VAE_SERVING_PLAN"  # JSON of the Plan, from the CLI to every worker
-SINGLE_THREAD_INLINE_US = 5000
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -49,19 +47,9 @@ class Plan:
     def to_env(self) -> str:
         return json.dumps(asdict(self))
 
-    def environment(self, given: Mapping[str, str]) -> dict[str, str]:
-        """What every worker must read: its thread count, the plan, and (single-threaded sessions) a higher
-        inline threshold, unless `given` (the environment) already sets them.
-
-        With one intra-op thread per process the worker thread buys no parallelism, only a hop: measured at
-        ~15% of a small request's CPU (executor submit, wake-ups, result hand-back). So calls expected to
-        take under 5 ms run on the event loop; larger batches still go to the thread, so /healthz and
-        readiness answer while a 256-latent batch runs.
-        """
-        env = {"VAE_INTRA_OP_THREADS": str(self.intra_op_threads), PLAN_ENV: self.to_env()}
-        if self.device == "cpu" and self.intra_op_threads == 1 and "VAE_INLINE_RUN_US" not in given:
-            env["VAE_INLINE_RUN_US"] = str(SINGLE_THREAD_INLINE_US)
-        return env
+    def environment(self) -> dict[str, str]:
+        """What every worker must read from its environment: its thread count and the plan."""
+        return {"VAE_INTRA_OP_THREADS": str(self.intra_op_threads), PLAN_ENV: self.to_env()}
 
     @classmethod
     def from_env(cls) -> Plan | None:

@@ -3,6 +3,7 @@ whose metrics add up across workers, which reloads on SIGHUP to the parent and d
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -101,9 +102,8 @@ def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(tmp_path: Path):
     assert shared and not Path(shared.group(1)).exists()  # the CLI removed its metrics directory
 
 
-def test_single_threaded_cpu_workers_run_small_calls_inline_unless_told_otherwise():
+def test_the_plan_reaches_every_worker_through_the_environment():
     plan = choose(None, "cpu", None, cores=2, gpus=0)
-    env = plan.environment({})
-    assert env["VAE_INTRA_OP_THREADS"] == "1" and env["VAE_INLINE_RUN_US"] == "5000"
-    assert "VAE_INLINE_RUN_US" not in plan.environment({"VAE_INLINE_RUN_US": "100"})  # the operator's wins
-    assert "VAE_INLINE_RUN_US" not in choose(1, "cpu", 2, cores=2, gpus=0).environment({})  # 2 threads
+    env = plan.environment()
+    assert env["VAE_INTRA_OP_THREADS"] == "1"
+    assert Plan(**json.loads(env["VAE_SERVING_PLAN"])) == plan
