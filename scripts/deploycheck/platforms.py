@@ -6,12 +6,13 @@ target), and pip answers the two questions only the registry can: does a wheel o
 the target's tags, and what does that wheel require? One `pip install --dry-run --no-deps --report` per level
 of the dependency tree, reading the registry's PEP 658 metadata (no wheel is downloaded).
 
-A pass is cached under .cache/resolution/ keyed by pyproject.toml, constraints.txt, the platform and the
-extras, so reruns with unchanged files ask nothing of the network.
+A pass is cached under .cache/resolution/ keyed by the project's requirements, constraints.txt, the platform
+and the extras, so reruns with unchanged requirements ask nothing of the network.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import json
@@ -19,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -111,9 +113,11 @@ def pip_requires(platform: Platform) -> RequiresLookup:
 
 
 def cache_key(platform: Platform, extras: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    for path in (PYPROJECT, CONSTRAINTS):
-        h.update(path.read_bytes())
+    """What the answer depends on: the project's requirements (not all of pyproject.toml) and the pins."""
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    wanted = [project["name"], project.get("dependencies"), project.get("optional-dependencies")]
+    h = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode())
+    h.update(CONSTRAINTS.read_bytes())
     h.update(f"{platform}|{','.join(extras)}|{PYTHON}".encode())
     return h.hexdigest()[:20]
 
@@ -131,6 +135,21 @@ def check_platform(platform: Platform, extras: tuple[str, ...], pins: Pins | Non
         stale.unlink()
     cached.write_text(json.dumps(chosen, indent=1, sort_keys=True))
     return chosen
+
+
+def check_many(
+    targets: list[tuple[str, tuple[str, ...]]], workers: int = 4
+) -> dict[tuple[str, tuple[str, ...]], Pins | RequirementsError | RegistryUnreachable]:
+    """check_platform for several (platform name, extras) at once: the time is spent waiting on the index."""
+
+    def one(target: tuple[str, tuple[str, ...]]) -> Pins | RequirementsError | RegistryUnreachable:
+        try:
+            return check_platform(PLATFORMS[target[0]], target[1])
+        except (RequirementsError, RegistryUnreachable) as exc:
+            return exc
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(targets, pool.map(one, targets), strict=True))
 
 
 def check_all(extras: tuple[str, ...] = ("serve",), names: list[str] | None = None) -> list[str]:

@@ -112,6 +112,22 @@ def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def check_startup_log(path: Path) -> None:
+    """The image's provider 'auto' says in each worker process which provider it chose, all alike, and
+    onnxruntime prints no errors: on a host without CUDA it is never asked for CUDA
+    (service/inference/cuda.py); red lines there are a regression."""
+    lines = path.read_text(errors="replace").splitlines()
+    said = "onnxruntime provider:"
+    choices = {ln.split(said, 1)[1].strip() for ln in lines if said in ln}
+    noise = [ln for ln in lines if ":onnxruntime:" in ln or "Failed to load" in ln]
+    if len(choices) != 1 or noise:
+        raise CheckError(
+            f"startup log: expected one provider choice and no onnxruntime errors, got {sorted(choices)} "
+            f"and {noise[:3]}"
+        )
+    print(f"startup log: {said} {choices.pop()[:200]}")
+
+
 def smoke(ready_timeout: float = 180.0) -> None:
     models = baked_models_dir()
     manifests = sorted(models.glob("*/*/model.json"))
@@ -161,6 +177,7 @@ def smoke(ready_timeout: float = 180.0) -> None:
                 raise CheckError(f"/v1/models answered {status}: {body[:300]!r}")
             listing = json.loads(body)
             print(f"/readyz 200; /v1/models 200 ({len(manifests)} model versions baked in)")
+            check_startup_log(Path(cwd) / "server.log")
             print(json.dumps(listing, indent=1)[:1500])
         except CheckError:
             log.seek(0)

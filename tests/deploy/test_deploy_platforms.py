@@ -8,7 +8,7 @@ is cached under .cache/resolution/ by the hash of pyproject.toml and constraints
 from __future__ import annotations
 
 import pytest
-from deploycheck.platforms import RegistryUnreachable, check_platform
+from deploycheck.platforms import RegistryUnreachable, check_many
 from deploycheck.requirements import PLATFORMS, RequirementsError, closure, project_requirements
 from packaging.requirements import Requirement
 
@@ -23,11 +23,26 @@ SERVE_RUNTIME = {
 }
 
 
-def _resolve(platform: str, extras: tuple[str, ...]) -> dict[str, str]:
-    try:
-        chosen = check_platform(PLATFORMS[platform], extras)
-    except RegistryUnreachable as exc:
-        pytest.skip(f"cannot check the pins against the package index: {exc}")
+TARGETS = [
+    *((platform, ("serve",)) for platform in sorted(SERVE_RUNTIME)),
+    ("linux-x86_64", ("serve-cpu",)),
+    ("macos-arm64", ("serve", "train")),
+    ("windows-x86_64", ("serve", "train")),
+]
+
+
+@pytest.fixture(scope="module")
+def resolved():
+    """Every target at once (the time goes in waiting on the index), each test then reads its own."""
+    return check_many(TARGETS)
+
+
+def _resolve(resolved, platform: str, extras: tuple[str, ...]) -> dict[str, str]:
+    chosen = resolved[(platform, extras)]
+    if isinstance(chosen, RegistryUnreachable):
+        pytest.skip(f"cannot check the pins against the package index: {chosen}")
+    if isinstance(chosen, RequirementsError):
+        raise chosen
     return {key: version for key, (_, version) in chosen.items()}
 
 
@@ -37,8 +52,8 @@ def _resolve(platform: str, extras: tuple[str, ...]) -> dict[str, str]:
 @pytest.mark.network
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("platform", sorted(SERVE_RUNTIME))
-def test_serve_resolves_with_the_platforms_onnxruntime(platform: str) -> None:
-    chosen = _resolve(platform, ("serve",))
+def test_serve_resolves_with_the_platforms_onnxruntime(resolved, platform: str) -> None:
+    chosen = _resolve(resolved, platform, ("serve",))
     assert RUNTIMES & chosen.keys() == {SERVE_RUNTIME[platform]}
     assert {"fastapi", "uvicorn", "numpy", "pillow", "grpcio"} <= chosen.keys()
     assert "torch" not in chosen
@@ -47,17 +62,17 @@ def test_serve_resolves_with_the_platforms_onnxruntime(platform: str) -> None:
 
 @pytest.mark.network
 @pytest.mark.timeout(600)
-def test_serve_cpu_on_linux_x86_64_brings_the_plain_cpu_build() -> None:
-    chosen = _resolve("linux-x86_64", ("serve-cpu",))
+def test_serve_cpu_on_linux_x86_64_brings_the_plain_cpu_build(resolved) -> None:
+    chosen = _resolve(resolved, "linux-x86_64", ("serve-cpu",))
     assert RUNTIMES & chosen.keys() == {"onnxruntime"}
 
 
 @pytest.mark.network
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("platform", ["macos-arm64", "windows-x86_64"])
-def test_training_resolves_where_the_index_torch_is_the_cpu_build(platform: str) -> None:
+def test_training_resolves_where_the_index_torch_is_the_cpu_build(resolved, platform: str) -> None:
     # On Linux the index's torch is the CUDA build (nvidia-* wheels); README gives the CPU index for it.
-    chosen = _resolve(platform, ("serve", "train"))
+    chosen = _resolve(resolved, platform, ("serve", "train"))
     assert chosen["torch"] == "2.13.0"
     assert {"onnx", "onnxscript", "matplotlib"} <= chosen.keys()
     assert not any(key.startswith("nvidia-") for key in chosen)
