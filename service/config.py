@@ -120,6 +120,15 @@ class Settings(BaseSettings):
         "new version is loaded, verified and warmed beside the old one, then swapped in atomically (a broken "
         "one leaves the old version serving). 0: only on SIGHUP.",
     )
+    version_policy: str = Field(
+        default="latest:2",
+        pattern=r"^(latest:[1-9][0-9]{0,2}|specific:[1-9][0-9]{0,8}(,[1-9][0-9]{0,8}){0,63})$",
+        description="Which versions of each model stay loaded, as Triton's version policy: 'latest:N' keeps "
+        "the newest N that load (a new version is loaded beside them and the oldest is retired), "
+        "'specific:1,3' exactly those. Requests may pin any loaded version; unpinned ones get the newest. "
+        "Two by default, so clients pinned to the previous version keep their exact vectors across a "
+        "release; each loaded version costs its sessions' memory.",
+    )
     follow_symlinks: bool = Field(
         default=False,
         description="Serve model and version folders (and their files) that are symbolic links resolving "

@@ -39,7 +39,7 @@ class PlainFormatter(logging.Formatter):
     """Plain lines, one per record whatever the message holds; only a traceback spans several lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_controls(record.message)
+        record.message = escape_controls(record.message.rstrip("\r\n"))  # a final newline is not content
         return super().formatMessage(record)
 
 

@@ -9,20 +9,26 @@ folders whose names are not positive integers (`tmp/`, `latest/`, an export's hi
 `.<version>.<random>` left by a killed export), and, when `models` is unset, model folders with no version
 folder at all.
 
-Startup serves, per model, the newest version that passes every check; a newer one that fails is listed
-under `reload_failures` (the model serves, readiness holds). A model with no loadable version is a `failure`
-and readiness is false.
+Versions: the version policy (`version_policy`, as Triton's) says which versions stay loaded: 'latest:N' (the
+newest N that pass every check) or 'specific:1,3'. `get(name, version)` answers a pinned request from any
+loaded version (ModelNotFound naming the loaded ones otherwise); unpinned requests get the newest loaded one.
+
+Startup loads what the policy wants of each model; refused versions it wanted are listed under
+`reload_failures` (the model serves, readiness holds). A model with no loadable version is a `failure` and
+readiness is false.
 
 Hot reload: `reload()` (polled every `reload_interval_s`, and on SIGHUP) looks for version folders newer than
-the serving one, loads, verifies and warms the newest in a thread beside the serving one, then swaps it in
-with one dict assignment on the event loop. Requests already holding the old version finish on it; its
-batchers close once the request timeout has passed. A refused folder is retried only once its files change.
-Version numbers only move forward: a folder older than the serving version (a republished old number, or
-what is left after the serving version's folder was deleted) is logged once and not loaded, so clients that
-store embeddings never get an older model's vectors under the same name without a restart; the serving
-version keeps answering from memory (its files were verified when it loaded). Entries for folders that no
-longer exist are dropped from the reported state. When `models` is unset, model folders that appear later are
-loaded, and discovered models whose folders are removed while not serving are forgotten.
+the newest loaded one (or, with 'specific', listed ones that appeared), loads, verifies and warms them in a
+thread beside the loaded ones, then makes them available with one dict assignment on the event loop; with
+'latest:N' the versions beyond the newest N are retired. Requests already holding a retired version finish on
+it; its batchers close once the request timeout has passed. A refused folder is retried only once its files
+change. Version numbers only move forward: a folder older than the newest loaded version (a republished old
+number, or what is left after the serving version's folder was deleted) is logged once and not loaded, so
+clients that store embeddings never get an older model's vectors under the same name without a restart; a
+loaded version whose folder is deleted keeps answering from memory (its files were verified when it loaded).
+Entries for folders that no longer exist are dropped from the reported state. When `models` is unset, model
+folders that appear later are loaded, and discovered models whose folders are removed while not serving are
+forgotten.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.models: dict[str, VAEModel] = {}
+        self.models: dict[str, VAEModel] = {}  # per model, the newest loaded version: unpinned requests
+        self.versions: dict[str, dict[int, VAEModel]] = {}  # per model, every loaded version
         self.failures: dict[str, str] = {}
         self.names: list[str] = []
         self.loaded = False  # load() has finished
@@ -90,7 +97,7 @@ class ModelRegistry:
         # Threads start only when needed: a generous cap costs nothing and leaves room for models found later.
         self._executor = ThreadPoolExecutor(max(16, 4 * len(self.names)), thread_name_prefix="onnxruntime")
         for name in self.names:
-            self._load_newest(name)
+            self._load_initial(name)
         self.loaded = True
         if self.models and self.default_name not in self.models:
             log.error("default model %r is not loaded", self.default_name)
@@ -106,28 +113,41 @@ class ModelRegistry:
                 self._note_once(name, 0, "empty", logging.INFO, "ignoring %s/: no version folder", name)
         return names
 
-    def _load_newest(self, name: str) -> None:
-        """Serve the newest version of `name` that passes every check (startup, and models found later)."""
+    def _policy(self) -> tuple[int, frozenset[int]]:
+        """(N, set()) for 'latest:N'; (0, the versions) for 'specific:...'."""
+        kind, _, arg = self.settings.version_policy.partition(":")
+        if kind == "latest":
+            return int(arg), frozenset()
+        return 0, frozenset(int(v) for v in arg.split(","))
+
+    def _load_initial(self, name: str) -> None:
+        """Load what the version policy wants of `name`: the newest N versions that pass every check, or the
+        listed ones (startup, and models found later)."""
         versions = list_versions(self.settings.models_dir, name)
         if not versions:
             self._fail(name, f"no version folder in {self._shown(self.settings.models_dir / name)}/")
             return
-        for version in reversed(versions):
+        keep, wanted = self._policy()
+        candidates = [v for v in reversed(versions) if keep or v in wanted]
+        for version in candidates:
+            if keep and len(self.versions.get(name, {})) >= keep:
+                break
             started = time.perf_counter()
             result = self._attempt(name, version, None)
             if isinstance(result, VAEModel):
-                self._serve(name, result)
+                self._add(name, result)
                 log.info(
                     "model %s v%d loaded from %s in %.2fs; latent_dim=%d; providers=%s",
                     name, version, result.path, time.perf_counter() - started, result.latent_dim,
                     result.providers,
                 )  # fmt: skip
-                break
-            if len(versions) > 1:
+            elif len(candidates) > 1:
                 log.error("model %s v%d NOT loaded: %s", name, version, result)
-        else:
-            newest = versions[-1]
-            self._fail(name, self._refused[name][newest][1])
+        if name not in self.models:
+            if candidates:
+                self._fail(name, self._refused[name][candidates[0]][1])
+            else:
+                self._fail(name, f"no version folder matches {self.settings.version_policy}")
         self._report_refusals(name)
 
     def _attempt(self, name: str, version: int, serving: VAEModel | None) -> VAEModel | str:
@@ -219,9 +239,12 @@ class ModelRegistry:
 
     # --- state ---------------------------------------------------------------------------------------------
 
-    def _serve(self, name: str, model: VAEModel) -> None:
+    def _add(self, name: str, model: VAEModel) -> None:
+        """Make a loaded version available; the newest loaded one answers unpinned requests."""
+        loaded = self.versions.setdefault(name, {})
+        loaded[model.manifest.version] = model
         # The swap: one assignment, so every request sees either the old or the new model.
-        self.models[name] = model
+        self.models[name] = loaded[max(loaded)]
         self.failures.pop(name, None)
         self._refused.get(name, {}).pop(model.manifest.version, None)
         self.metrics.model_loaded.labels(name).set(1)
@@ -232,13 +255,15 @@ class ModelRegistry:
         log.error("model %s NOT loaded: %s", name, reason)
 
     def _report_refusals(self, name: str) -> None:
-        """reload_failures: the refused versions newer than the serving one, newest first."""
-        current = self.models.get(name)
+        """reload_failures: the refused versions the policy wants while the model serves (with 'latest:N',
+        those newer than the oldest loaded one), newest first."""
+        loaded = self.versions.get(name, {})
         refused = self._refused.get(name, {})
-        if current is None:
+        if not loaded:
             self.reload_failures.pop(name, None)
             return
-        newer = sorted((v for v in refused if v > current.manifest.version), reverse=True)
+        keep, wanted = self._policy()
+        newer = sorted((v for v in refused if (v > min(loaded) if keep else v in wanted)), reverse=True)
         if newer:
             self.reload_failures[name] = "; ".join(f"version {v}: {refused[v][1]}" for v in newer)
         else:
@@ -312,27 +337,34 @@ class ModelRegistry:
         root = self.settings.models_dir
         versions = list_versions(root, name)
         self._forget_missing(name, versions)
+        keep, wanted = self._policy()
+        loaded = self.versions.get(name, {})
         current = self.models.get(name)
-        if current is not None:
+        for version in [v for v in loaded if v not in versions]:
+            newest = f"the newest on disk is v{versions[-1]}" if versions else "no version is on disk"
+            self._note_once(
+                name, version, "gone", logging.WARNING,
+                "model %s v%d: its folder is gone; still serving it from memory (%s; versions only move "
+                "forward: restart to serve an older one)", name, version, newest,
+            )  # fmt: skip
+        if current is not None and keep:
             serving = current.manifest.version
-            if serving not in versions:
-                newest = f"the newest on disk is v{versions[-1]}" if versions else "no version is on disk"
-                self._note_once(
-                    name, serving, "gone", logging.WARNING,
-                    "model %s v%d: its folder is gone; still serving it from memory (%s; versions only move "
-                    "forward: restart to serve an older one)", name, serving, newest,
-                )  # fmt: skip
-            for older in (v for v in versions if v < serving):
+            for older in (v for v in versions if v < serving and v not in loaded):
                 self._note_once(
                     name, older, "older", logging.INFO,
                     "model %s v%d is older than the serving v%d: not loaded (versions only move forward)",
                     name, older, serving,
                 )  # fmt: skip
-        elif not versions and name not in self.failures:
+        elif current is None and not versions and name not in self.failures:
             self._fail(name, f"no version folder in {self._shown(root / name)}/")
-        candidates = [v for v in versions if current is None or v > current.manifest.version]
-        swapped = False
+        if keep:
+            candidates = [v for v in versions if current is None or v > current.manifest.version]
+        else:
+            candidates = [v for v in versions if v in wanted and v not in loaded]
+        added: list[int] = []
         for version in reversed(candidates):
+            if keep and len(added) >= keep:
+                break
             refused = self._refused.get(name, {}).get(version)
             if refused is not None and refused[0] == _folder_stamp(root / name / str(version)):
                 continue  # refused before and unchanged since
@@ -347,17 +379,27 @@ class ModelRegistry:
             if self.draining:
                 await result.close()
                 return False
-            self._serve(name, result)
+            self._add(name, result)
+            if self.models[name] is not result:
+                how = " beside the newer versions"
+            elif current is not None:
+                how = f" and swapped in (replacing v{current.manifest.version} as the newest)"
+            else:
+                how = " and swapped in"
             log.info(
-                "model %s v%d loaded from %s in %.2fs and swapped in%s", name, version, result.path,
-                time.perf_counter() - started, f" (replacing v{current.manifest.version})" if current else "",
+                "model %s v%d loaded from %s in %.2fs%s", name, version, result.path,
+                time.perf_counter() - started, how,
             )  # fmt: skip
-            if current is not None:
-                self._retire(current)
-            swapped = True
-            break
+            added.append(version)
+        if added and keep:
+            loaded = self.versions[name]
+            for version in sorted(loaded)[:-keep]:
+                log.info(
+                    "model %s v%d retired (version policy %s)", name, version, self.settings.version_policy
+                )
+                self._retire(loaded.pop(version))
         self._report_refusals(name)
-        return swapped
+        return bool(added) and self.models[name].manifest.version == max(added)
 
     def _retire(self, model: VAEModel) -> None:
         """Close an old version's batchers once no request can still be waiting on them."""
@@ -385,7 +427,7 @@ class ModelRegistry:
         self.draining = True
         for task in list(self._retire_tasks):
             task.cancel()
-        for model in [*self.models.values(), *self._retired]:
+        for model in [*(m for loaded in self.versions.values() for m in loaded.values()), *self._retired]:
             await model.close()
         self._retired.clear()
         if self._executor is not None:
@@ -405,17 +447,28 @@ class ModelRegistry:
             return PREFERRED_DEFAULT
         return sorted(self.names)[0] if self.names else PREFERRED_DEFAULT
 
-    def get(self, name: str | None) -> VAEModel:
-        """The model to answer a request; `None` means the default model."""
+    def get(self, name: str | None, version: int | None = None) -> VAEModel:
+        """The model to answer a request: `name` (None: the default model) at `version` (None: the newest
+        loaded). A version that is not loaded is ModelNotFound naming the loaded ones."""
         chosen = name or self.default_name
         model = self.models.get(chosen)
         if model is not None:
-            return model
+            if version is None or version == model.manifest.version:
+                return model
+            pinned = self.versions.get(chosen, {}).get(version)
+            if pinned is not None:
+                return pinned
+            loaded = sorted(self.versions.get(chosen, {}))
+            raise ModelNotFound(f"model {chosen!r} has no loaded version {version}; loaded: {loaded}")
         if chosen in self.failures:
             raise NotReady(f"model {chosen!r} is not available: it failed to load")
         if not self.loaded:
             raise NotReady("models are still loading")
         raise ModelNotFound(f"unknown model {chosen!r}; served models: {sorted(self.models)}")
+
+    def loaded_versions(self) -> dict[str, list[int]]:
+        """Every loaded version of every model, ascending."""
+        return {name: sorted(loaded) for name, loaded in self.versions.items() if loaded}
 
     def readiness(self) -> dict[str, Any]:
         return {
