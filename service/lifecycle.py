@@ -91,7 +91,9 @@ def install_signal_handlers(registry: ModelRegistry, drain_s: float) -> Callable
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+    # Windows has no SIGHUP (AttributeError) and its event loops take no signal handlers
+    # (NotImplementedError): there, new versions are found by the reload poll alone.
+    with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, reload_now)
         undo.append(lambda: loop.remove_signal_handler(signal.SIGHUP))
 
