@@ -3,16 +3,20 @@
 `write_model` writes `<models_dir>/<name>/<version>/{encoder.onnx, decoder.onnx, model.json}` for a linear VAE
 on `image` = (C, H, W): encoder mean = flatten(x) @ W_e, log_var = 0; decoder x = sigmoid(z @ W_d). With
 `overflow=True` both graphs end in Exp instead and have large weights, so inputs inside every limit make
-them overflow to inf: the shape of a real model pushed outside its range.
+them overflow to inf: the shape of a real model pushed outside its range. The `models_dir` and `client`
+fixtures below, imported into a test module, run it on such models without torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from service.manifest import DatasetSpec, GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
@@ -114,3 +118,27 @@ def write_model(
     )
     write_manifest(folder, manifest)
     return folder
+
+
+# --- fixtures: import them into a test module to run it on these models instead of the trained ones --------
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny` (latent 8) and `tiny-2d` (latent 2) on 1x28x28, the names and shapes of the trained fixtures."""
+    root = tmp_path_factory.mktemp("onnx-models")
+    write_model(root, "tiny", latent_dim=8, image=(1, 28, 28))
+    write_model(root, "tiny-2d", latent_dim=2, image=(1, 28, 28))
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(models_dir: Path) -> Iterator[Any]:
+    """A TestClient over `models_dir` whose app has run its lifespan."""
+    from starlette.testclient import TestClient
+
+    from service.config import Settings
+    from service.main import create_app
+
+    with TestClient(create_app(Settings(models_dir=models_dir, provider="cpu"))) as c:
+        yield c

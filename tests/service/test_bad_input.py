@@ -18,12 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx_models
 import pytest
 from PIL import Image
 
 from service.config import Settings
 from service.imaging import encode_png
 from service.main import create_app
+
+# Models built with onnx.helper, not trained: this file needs no torch.
+models_dir, client = onnx_models.models_dir, onnx_models.client
 
 SMALL_BODY = 64 * 1024  # max_body_bytes of the "small" app, for the 413 cases
 

@@ -8,6 +8,7 @@ import logging
 import math
 
 import numpy as np
+import onnx_models
 import onnxruntime as ort
 import pytest
 
@@ -15,6 +16,9 @@ from service.errors import ModelNotFound, NotReady
 from service.inference import ModelRegistry, runtime
 from service.inference.model import draw_prior, kl_to_prior, reconstruction_nll, reparameterize
 from service.manifest import sha256_file
+
+# Models built with onnx.helper, not trained: this file needs no torch.
+models_dir, client = onnx_models.models_dir, onnx_models.client
 
 
 def load(settings) -> ModelRegistry:

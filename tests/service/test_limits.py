@@ -6,10 +6,14 @@ import base64
 import io
 
 import numpy as np
+import onnx_models
 import pytest
 from PIL import Image
 
 from service.imaging import encode_png
+
+# Models built with onnx.helper, not trained: this file needs no torch.
+models_dir, client = onnx_models.models_dir, onnx_models.client
 
 
 def b64(data: bytes) -> str:
