@@ -88,6 +88,14 @@ class Settings(BaseSettings):
         description="Longest gap (seconds) between two reads of a request body while the service waits for "
         "it (408 and close beyond); the request timeout bounds the whole request besides.",
     )
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest the service waits for a client to take more of its response (the write buffer "
+        "full) before dropping the connection, so a client that stops reading cannot hold a connection and "
+        "its buffered response forever.",
+    )
     max_connections: int = Field(
         default=2048,
         ge=16,

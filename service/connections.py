@@ -13,6 +13,9 @@ protocol adds, per connection:
   `header_timeout_s` (408) and `max_header_bytes` (431), checked on every read before the parser sees more;
 - body stall timeout: a body that sends nothing for `body_timeout_s` (while the app is waiting to read it) is
   answered 408 and the connection closed; the app sees a client disconnect;
+- send stall timeout: a client that stops reading its response (the transport's write buffer stays above
+  its high-water mark for `send_timeout_s`) is cut off, so slow readers cannot hold connections (and the
+  responses buffered for them) forever;
 - open-connection cap: at `max_connections` a new connection closes the connection that has been idle the
   longest (nginx does the same with idle keep-alive connections), or, when none is idle, is answered 503
   and closed. With the idle, header and body timeouts every connection that is not idle ends on its own, so
@@ -53,6 +56,7 @@ class ConnectionLimits:
     header_timeout_s: float
     max_header_bytes: int
     body_timeout_s: float
+    send_timeout_s: float
     max_connections: int
 
     @classmethod
@@ -62,6 +66,7 @@ class ConnectionLimits:
             header_timeout_s=settings.header_timeout_s,
             max_header_bytes=settings.max_header_bytes,
             body_timeout_s=settings.body_timeout_s,
+            send_timeout_s=settings.send_timeout_s,
             max_connections=min(settings.max_connections, fd_budget()),
         )
 
@@ -224,6 +229,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._body_pending = False  # headers complete, body not yet
         self._deadline: asyncio.TimerHandle | None = None
+        self._send_deadline: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         self._idle_since = 0.0
 
@@ -247,6 +253,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self._cancel_send_deadline()
         if self._refused:
             return
         self.guard.mark_busy(self)
@@ -306,7 +313,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._idle_since = self.loop.time()
             self.guard.mark_idle(self)
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self.limits.send_timeout_s, self._on_send_timeout)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_send_deadline()
+
     # --- timers ---
+
+    def _cancel_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _on_send_timeout(self) -> None:
+        """The client took nothing of its response for send_timeout_s: drop the connection (the app's
+        pending send returns as for any disconnect) and the buffered bytes with it."""
+        self._send_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.abort()
+        self.guard.note("stopped reading responses")
 
     def _go_idle(self, keep_since: bool = False) -> None:
         now = self.loop.time()

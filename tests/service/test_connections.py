@@ -27,6 +27,7 @@ GUARD = {
     "VAE_HEADER_TIMEOUT_S": "1",
     "VAE_BODY_TIMEOUT_S": "1",
     "VAE_MAX_HEADER_BYTES": "8192",
+    "VAE_SEND_TIMEOUT_S": "1",
 }
 
 
@@ -132,6 +133,31 @@ def test_a_stalled_body_is_dropped_with_408_and_the_server_keeps_serving(server)
     text = log.read_text()
     assert " 499 " in text  # the app saw the client go away, quietly
     assert "Traceback" not in text
+
+
+def test_a_client_that_stops_reading_its_response_is_cut_off(server):
+    url, port, log = server
+    body = json.dumps({"latents": [[0.1, 0.2]] * 4096}).encode()  # 4096 images: 12.8 MB of float32 npy
+    head = (
+        "POST /v1/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Accept: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader that takes almost nothing
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(head.encode() + body)
+        deadline = time.monotonic() + 30
+        while "stopped reading responses" not in log.read_text():  # and we never read
+            assert time.monotonic() < deadline, "the server kept waiting for the reader"
+            time.sleep(0.1)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+    assert received < 4096 * 784 * 4  # cut off before the whole response
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    assert "Traceback" not in log.read_text()
 
 
 def _socket_fds(pid: int) -> int:
