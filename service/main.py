@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service import __version__
+from service import __version__, tracing
 from service.config import Settings
 from service.inference import ModelRegistry
 from service.lifecycle import lifespan
@@ -64,5 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "Accept"],
             expose_headers=["X-Request-ID", "X-Seed", "Retry-After"],
         )
+    if tracing.wanted(settings):
+        tracing.install()  # exporters as the OTEL_* variables say
+    if tracing.active():  # inside the request context, so spans carry the request id
+        app.add_middleware(tracing.TracingMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -12,6 +12,8 @@ one gRPC status (`STATUS_CODES`), its message the same text REST sends.
   here too, and its queued batcher work is dropped before it runs.
 - Tensors: one FP32 input, in `raw_input_contents` (what tritonclient sends) or `contents.fp32_contents`;
   outputs always go back in `raw_output_contents`, as Triton answers.
+- Tracing (when on, see `service.tracing`): a server span `inference.GRPCInferenceService/<method>`, a child
+  of the caller's when its metadata carries a W3C `traceparent`, with the queue and inference spans below it.
 - Metrics: each call is counted in `vae_http_requests` / `vae_http_request_duration_seconds` with route
   `grpc:<method>`, method `GRPC`, and the HTTP status its outcome would have had over REST (200, 4xx, 5xx),
   so one dashboard covers both transports; batch metrics come from the shared batchers.
@@ -28,7 +30,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from service import __version__
+from service import __version__, tracing
 from service.config import Settings
 from service.errors import ErrorType, InvalidInput, NotReady, ServiceError, Timeout, Unauthorized
 from service.grpc import grpc_predict_v2_pb2 as pb
@@ -90,43 +92,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _call(
         self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
     ) -> T:
-        """Authorize, run `work` within the deadline, map errors to statuses, count the call.
+        """Authorize, run `work` within the deadline, map errors to statuses, count and trace the call.
 
         The call is counted before its status goes out, so a client that reads /metrics next sees it.
         """
         started = time.perf_counter()
+        metadata = context.invocation_metadata() or ()
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
+        carrier = {k: v for k, v in metadata if isinstance(v, str)}
+        with tracing.server_span(f"{SERVICE}/{method}", carrier, attributes) as current:
 
-        def count(status: int) -> None:
-            self.metrics.observe_request(f"grpc:{method}", "GRPC", status, time.perf_counter() - started)
+            def count(status: int, code: grpc.StatusCode) -> None:
+                self.metrics.observe_request(f"grpc:{method}", "GRPC", status, time.perf_counter() - started)
+                if current is not None:
+                    current.set_attribute("rpc.grpc.status_code", code.value[0])
 
-        try:
-            offered = _offered_key(context.invocation_metadata()) if self.keys else b""
-            if self.keys and method not in OPEN_METHODS and not key_matches(offered, self.keys):
-                raise Unauthorized()
-            remaining = context.time_remaining()
-            budget = self.settings.request_timeout_s
-            if remaining is not None:
-                budget = min(budget, max(remaining, 0.0))
             try:
-                async with asyncio.timeout(budget):
-                    result = await work()
-            except TimeoutError:
-                raise Timeout(f"the call did not finish within {budget:g} s") from None
-        except ServiceError as exc:
-            count(exc.status)
-            trailers = tuple((k.lower(), v) for k, v in exc.headers.items() if k.lower() == "retry-after")
-            await context.abort(STATUS_CODES[exc.error_type], exc.message, trailing_metadata=trailers)
-            raise AssertionError("unreachable: abort raises") from None
-        except asyncio.CancelledError:
-            count(CLIENT_CLOSED)  # the client cancelled or its deadline passed
-            raise
-        except Exception:
-            count(500)
-            log.exception("unhandled error in gRPC %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the error was logged")
-            raise AssertionError("unreachable: abort raises") from None
-        count(200)
-        return result
+                offered = _offered_key(metadata) if self.keys else b""
+                if self.keys and method not in OPEN_METHODS and not key_matches(offered, self.keys):
+                    raise Unauthorized()
+                remaining = context.time_remaining()
+                budget = self.settings.request_timeout_s
+                if remaining is not None:
+                    budget = min(budget, max(remaining, 0.0))
+                try:
+                    async with asyncio.timeout(budget):
+                        result = await work()
+                except TimeoutError:
+                    raise Timeout(f"the call did not finish within {budget:g} s") from None
+            except ServiceError as exc:
+                code = STATUS_CODES[exc.error_type]
+                count(exc.status, code)
+                trailers = tuple((k.lower(), v) for k, v in exc.headers.items() if k.lower() == "retry-after")
+                await context.abort(code, exc.message, trailing_metadata=trailers)
+                raise AssertionError("unreachable: abort raises") from None
+            except asyncio.CancelledError:
+                count(CLIENT_CLOSED, grpc.StatusCode.CANCELLED)  # the client cancelled or its deadline passed
+                raise
+            except Exception:
+                count(500, grpc.StatusCode.INTERNAL)
+                log.exception("unhandled error in gRPC %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the error was logged")
+                raise AssertionError("unreachable: abort raises") from None
+            count(200, grpc.StatusCode.OK)
+            return result
 
     # --- health and metadata ------------------------------------------------------------------------------
 
@@ -185,7 +194,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             x = _input_array(request, inputs[0], self.settings, images=ref.role == "encoder")
             _bound_response(ref, len(x), [(name, True) for name in wanted], self.settings)
             results = await _run(ref, x, self.settings)
-            return _response(ref, request.id, wanted, results)
+            with tracing.span("vae.encode_protobuf"):
+                return _response(ref, request.id, wanted, results)
 
         return await self._call("ModelInfer", context, work)
 

@@ -41,12 +41,19 @@ log = logging.getLogger(__name__)
 Outputs = tuple[np.ndarray, ...]
 RunFn = Callable[[np.ndarray], Outputs]
 
+# Set by service.tracing while tracing is on: called in the submitting request's context, once per batch its
+# items ran in, with (name, enqueued, started, finished, batch items, its own items); monotonic seconds.
+job_observer: Callable[[str, float, float, float, int, int], None] | None = None
+
 
 @dataclass(eq=False)
 class _Job:
     x: np.ndarray  # (n, ...) with n <= max_batch_size
     future: asyncio.Future[Outputs]
     enqueued: float = field(default_factory=time.monotonic)
+    started: float = 0.0  # the batch's onnxruntime call: start and end, for tracing
+    finished: float = 0.0
+    batch_items: int = 0
 
 
 @dataclass
@@ -138,6 +145,9 @@ class Batcher:
                     job.future.cancel()  # tells the worker to skip what has not run yet
                 elif not job.future.cancelled():
                     job.future.exception()  # mark a sibling chunk's failure as seen
+        if job_observer is not None:
+            for job in jobs:
+                job_observer(self.name, job.enqueued, job.started, job.finished, job.batch_items, len(job.x))
         if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate(rows) for rows in zip(*parts, strict=True))
@@ -247,9 +257,11 @@ class Batcher:
         first = self._seconds_per_item == float("inf")
         self._seconds_per_item = measured if first else 0.8 * self._seconds_per_item + 0.2 * measured
         self._stats.on_batch(len(x), elapsed)
+        finished = time.monotonic()
         offset = 0
         for job in batch:
             n = len(job.x)
+            job.started, job.finished, job.batch_items = finished - elapsed, finished, len(x)
             if not job.future.done():
                 job.future.set_result(tuple(out[offset : offset + n] for out in outputs))
             offset += n

@@ -55,6 +55,7 @@ from service.routes.deps import image_pool_of, registry_of, settings_of
 from service.routes.error_handlers import responses
 from service.routes.requests import JSON, _b64decode, read_payload, validate
 from service.routes.responses import NumpyJSONResponse
+from service.tracing import span
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=DeadlineRoute)
 
@@ -216,7 +217,8 @@ async def create_embeddings(request: Request) -> Response:
     check_response_bytes(response_bytes(floats=len(items) * model.latent_dim), settings)
     try:
         blobs = [_b64decode(text, i) for i, text in enumerate(items)]
-        x = await image_pool_of(request).prepare(blobs, model.manifest.image, settings)  # (N, C, H, W)
+        with span("vae.decode_images", {"vae.images": len(blobs)}):
+            x = await image_pool_of(request).prepare(blobs, model.manifest.image, settings)  # (N, C, H, W)
     except InvalidInput as exc:  # the shared checks name the field `images`; here it is `input`
         if not exc.message.startswith("images"):
             raise

@@ -21,6 +21,7 @@ from service.errors import InvalidInput
 from service.imaging import encode_png, make_grid
 from service.manifest import ImageSpec
 from service.routes.requests import JSON, NPY, PNG
+from service.tracing import span
 
 # Above this many pixels, PNG work moves off the event loop (a thread hop costs ~50 us; encoding a 28x28 PNG
 # costs about as much, so small outputs stay inline).
@@ -33,7 +34,8 @@ class NumpyJSONResponse(Response):
     media_type = JSON
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        with span("vae.encode_json"):
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def negotiate(request: Request, offered: Sequence[str]) -> str:
@@ -81,7 +83,8 @@ def npy_response(arr: np.ndarray, headers: dict[str, str] | None = None) -> Resp
 async def png_picture(images: np.ndarray, spec: ImageSpec, *, columns: int | None = None) -> bytes:
     """One image as PNG bytes, several as one grid."""
     picture = images[0] if len(images) == 1 else make_grid(images, columns=columns)
-    data: bytes = await _maybe_offload(picture.size, encode_png, picture, spec.pixel_range)
+    with span("vae.encode_png", {"vae.images": len(images)}):
+        data: bytes = await _maybe_offload(picture.size, encode_png, picture, spec.pixel_range)
     return data
 
 
@@ -92,7 +95,8 @@ async def png_response(
 
 
 async def png_base64(images: np.ndarray, spec: ImageSpec) -> list[str]:
-    return await _maybe_offload(images.size, _png_base64, images, spec.pixel_range)
+    with span("vae.encode_png", {"vae.images": len(images)}):
+        return await _maybe_offload(images.size, _png_base64, images, spec.pixel_range)
 
 
 def _png_base64(images: np.ndarray, pixel_range: tuple[float, float]) -> list[str]:

@@ -57,6 +57,7 @@ from service.schemas import (
     SampleResponse,
     limit,
 )
+from service.tracing import span
 
 router = APIRouter(prefix="/v1", tags=["inference"], route_class=DeadlineRoute)
 
@@ -96,7 +97,8 @@ async def _images_in(
 ) -> np.ndarray:
     """The request's images as the model's input tensor, checked and decoded on the bounded pool."""
     pool, settings = image_pool_of(request), settings_of(request)
-    return await pool.prepare(payload.images or [], vae.manifest.image, settings, exactly=exactly)
+    with span("vae.decode_images", {"vae.images": len(payload.images or [])}):
+        return await pool.prepare(payload.images or [], vae.manifest.image, settings, exactly=exactly)
 
 
 def _bound_response(settings: Settings, vae: VAEModel, images: int, floats: int) -> None:

@@ -36,7 +36,9 @@ def test_float_and_base64_are_the_posterior_means(client, digit_pngs):
     np.testing.assert_allclose(floats, expected, atol=1e-6)
     assert resp.headers["x-model-version"] == "1"
 
-    resp = client.post("/v1/embeddings", json={"model": "tiny@1", "input": inputs, "encoding_format": "base64"})
+    resp = client.post(
+        "/v1/embeddings", json={"model": "tiny@1", "input": inputs, "encoding_format": "base64"}
+    )
     packed = [base64.b64decode(d["embedding"]) for d in resp.json()["data"]]
     assert all(len(p) == 8 * 4 for p in packed)  # latent_dim float32 values each
     np.testing.assert_array_equal(np.stack([np.frombuffer(p, "<f4") for p in packed]), floats)
