@@ -26,6 +26,8 @@ _NAME_RE = re.compile(NAME_PATTERN.removesuffix("$") + r"\Z")  # `$` would also 
 VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,8}\Z", re.ASCII)
 # A manifest is a few KiB; anything past this is not one, and is refused before it is read.
 MAX_MANIFEST_BYTES = 1024 * 1024
+# Real manifests nest 4 levels (training config, tensor shapes); orjson refuses to write more than 255.
+MAX_MANIFEST_DEPTH = 32
 
 
 class ManifestError(Exception):
@@ -159,6 +161,8 @@ def read_manifest(model_dir: Path) -> Manifest:
         raise ManifestError(f"{path}: manifest nested too deeply") from exc
     except ValueError as exc:  # json.JSONDecodeError
         raise ManifestError(f"{path}: manifest is not JSON ({exc})") from exc
+    if _depth(raw) > MAX_MANIFEST_DEPTH:  # deeper than any real manifest, and than JSON encoders accept
+        raise ManifestError(f"{path}: manifest nested too deeply (more than {MAX_MANIFEST_DEPTH} levels)")
     try:
         manifest = Manifest.model_validate(raw)
     except RecursionError as exc:
@@ -235,6 +239,17 @@ def is_inside(root: Path, path: Path) -> bool:
         return Path(path).resolve().is_relative_to(Path(root).resolve())
     except (OSError, RuntimeError):  # unreadable, or a symlink loop
         return False
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _is_dir(path: Path) -> bool:

@@ -67,6 +67,7 @@ def _zoo(tmp_path: Path) -> Path:
     _bad_manifest(models, "huge", b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}')
     _bad_manifest(models, "deep", b"[" * 200_000 + b"]" * 200_000)
     _bad_manifest(models, "deep-dict", b'{"a":' * 50_000 + b"1" + b"}" * 50_000)
+    _bad_manifest(models, "deep-valid", _deep_but_valid())
     _bad_manifest(models, "latin", '{"name": "caf\u00e9"}'.encode("latin-1"))
     _bad_manifest(models, "garbage", b"{not json")
     _bad_manifest(models, "listed", b"[1, 2, 3]")
@@ -80,10 +81,21 @@ def _zoo(tmp_path: Path) -> Path:
     return models
 
 
+def _deep_but_valid() -> bytes:
+    """A valid manifest whose free-form training config nests 300 levels (JSON parses it; encoders refuse)."""
+    data = json.loads((ROOT / "models" / GOOD / "1" / "model.json").read_text())
+    nested: Any = 1
+    for _ in range(300):
+        nested = {"a": nested}
+    data.update(name="deep-valid", training={"nested": nested})
+    return json.dumps(data).encode()
+
+
 REFUSED = {
     "huge": "manifest larger than 1048576 bytes",
     "deep": "nested too deeply",
     "deep-dict": "nested too deeply",
+    "deep-valid": "nested too deeply (more than 32 levels)",
     "latin": "not UTF-8",
     "garbage": "not JSON",
     "listed": "invalid manifest",
