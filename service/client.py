@@ -1,12 +1,16 @@
 """A small typed client for the VAE service, sync (`VAEClient`) and async (`AsyncVAEClient`), on httpx.
 
     with VAEClient("http://127.0.0.1:8000") as vae:
-        emb = vae.encode_npy([open("digit.png", "rb").read()])       # (1, D) float32 posterior means
-        images = vae.decode(emb)                                      # (1, C, H, W) float32 in [0, 1]
-        sample = vae.sample(16, seed=7)                               # PNGs, latents and the seed
+        emb = vae.embeddings([open("digit.png", "rb").read()], version=1)  # (1, D) float32, pinned to v1
+        images = vae.decode(emb.vectors, version=emb.version)              # (1, C, H, W) float32 in [0, 1]
+        sample = vae.sample(16, seed=7)                                    # PNGs, latents and the seed
 
-Latents travel as `.npy` where the service accepts it (exact float32, no JSON parsing on either side).
-Any 4xx/5xx answer raises `VAEServiceError` carrying the status, the service's `error_type` and message.
+`pip install "vae-service[client]"` is all it needs: importing this module loads httpx and numpy, never
+onnxruntime, FastAPI or the server's code; Pillow is loaded only to turn numpy arrays into PNG uploads.
+Latents travel as `.npy` or little-endian float32 where the service accepts it (exact, no JSON floats).
+`version=` pins a model version (stored embeddings keep their meaning), `label=` asks a conditional model for
+a class; both are sent only when given. Any 4xx/5xx answer raises `VAEServiceError` carrying the status, the
+service's `error_type` and message.
 """
 
 from __future__ import annotations
@@ -19,12 +23,10 @@ from typing import Any, Literal
 
 import httpx
 import numpy as np
-from PIL import Image
-
-from service.imaging import encode_png
 
 NPY = "application/x-npy"
 ImageInput = bytes | np.ndarray
+Label = str | int
 
 
 class VAEServiceError(Exception):
@@ -44,6 +46,14 @@ class EncodeResult:
     log_var: np.ndarray  # (N, D)
     z: np.ndarray | None = None  # (N, D) when sampled
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingsResult:
+    model: str
+    version: int
+    vectors: np.ndarray  # (N, D) float32 posterior means, or (N, dimensions) with `dimensions`
+    dimensions: list[int] | None = None  # the latent indices kept, most informative first
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class InterpolateResult:
 
 def png_to_array(png: bytes) -> np.ndarray:
     """PNG bytes -> float32 (C, H, W) in [0, 1]."""
+    from PIL import Image
+
     with Image.open(io.BytesIO(png)) as img:
         arr = np.asarray(img, dtype=np.float32) / 255.0
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -87,11 +99,15 @@ def _image_bytes(image: ImageInput) -> bytes:
     if isinstance(image, bytes | bytearray):
         return bytes(image)
     arr = np.asarray(image)
-    if arr.dtype == np.uint8:
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        return buf.getvalue()
-    return encode_png(arr[None] if arr.ndim == 2 else arr)
+    if arr.dtype != np.uint8:
+        from service.imaging import encode_png  # the service's own float -> 8-bit rule, loaded on first use
+
+        return encode_png(arr[None] if arr.ndim == 2 else arr)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _files(images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -130,6 +146,10 @@ class _Call:
     kwargs: dict[str, Any]
 
 
+def _query(**fields: Any) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
 class _Calls:
     """Request building and response parsing, shared by the sync and async clients."""
 
@@ -145,8 +165,10 @@ class _Calls:
         raise VAEServiceError(resp.status_code, error_type, message, resp.headers.get("x-request-id"))
 
     @staticmethod
-    def encode(images: Sequence[ImageInput], model: str | None, sample: bool, seed: int | None) -> _Call:
-        data = _form(model=model, sample=sample, seed=seed)
+    def encode(
+        images: Sequence[ImageInput], model: str | None, version: int | None, sample: bool, seed: int | None
+    ) -> _Call:
+        data = _form(model=model, version=version, sample=sample, seed=seed)
         return _Call("POST", "/v1/encode", {"files": _files(images), "data": data})
 
     @staticmethod
@@ -156,17 +178,37 @@ class _Calls:
         return EncodeResult(b["model"], b["version"], _arr(b["mean"]), _arr(b["log_var"]), z, b.get("seed"))
 
     @staticmethod
-    def encode_npy(images: Sequence[ImageInput], model: str | None, output: str) -> _Call:
-        return _Call(
-            "POST",
-            "/v1/encode",
-            {"files": _files(images), "data": _form(model=model), "params": {"output": output},
-             "headers": {"accept": NPY}},
-        )  # fmt: skip
+    def encode_npy(
+        images: Sequence[ImageInput], model: str | None, version: int | None, output: str
+    ) -> _Call:
+        data, params, headers = _form(model=model, version=version), {"output": output}, {"accept": NPY}
+        kwargs = {"files": _files(images), "data": data, "params": params, "headers": headers}
+        return _Call("POST", "/v1/encode", kwargs)
 
     @staticmethod
-    def decode(latents: np.ndarray, model: str | None) -> _Call:
-        params = {"model": model} if model else {}
+    def embeddings(
+        images: Sequence[ImageInput], model: str | None, version: int | None, dimensions: int | None
+    ) -> _Call:
+        if version is not None and model is None:
+            raise ValueError("version= needs model= (the model it is a version of)")
+        ref = f"{model}@{version}" if version is not None else model
+        inputs = [base64.b64encode(_image_bytes(img)).decode("ascii") for img in images]
+        body = _query(model=ref, input=inputs, encoding_format="base64", dimensions=dimensions)
+        return _Call("POST", "/v1/embeddings", {"json": body})
+
+    @staticmethod
+    def parse_embeddings(resp: httpx.Response) -> EmbeddingsResult:
+        b = resp.json()
+        rows = sorted(b["data"], key=lambda d: d["index"])
+        vectors = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in rows])
+        name, _, version = str(b["model"]).rpartition("@")
+        kept = resp.headers.get("x-embedding-dimensions")
+        dims = [int(i) for i in kept.split(",")] if kept else None
+        return EmbeddingsResult(name, int(version), vectors.astype(np.float32), dims)
+
+    @staticmethod
+    def decode(latents: np.ndarray, model: str | None, version: int | None) -> _Call:
+        params = _query(model=model, version=version)
         headers = {"content-type": NPY, "accept": NPY}
         return _Call("POST", "/v1/decode", {"content": _npy(latents), "params": params, "headers": headers})
 
@@ -176,9 +218,16 @@ class _Calls:
         return arr
 
     @staticmethod
-    def sample(n: int, model: str | None, seed: int | None, temperature: float) -> _Call:
-        body = {"n": n, "model": model, "seed": seed, "temperature": temperature}
-        return _Call("POST", "/v1/sample", {"json": {k: v for k, v in body.items() if v is not None}})
+    def sample(
+        n: int,
+        model: str | None,
+        version: int | None,
+        seed: int | None,
+        temperature: float,
+        label: Label | None,
+    ) -> _Call:
+        body = _query(n=n, model=model, version=version, seed=seed, temperature=temperature, label=label)
+        return _Call("POST", "/v1/sample", {"json": body})
 
     @staticmethod
     def parse_sample(resp: httpx.Response) -> SampleResult:
@@ -186,8 +235,9 @@ class _Calls:
         return SampleResult(b["model"], b["version"], _b64s(b["images"]), _arr(b["latents"]), b["seed"])
 
     @staticmethod
-    def reconstruct(images: Sequence[ImageInput], model: str | None) -> _Call:
-        return _Call("POST", "/v1/reconstruct", {"files": _files(images), "data": _form(model=model)})
+    def reconstruct(images: Sequence[ImageInput], model: str | None, version: int | None) -> _Call:
+        data = _form(model=model, version=version)
+        return _Call("POST", "/v1/reconstruct", {"files": _files(images), "data": data})
 
     @staticmethod
     def parse_reconstruct(resp: httpx.Response) -> ReconstructResult:
@@ -204,16 +254,17 @@ class _Calls:
         steps: int,
         method: str,
         model: str | None,
+        version: int | None,
     ) -> _Call:
         if (images is None) == (latents is None):
             raise ValueError("give either two images or two latents")
         if latents is not None:
-            body = {"latents": _arr(latents).tolist(), "steps": steps, "method": method, "model": model}
-            return _Call(
-                "POST", "/v1/interpolate", {"json": {k: v for k, v in body.items() if v is not None}}
+            body = _query(
+                latents=_arr(latents).tolist(), steps=steps, method=method, model=model, version=version
             )
+            return _Call("POST", "/v1/interpolate", {"json": body})
         assert images is not None
-        data = _form(steps=steps, method=method, model=model)
+        data = _form(steps=steps, method=method, model=model, version=version)
         return _Call("POST", "/v1/interpolate", {"files": _files(images), "data": data})
 
     @staticmethod
@@ -224,8 +275,8 @@ class _Calls:
         )
 
     @staticmethod
-    def manifold(model: str | None, size: int) -> _Call:
-        params: dict[str, Any] = {"size": size, **({"model": model} if model else {})}
+    def manifold(model: str | None, version: int | None, size: int) -> _Call:
+        params = _query(size=size, model=model, version=version)
         return _Call("GET", "/v1/manifold", {"params": params, "headers": {"accept": "image/png"}})
 
 
@@ -233,7 +284,10 @@ Method = Literal["lerp", "slerp"]
 
 
 class VAEClient:
-    """Blocking client. `api_key` is sent as a bearer token; extra keyword arguments go to httpx.Client."""
+    """Blocking client. `api_key` is sent as a bearer token; extra keyword arguments go to httpx.Client.
+
+    `model=None` is the service's default model; `version=None` the newest loaded version of it.
+    """
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0, **kwargs: Any):
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -270,27 +324,56 @@ class VAEClient:
         images: Sequence[ImageInput],
         *,
         model: str | None = None,
+        version: int | None = None,
         sample: bool = False,
         seed: int | None = None,
     ) -> EncodeResult:
-        return _Calls.parse_encode(self._send(_Calls.encode(images, model, sample, seed)))
+        return _Calls.parse_encode(self._send(_Calls.encode(images, model, version, sample, seed)))
 
     def encode_npy(
-        self, images: Sequence[ImageInput], *, model: str | None = None, output: str = "mean"
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        output: str = "mean",
     ) -> np.ndarray:
-        return _Calls.parse_npy(self._send(_Calls.encode_npy(images, model, output)))
+        return _Calls.parse_npy(self._send(_Calls.encode_npy(images, model, version, output)))
 
-    def decode(self, latents: np.ndarray, *, model: str | None = None) -> np.ndarray:
+    def embeddings(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        dimensions: int | None = None,
+    ) -> EmbeddingsResult:
+        """Posterior means via /v1/embeddings (exact float32); `dimensions` keeps the most informative."""
+        return _Calls.parse_embeddings(self._send(_Calls.embeddings(images, model, version, dimensions)))
+
+    def decode(
+        self, latents: np.ndarray, *, model: str | None = None, version: int | None = None
+    ) -> np.ndarray:
         """(N, D) latents -> float32 (N, C, H, W) images in [0, 1]."""
-        return _Calls.parse_npy(self._send(_Calls.decode(latents, model)))
+        return _Calls.parse_npy(self._send(_Calls.decode(latents, model, version)))
 
     def sample(
-        self, n: int = 1, *, model: str | None = None, seed: int | None = None, temperature: float = 1.0
+        self,
+        n: int = 1,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        label: Label | None = None,
     ) -> SampleResult:
-        return _Calls.parse_sample(self._send(_Calls.sample(n, model, seed, temperature)))
+        """`label`: a class of a conditional model (when the server and model support it)."""
+        return _Calls.parse_sample(self._send(_Calls.sample(n, model, version, seed, temperature, label)))
 
-    def reconstruct(self, images: Sequence[ImageInput], *, model: str | None = None) -> ReconstructResult:
-        return _Calls.parse_reconstruct(self._send(_Calls.reconstruct(images, model)))
+    def reconstruct(
+        self, images: Sequence[ImageInput], *, model: str | None = None, version: int | None = None
+    ) -> ReconstructResult:
+        return _Calls.parse_reconstruct(self._send(_Calls.reconstruct(images, model, version)))
 
     def interpolate(
         self,
@@ -300,13 +383,14 @@ class VAEClient:
         steps: int = 8,
         method: Method = "lerp",
         model: str | None = None,
+        version: int | None = None,
     ) -> InterpolateResult:
-        call = _Calls.interpolate(images, latents, steps, method, model)
+        call = _Calls.interpolate(images, latents, steps, method, model, version)
         return _Calls.parse_interpolate(self._send(call))
 
-    def manifold(self, *, model: str | None = None, size: int = 20) -> bytes:
+    def manifold(self, *, model: str | None = None, version: int | None = None, size: int = 20) -> bytes:
         """The manifold grid as PNG bytes."""
-        return self._send(_Calls.manifold(model, size)).content
+        return self._send(_Calls.manifold(model, version, size)).content
 
 
 class AsyncVAEClient:
@@ -347,28 +431,55 @@ class AsyncVAEClient:
         images: Sequence[ImageInput],
         *,
         model: str | None = None,
+        version: int | None = None,
         sample: bool = False,
         seed: int | None = None,
     ) -> EncodeResult:
-        return _Calls.parse_encode(await self._send(_Calls.encode(images, model, sample, seed)))
+        return _Calls.parse_encode(await self._send(_Calls.encode(images, model, version, sample, seed)))
 
     async def encode_npy(
-        self, images: Sequence[ImageInput], *, model: str | None = None, output: str = "mean"
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        output: str = "mean",
     ) -> np.ndarray:
-        return _Calls.parse_npy(await self._send(_Calls.encode_npy(images, model, output)))
+        return _Calls.parse_npy(await self._send(_Calls.encode_npy(images, model, version, output)))
 
-    async def decode(self, latents: np.ndarray, *, model: str | None = None) -> np.ndarray:
-        return _Calls.parse_npy(await self._send(_Calls.decode(latents, model)))
+    async def embeddings(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        dimensions: int | None = None,
+    ) -> EmbeddingsResult:
+        call = _Calls.embeddings(images, model, version, dimensions)
+        return _Calls.parse_embeddings(await self._send(call))
+
+    async def decode(
+        self, latents: np.ndarray, *, model: str | None = None, version: int | None = None
+    ) -> np.ndarray:
+        return _Calls.parse_npy(await self._send(_Calls.decode(latents, model, version)))
 
     async def sample(
-        self, n: int = 1, *, model: str | None = None, seed: int | None = None, temperature: float = 1.0
+        self,
+        n: int = 1,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        label: Label | None = None,
     ) -> SampleResult:
-        return _Calls.parse_sample(await self._send(_Calls.sample(n, model, seed, temperature)))
+        call = _Calls.sample(n, model, version, seed, temperature, label)
+        return _Calls.parse_sample(await self._send(call))
 
     async def reconstruct(
-        self, images: Sequence[ImageInput], *, model: str | None = None
+        self, images: Sequence[ImageInput], *, model: str | None = None, version: int | None = None
     ) -> ReconstructResult:
-        return _Calls.parse_reconstruct(await self._send(_Calls.reconstruct(images, model)))
+        return _Calls.parse_reconstruct(await self._send(_Calls.reconstruct(images, model, version)))
 
     async def interpolate(
         self,
@@ -378,9 +489,12 @@ class AsyncVAEClient:
         steps: int = 8,
         method: Method = "lerp",
         model: str | None = None,
+        version: int | None = None,
     ) -> InterpolateResult:
-        call = _Calls.interpolate(images, latents, steps, method, model)
+        call = _Calls.interpolate(images, latents, steps, method, model, version)
         return _Calls.parse_interpolate(await self._send(call))
 
-    async def manifold(self, *, model: str | None = None, size: int = 20) -> bytes:
-        return (await self._send(_Calls.manifold(model, size))).content
+    async def manifold(
+        self, *, model: str | None = None, version: int | None = None, size: int = 20
+    ) -> bytes:
+        return (await self._send(_Calls.manifold(model, version, size))).content

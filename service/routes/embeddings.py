@@ -17,7 +17,8 @@ then encoded), highest first, KLs rounded to 1e-3 nats with ties broken by index
 dimensions have KL near 0 and come last. No data set is needed at serving time, and the same model version
 always gives the same order. The kept indices are sent in the `X-Embedding-Dimensions` header.
 
-`model` names a model and may pin its version: `mnist` (the newest loaded) or `mnist@1`. A version that is
+`model` names a model (omitted: the default model) and may pin its version: `mnist` (the newest loaded) or
+`mnist@1`. A version that is
 not loaded is a 404 naming the loaded ones. The response's `model` is always `name@version`, the version that
 answered (also in `X-Model-Version`).
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import re
 import weakref
 from typing import Any, Literal
@@ -71,9 +71,10 @@ _MODEL_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63}?)(?:@(?P<version>[
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(
-        ...,
-        description="Model name, optionally pinned to a version: `mnist` or `mnist@1`.",
+    model: str | None = Field(
+        None,
+        description="Model name, optionally pinned to a version: `mnist` or `mnist@1`; omitted (OpenAI "
+        "requires it, we do not): the default model.",
         examples=["mnist", "mnist@1"],
     )
     input: str | list[str] = Field(
@@ -126,21 +127,10 @@ def parse_model_ref(ref: str) -> tuple[str, int | None]:
     return match["name"], int(version) if version is not None else None
 
 
-def resolve(registry: ModelRegistry, name: str, version: int | None) -> VAEModel:
-    """The loaded model `name` at `version` (None: the newest loaded), or 404 naming the loaded versions."""
-    if _pins_versions(registry):  # a registry keeping several versions answers get(name, version) itself
-        pinned: VAEModel = registry.get(name, version)  # type: ignore[call-arg,unused-ignore]
-        return pinned
-    model = registry.get(name)
-    if version is not None and version != model.manifest.version:
-        raise ModelNotFound(
-            f"model {name!r} has no loaded version {version}; loaded: [{model.manifest.version}]"
-        )
-    return model
-
-
-def _pins_versions(registry: ModelRegistry) -> bool:
-    return "version" in inspect.signature(registry.get).parameters
+def resolve(registry: ModelRegistry, name: str | None, version: int | None) -> VAEModel:
+    """The loaded model `name` (None: the default) at `version` (None: the newest loaded), or 404 naming
+    the loaded versions."""
+    return registry.get(name, version)
 
 
 # Per loaded model version, computed on first use; a retired version's entry goes with it.
@@ -206,7 +196,7 @@ async def create_embeddings(request: Request) -> Response:
     if payload.images is not None or payload.latents is not None:
         raise InvalidInput("send images as 'input' (OpenAI's embeddings shape), not 'images' or 'latents'")
     opts = validate(EmbeddingsRequest, payload.fields)
-    name, version = parse_model_ref(opts.model)
+    name, version = parse_model_ref(opts.model) if opts.model is not None else (None, None)
     model = resolve(registry, name, version)
     if opts.dimensions is not None and opts.dimensions > model.latent_dim:
         raise InvalidInput(f"dimensions: at most the model's latent_dim, {model.latent_dim}")

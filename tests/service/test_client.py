@@ -69,3 +69,53 @@ def test_async_client_with_concurrent_calls_and_api_key(models_dir, settings_for
     assert decoded.shape == (2, 1, 28, 28)
     assert models["default_model"] == "tiny"
     assert error.status == 401 and error.error_type == "unauthorized"
+
+
+def test_embeddings_with_version_pinning_and_dimensions(models_dir, settings_for, live, digit_pngs):
+    with live(settings_for(models_dir)) as url, VAEClient(url) as vae:
+        means = vae.encode(digit_pngs[:3]).mean
+        emb = vae.embeddings(digit_pngs[:3])  # the default model, newest version
+        assert (emb.model, emb.version, emb.dimensions) == ("tiny", 1, None)
+        np.testing.assert_array_equal(emb.vectors, means)  # float32 bytes on the wire: exact
+        pinned = vae.embeddings(digit_pngs[:3], model="tiny", version=1, dimensions=3)
+        assert pinned.vectors.shape == (3, 3) and pinned.dimensions is not None
+        np.testing.assert_array_equal(pinned.vectors, means[:, pinned.dimensions])
+        with pytest.raises(VAEServiceError) as info:
+            vae.embeddings(digit_pngs[:1], model="tiny", version=2)
+        assert info.value.status == 404 and "loaded: [1]" in info.value.message
+        with pytest.raises(ValueError, match="version= needs model="):
+            vae.embeddings(digit_pngs[:1], version=1)
+
+
+def test_version_and_label_are_sent_only_when_given():
+    from service.client import _Calls
+
+    z = np.zeros((1, 8), np.float32)
+    assert _Calls.decode(z, None, None).kwargs["params"] == {}
+    assert _Calls.decode(z, "tiny", 2).kwargs["params"] == {"model": "tiny", "version": 2}
+    assert _Calls.sample(4, None, None, 7, 1.0, None).kwargs["json"] == {
+        "n": 4,
+        "seed": 7,
+        "temperature": 1.0,
+    }
+    body = _Calls.sample(4, "faces", 3, None, 0.5, "smiling").kwargs["json"]
+    assert body == {"n": 4, "model": "faces", "version": 3, "temperature": 0.5, "label": "smiling"}
+    assert _Calls.encode([b"png"], "tiny", 1, False, None).kwargs["data"] == {
+        "model": "tiny", "version": "1", "sample": "false"
+    }  # fmt: skip
+    assert _Calls.manifold("tiny-2d", 1, 5).kwargs["params"] == {"size": 5, "model": "tiny-2d", "version": 1}
+    assert _Calls.embeddings([b"png"], "tiny", 4, None).kwargs["json"]["model"] == "tiny@4"
+
+
+def test_importing_the_client_loads_no_server_code():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, service.client\n"
+        "heavy = ('onnxruntime', 'fastapi', 'starlette', 'uvicorn', 'grpc', 'PIL', 'pydantic',\n"
+        "         'service.inference', 'service.imaging')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -96,7 +96,7 @@ def test_dimension_order_is_the_reference_sets_kl(app_runner, settings_for, mode
         ({"model": "missing", "input": "x"}, 404, "model_not_found", "missing"),
         ({"model": "tiny@7", "input": "x"}, 404, "model_not_found", "loaded: [1]"),
         ({"model": "Tiny!", "input": "x"}, 422, "invalid_input", "model"),
-        ({"input": "x"}, 422, "invalid_input", "model"),
+        ({"model": "", "input": "x"}, 422, "invalid_input", "model"),
         ({"model": "tiny", "input": [1, 2, 3]}, 422, "invalid_input", "input"),
         ({"model": "tiny", "input": []}, 422, "invalid_input", "at least one"),
         ({"model": "tiny", "input": "not base64!"}, 422, "invalid_input", "base64"),
