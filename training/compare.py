@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.config import TrainConfig
+from training.config import Dataset, TrainConfig
 from training.data import ImageDataset, load_dataset, to_float
 from training.pca import fit_pca
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 SHOWN = 8  # test images per dataset in the figure
 
 
-def base_config(dataset: str, latent_dim: int, epochs: int, data_dir: str, threads: int) -> TrainConfig:
+def base_config(dataset: Dataset, latent_dim: int, epochs: int, data_dir: str, threads: int) -> TrainConfig:
     """The same conv network, optimiser and budget for the autoencoder and the VAE of one dataset."""
     return TrainConfig(
         dataset=dataset,

