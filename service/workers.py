@@ -21,7 +21,6 @@ its models), and SIGTERM to the parent is sent on to every worker, which drains 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import json
 import logging
@@ -150,6 +149,10 @@ def _claim_slot(n: int) -> int | None:
     global _slot_lock
     root = os.environ.get(MULTIPROC_ENV)
     if not root:
+        return None
+    try:
+        import fcntl  # POSIX only; on Windows workers go without slots rather than failing to start
+    except ImportError:
         return None
     for slot in range(n):
         handle = open(Path(root) / f"slot-{slot}.lock", "a+")  # noqa: SIM115 - kept open while the worker lives
