@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         # each worker reads them from the same VAE_* environment.
         http=GuardedHttpToolsProtocol,
         timeout_keep_alive=settings.idle_timeout_s,
+        ws="none",  # no WebSocket routes: an Upgrade request never reaches a protocol without these limits
     )
     if plan.workers > 1:
         from service.workers import run_workers

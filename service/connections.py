@@ -286,6 +286,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
         self.guard.note("malformed requests (400)")
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # WebSockets are off (no route uses them); the request is answered as plain HTTP. Counted in the
+        # rate-limited line rather than uvicorn's two warnings per request.
+        self.guard.note("upgrade requests answered as HTTP")
+
     # --- parser callbacks ---
 
     def on_message_begin(self) -> None:

@@ -160,6 +160,19 @@ def test_a_client_that_stops_reading_its_response_is_cut_off(server):
     assert "Traceback" not in log.read_text()
 
 
+def test_an_upgrade_request_is_answered_as_http(server):
+    _, port, log = server
+    with _connect(port) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        response = _read_all(sock)
+    assert response.startswith(b"HTTP/1.1 200") and b'{"status":"ok"}' in response
+    text = log.read_text()
+    assert "upgrade requests answered as HTTP" in text and "Unsupported upgrade" not in text
+
+
 def _socket_fds(pid: int) -> int:
     fds = Path(f"/proc/{pid}/fd")
     count = 0
