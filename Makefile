@@ -38,7 +38,7 @@ $(ORT_STAMP): $(BIN)/python
 # removed and the chosen one installed alone (one overwriting the other's files would break both).
 define one_onnxruntime
 	@if $(BIN)/python -m pip show -q onnxruntime 2>/dev/null && $(BIN)/python -m pip show -q onnxruntime-gpu 2>/dev/null; then \
-		echo "ORT=$(ORT): replacing the other onnxruntime build"; \
+		echo "ORT=$(or $(ORT),platform): replacing the other onnxruntime build"; \
 		$(BIN)/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu && $(PIP) -e ".[$(1)]"; \
 	fi
 endef
