@@ -12,6 +12,7 @@ asked and a failure there is reported as a fallback (runtime.Graph).
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import functools
 import platform
 import sys
@@ -58,6 +59,10 @@ def _library_names(windows: bool, cuda: str) -> list[tuple[str, tuple[str, ...]]
 
 
 def _loads(name: str) -> bool:
+    if sys.platform == "win32":
+        # ctypes.CDLL no longer searches PATH on Windows, where the CUDA installer puts its DLLs and where
+        # onnxruntime looks; find_library does search it.
+        return ctypes.util.find_library(name) is not None
     try:
         ctypes.CDLL(name)
     except OSError:
