@@ -222,7 +222,12 @@ def list_model_names(models_dir: Path) -> list[str]:
         entries = list(Path(models_dir).iterdir())
     except OSError:
         return []
-    return sorted(p.name for p in entries if _NAME_RE.match(p.name) and _is_dir(p))
+    return sorted(p.name for p in entries if is_model_name(p.name) and _is_dir(p))
+
+
+def is_model_name(name: str) -> bool:
+    """Whether `name` is a valid model name (and so a plain folder name: no separators, no `..`)."""
+    return bool(_NAME_RE.match(name))
 
 
 def model_dir(models_dir: Path, name: str, version: int | None = None) -> Path:

@@ -50,6 +50,7 @@ from service.manifest import (
     MANIFEST_FILE,
     ManifestError,
     is_inside,
+    is_model_name,
     list_model_names,
     list_versions,
     verify_model_dir,
@@ -97,7 +98,11 @@ class ModelRegistry:
         # Threads start only when needed: a generous cap costs nothing and leaves room for models found later.
         self._executor = ThreadPoolExecutor(max(16, 4 * len(self.names)), thread_name_prefix="onnxruntime")
         for name in self.names:
-            self._load_initial(name)
+            if is_model_name(name):
+                self._load_initial(name)
+            else:  # a configured name that is no folder name (e.g. '../x'): never joined to a path
+                self._fail(name, "not a model name (lowercase letters, digits, '.', '_', '-'; at most 64)")
+        self.names = [name for name in self.names if is_model_name(name)]
         self.loaded = True
         if self.models and self.default_name not in self.models:
             log.error("default model %r is not loaded", self.default_name)

@@ -138,6 +138,20 @@ def test_follow_symlinks_serves_a_linked_version(tmp_path):
         asyncio.run(registry.close())
 
 
+def test_a_configured_name_that_is_no_folder_name_is_refused(tmp_path):
+    models = tmp_path / "models"
+    _copy_version(models, GOOD, 1)
+    _copy_version(tmp_path, "escaped", 1)  # beside models/, reachable only as '../escaped'
+    registry = ModelRegistry(_settings(models, models=[GOOD, "../escaped", "Bad\nName"]))
+    registry.load()
+    try:
+        assert list(registry.models) == [GOOD] and registry.names == [GOOD]
+        assert sorted(registry.failures) == ["../escaped", "Bad\nName"]
+        assert "not a model name" in registry.failures["../escaped"]
+    finally:
+        asyncio.run(registry.close())
+
+
 def _ready_body(url: str) -> dict[str, Any] | None:
     r = httpx.get(f"{url}/readyz", timeout=2)
     body = r.json()
