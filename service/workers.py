@@ -2,11 +2,13 @@
 
 The default uses the machine it is on:
 
-- CPU host: one worker process per usable core, each with one onnxruntime intra-op thread. Measured on a
-  2-core host (docs/benchmarks.md): 2 workers x 1 thread served ~1.6-1.9x the requests/s of 1 worker x 2
-  threads at 64 connections with a lower p99, and the same p50 for a lone client. A 28x28 decode is too small
-  for two threads to split one call profitably, while the per-request HTTP, JSON and PNG work runs in Python,
-  one core per process; a second process is the only way to use the second core for that work.
+- CPU host: one worker process per usable core, each with up to two onnxruntime intra-op threads (idle
+  pool threads sleep: sessions are created with spinning off). The request's HTTP, JSON and PNG work runs in
+  Python, one core per process, so only processes use every core for it; a second intra-op thread lets a lone
+  request's decode use an idle second core. Measured on the 2-core host with every target alternating
+  (docs/benchmarks.md), 5 rounds: at 64 connections 2 workers x 2 threads served 2,293 req/s (p99 84 ms)
+  against 1,704 (133 ms) for 2 x 1 and 1,593 (95 ms) for 1 x 2; for a lone client its p50 (1.09 ms) matched
+  1 x 2 (1.06 ms). The host was shared (load average ~7), which favours more threads somewhat.
 - GPU host: one process per GPU (each pinned to its device with CUDA_VISIBLE_DEVICES), since one process
   keeps a GPU busy through batching, and every extra process would hold its own CUDA context and arena.
 
@@ -98,16 +100,19 @@ def choose(
             "more would each hold a CUDA context)"
         )
         return Plan(gpus, threads, "cuda", why)
-    threads = intra_op_threads if intra_op_threads is not None else 1
-    # 0 threads is onnxruntime's own default, every core for one session: then one process.
-    chosen = 1 if threads == 0 else max(1, cores // threads)
-    why = (
-        f"CPU host with {cores} usable core(s): {chosen} worker process(es) x {threads} onnxruntime "
-        "thread(s) "
-        "(the HTTP, JSON and PNG work of a request runs in Python, one core per process; a small decode "
-        "gains nothing from a second thread)"
-    )
-    return Plan(chosen, threads, "cpu", why)
+    if intra_op_threads is None:
+        threads, chosen = min(2, cores), cores
+        why = (
+            f"CPU host with {cores} usable core(s): {chosen} worker process(es) x {threads} onnxruntime "
+            "thread(s) (a request's HTTP, JSON and PNG work runs in Python, one core per process; a second "
+            "intra-op thread lets a lone request's decode use an idle core)"
+        )
+        return Plan(chosen, threads, "cpu", why)
+    # VAE_INTRA_OP_THREADS given: fill the cores with workers of that many threads (0 is onnxruntime's own
+    # default, every core for one session: then one process).
+    chosen = 1 if intra_op_threads == 0 else max(1, cores // intra_op_threads)
+    why = f"VAE_INTRA_OP_THREADS={intra_op_threads} given on {cores} core(s): {chosen} worker process(es)"
+    return Plan(chosen, intra_op_threads, "cpu", why)
 
 
 # --- inside each worker ------------------------------------------------------------------------------------
