@@ -29,7 +29,6 @@ from packaging.utils import canonicalize_name
 
 from deploycheck import ROOT
 from deploycheck.requirements import (
-    CONSTRAINTS,
     PLATFORMS,
     PYPROJECT,
     PYTHON,
@@ -117,7 +116,7 @@ def cache_key(platform: Platform, extras: tuple[str, ...]) -> str:
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     wanted = [project["name"], project.get("dependencies"), project.get("optional-dependencies")]
     h = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode())
-    h.update(CONSTRAINTS.read_bytes())
+    h.update(json.dumps(sorted(read_constraints().items())).encode())  # the pins, not the comments
     h.update(f"{platform}|{','.join(extras)}|{PYTHON}".encode())
     return h.hexdigest()[:20]
 
