@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service.priors import MAX_COMPONENTS, PRIOR_KINDS
+
 MANIFEST_FILE = "model.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -71,6 +73,32 @@ class DatasetSpec(_Strict):
     test_examples: int = Field(ge=0)
 
 
+class PriorSpec(_Strict):
+    """A prior other than N(0, I); a manifest without `prior` means N(0, I), as every older manifest does.
+
+    mixture_of_gaussians: a diagonal Gaussian mixture of `components` components whose means, log-variances
+    and weights are in `file` (a float32 .npy array (K, 2 latent_dim + 1), layout in `service/priors.py`).
+    A kind this service does not know refuses the model: sampling it as anything else would be wrong.
+    """
+
+    kind: Literal["mixture_of_gaussians"]
+    components: int = Field(ge=1, le=MAX_COMPONENTS)
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # How the mixture was made, e.g. the VampPrior's encoder at its learned pseudo-inputs.
+    source: str = ""
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, value: object) -> object:
+        if value not in PRIOR_KINDS:
+            raise ValueError(
+                f"unknown prior kind {value!r}: this service samples only {', '.join(PRIOR_KINDS)} "
+                "(and N(0, I) when the manifest has no prior); upgrade the service to serve this model"
+            )
+        return value
+
+
 class Metrics(_Strict):
     """Test-set numbers measured by `training.evaluate`, in nats per image (lower is better)."""
 
@@ -99,6 +127,7 @@ class Manifest(_Strict):
     gaussian_sigma: float | None = Field(default=None, gt=0)
     encoder: GraphSpec
     decoder: GraphSpec
+    prior: PriorSpec | None = None  # None: N(0, I)
     training: dict[str, Any]
     dataset: DatasetSpec
     metrics: Metrics | None = None
@@ -183,13 +212,19 @@ def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
 
 
 def verify_model_dir(model_dir: Path) -> Manifest:
-    """Read the manifest and check each graph file exists and matches its sha256."""
+    """Read the manifest and check each graph file (and a prior's parameter file) exists and matches its
+    sha256."""
     manifest = read_manifest(model_dir)
-    for role in ("encoder", "decoder"):
-        graph: GraphSpec = getattr(manifest, role)
+    hashed: list[tuple[str, GraphSpec | PriorSpec]] = [
+        ("encoder graph", manifest.encoder),
+        ("decoder graph", manifest.decoder),
+    ]
+    if manifest.prior is not None:
+        hashed.append(("prior parameter file", manifest.prior))
+    for what, graph in hashed:
         path = Path(model_dir) / graph.file
         if path.name != graph.file or not path.is_file():
-            raise ManifestError(f"{path}: {role} graph missing")
+            raise ManifestError(f"{path}: {what} missing")
         actual = sha256_file(path)
         if actual != graph.sha256:
             raise ManifestError(

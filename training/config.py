@@ -15,8 +15,9 @@ from typing import Any, Literal
 Dataset = Literal["mnist", "fashion", "emoji", "idx", "folder"]
 Arch = Literal["mlp", "conv"]
 Activation = Literal["relu", "elu", "tanh", "gelu"]
-Likelihood = Literal["bernoulli", "gaussian"]
+Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic"]
 Objective = Literal["elbo", "iwae"]
+Prior = Literal["standard", "vamp"]
 LrSchedule = Literal["none", "cosine"]
 Device = Literal["cpu", "cuda", "auto"]
 Channels = Literal[1, 3]
@@ -37,9 +38,9 @@ class TrainConfig:
     )
     data_dir: str = option("data", "where the MNIST cache lives, or the IDX / image folder itself")
     image_size: int = option(
-        32, "folder datasets only: the square side images are centre-cropped and resized to"
+        32, "folder and emoji datasets: the square side images are centre-cropped and resized to"
     )
-    channels: Channels = option(3, "folder datasets only: 1 (grayscale) or 3 (RGB)")
+    channels: Channels = option(3, "folder datasets only: 1 (grayscale) or 3 (RGB); emoji are RGB")
     binarize: bool = option(
         False, "dynamic binarization (a fresh Bernoulli draw per batch), the likelihood papers' MNIST"
     )
@@ -62,10 +63,14 @@ class TrainConfig:
 
     # --- likelihood and objective ---
     likelihood: Likelihood = option(
-        "bernoulli", "bernoulli (BCE, pixels in [0,1]) or gaussian (MSE with a fixed sigma)"
+        "bernoulli",
+        "bernoulli (BCE on [0,1]), gaussian (MSE, fixed sigma) or discretized_logistic (8-bit bits/dim)",
     )
     gaussian_sigma: float = option(
         0.1, "std of p(x|z) for gaussian; 0.1 on [0,1] pixels keeps samples sharp yet smooth"
+    )
+    mixture_components: int = option(
+        5, "discretized_logistic: logistics per pixel (PixelCNN++ uses 10; 5 cover an edge pixel's colours)"
     )
     beta: float = option(1.0, "weight on KL; 1 is the true ELBO, other values give beta-VAE trade-offs")
     kl_warmup_epochs: float = option(
@@ -73,6 +78,12 @@ class TrainConfig:
     )
     objective: Objective = option("elbo", "elbo, or iwae (importance-weighted bound, Burda et al. 2016)")
     train_k: int = option(1, "samples per image for the objective; iwae needs k > 1 to differ from the ELBO")
+    prior: Prior = option(
+        "standard",
+        "standard (N(0, I)) or vamp (Tomczak and Welling 2018: a uniform mixture of the encoder's posteriors "
+        "at learned pseudo-inputs; the KL term becomes a one-sample estimate)",
+    )
+    vamp_components: int = option(500, "vamp only: the number of pseudo-inputs; Tomczak and Welling use 500")
 
     # --- optimisation ---
     epochs: int = option(10, "pytorch/examples' default")
@@ -129,14 +140,24 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 listed = ", ".join(str(a) for a in allowed)
                 raise ValueError(f"{name} must be one of {listed}, not {getattr(self, name)!r}")
-        positive = ("latent_dim", "epochs", "batch_size", "train_k", "eval_every", "eval_batch_size")
-        for key in positive:
+        positive = (
+            "latent_dim",
+            "epochs",
+            "batch_size",
+            "train_k",
+            "eval_every",
+            "eval_batch_size",
+            "mixture_components",
+        )
+        for key in (*positive, "vamp_components"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1")
         if self.lr <= 0 or self.gaussian_sigma <= 0 or self.beta < 0:
             raise ValueError("lr and gaussian_sigma must be > 0 and beta >= 0")
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0 (0 turns clipping off)")
+        if self.prior != "standard" and not self.variational:
+            raise ValueError(f"the {self.prior} prior needs a variational model")
         if self.objective == "iwae" and not self.variational:
             raise ValueError("the iwae objective needs a variational model")
         return self

@@ -32,12 +32,14 @@ from service.manifest import (
     ImageSpec,
     Manifest,
     Metrics,
+    PriorSpec,
     TensorSpec,
     latest_version,
     sha256_file,
     verify_model_dir,
     write_manifest,
 )
+from service.priors import MIXTURE_KIND, PRIOR_FILE, MixturePrior, read_mixture, write_mixture
 from training.data import ImageDataset
 from training.errors import ExportError
 from training.models import VAE
@@ -305,7 +307,8 @@ def _assemble(
     _export_graph(EncoderGraph(vae).eval(), torch.zeros(2, c, h, w), "x", ["mean", "log_var"], enc_path)
     _export_graph(DecoderGraph(vae).eval(), torch.zeros(2, vae.latent_dim), "z", ["x"], dec_path)
     parity = check_parity(vae, enc_path, dec_path, real_images)
-    _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE)
+    prior_spec, prior = _export_prior(vae, staging, enc_path, parity)
+    _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE, prior)
     latent = ["batch", vae.latent_dim]
     image = ["batch", c, h, w]
     manifest = Manifest(
@@ -329,6 +332,7 @@ def _assemble(
             inputs=[TensorSpec(name="z", shape=latent)],  # type: ignore[arg-type]
             outputs=[TensorSpec(name="x", shape=image)],  # type: ignore[arg-type]
         ),
+        prior=prior_spec,
         training=training_config if training_config is not None else vae.config.to_dict(),
         dataset=dataset,
         metrics=metrics,
@@ -378,6 +382,38 @@ def check_finite_metrics(metrics: Metrics) -> None:
         raise ExportError(f"non-finite test metrics ({', '.join(f'{k}={values[k]}' for k in bad)})")
 
 
+@torch.no_grad()
+def _export_prior(
+    vae: VAE, staging: Path, encoder_path: Path, parity: dict[str, float]
+) -> tuple[PriorSpec | None, MixturePrior | None]:
+    """A learned prior as the service's diagonal Gaussian mixture file: the encoder's posteriors at the
+    pseudo-inputs, computed here once. The exported encoder must give the same components (recorded in
+    `parity` as prior_max_abs_diff), so the file agrees with the graph the service runs."""
+    from training.priors import prior_components
+
+    components = prior_components(vae)
+    if components is None or vae.prior is None:
+        return None, None
+    means, log_vars, log_weights = (t.cpu().numpy() for t in components)
+    pseudo = np.ascontiguousarray(vae.prior.inputs().cpu().numpy(), dtype=np.float32)
+    onnx_mean, onnx_log_var = _ort_session(encoder_path).run(None, {"x": pseudo})
+    diff = max(_max_abs_diff("prior means", onnx_mean, means), _max_abs_diff("prior", onnx_log_var, log_vars))
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"prior: onnxruntime differs from PyTorch by {diff:.3g} > {PARITY_TOLERANCE}")
+    parity["prior_max_abs_diff"] = float(f"{diff:.3g}")
+    path = staging / PRIOR_FILE
+    write_mixture(path, means, log_vars, np.exp(log_weights.astype(np.float64)))
+    k = int(means.shape[0])
+    spec = PriorSpec(
+        kind=MIXTURE_KIND,
+        components=k,
+        file=PRIOR_FILE,
+        sha256=sha256_file(path),
+        source=f"VampPrior (Tomczak and Welling 2018): the encoder's posteriors at {k} learned pseudo-inputs",
+    )
+    return spec, read_mixture(path, k, vae.latent_dim)
+
+
 def _exporter_versions() -> dict[str, str]:
     """The packages that built and checked the graphs; the onnxruntime build is whichever is installed."""
     found: dict[str, str] = {}
@@ -389,9 +425,13 @@ def _exporter_versions() -> dict[str, str]:
     return found
 
 
-def _write_preview(decoder_path: Path, latent_dim: int, path: Path) -> None:
+def _write_preview(
+    decoder_path: Path, latent_dim: int, path: Path, prior: MixturePrior | None = None
+) -> None:
     from service.imaging import encode_png, make_grid
 
     z = np.random.default_rng(0).standard_normal((64, latent_dim), dtype=np.float32)
+    if prior is not None:  # the samples the service would draw with seed 0
+        z = prior.draw(64, 0)
     (images,) = _ort_session(decoder_path).run(None, {"z": z})
     path.write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from training.likelihoods import discretized_logistic_nll
 from training.models import VAE
+from training.priors import kl_estimate, log_prior
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -55,10 +56,11 @@ def elbo_terms(
     model: VAE, x: torch.Tensor, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
     """Per-image reconstruction and KL terms from one posterior sample; neg_elbo = reconstruction + kl."""
-    logits, mean, log_var, _ = model(x, generator)
+    logits, mean, log_var, z = model(x, generator)
     cfg = model.config
     recon = reconstruction_nll(logits, x, cfg.likelihood, cfg.gaussian_sigma)
-    kl = kl_divergence(mean, log_var) if cfg.variational else torch.zeros_like(recon)
+    # Closed form against N(0, I); log q(z|x) - log p(z) at the sample z under a learned prior.
+    kl = kl_estimate(model, mean, log_var, z) if cfg.variational else torch.zeros_like(recon)
     return {"reconstruction": recon, "kl": kl, "neg_elbo": recon + kl}
 
 
@@ -78,7 +80,7 @@ def log_importance_weights(
     x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
     cfg = model.config
     log_px_z = -reconstruction_nll(logits, x_rep, cfg.likelihood, cfg.gaussian_sigma).view(k, b)
-    log_pz = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
+    log_pz = log_prior(model, z)  # the model's own prior: N(0, I) or a learned mixture
     log_qz_x = -0.5 * torch.sum(LOG_2PI + log_var + eps.pow(2), dim=-1)  # (z - mean)^2 / var == eps^2
     return log_px_z + log_pz - log_qz_x
 
@@ -120,7 +122,10 @@ def training_loss(
         log_w = log_importance_weights(model, x, mean, log_var, cfg.train_k, generator)
         bound = torch.logsumexp(log_w, dim=0) - math.log(cfg.train_k)
         with torch.no_grad():
-            kl = kl_divergence(mean, log_var)
+            if model.prior is None:
+                kl = kl_divergence(mean, log_var)
+            else:  # logged only: a one-sample estimate, as in the ELBO
+                kl = kl_estimate(model, mean, log_var, model.reparameterize(mean, log_var, generator))
         terms = {
             "neg_elbo": -log_w.mean(0).detach(),
             "kl": kl,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig
+from training.priors import VampPrior
 
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -47,9 +48,9 @@ class VAE(nn.Module):
         c, h, w = image_shape
         out_c = c
         if config.likelihood == "discretized_logistic":  # mixture weights, means and log-scales per pixel
-            from training.likelihoods import DEFAULT_COMPONENTS, param_channels
+            from training.likelihoods import param_channels
 
-            out_c = param_channels(c, getattr(config, "mixture_components", DEFAULT_COMPONENTS))
+            out_c = param_channels(c, config.mixture_components)
         if config.arch == "mlp":
             pixels = c * h * w
             hidden = list(config.hidden_dims)
@@ -85,6 +86,10 @@ class VAE(nn.Module):
             )
         self.to_mean = nn.Linear(feature_dim, config.latent_dim)
         self.to_log_var = nn.Linear(feature_dim, config.latent_dim)
+        # A learned prior lives with the networks, so its parameters are trained and checkpointed with them.
+        self.prior: VampPrior | None = None
+        if config.prior == "vamp":
+            self.prior = VampPrior(config.vamp_components, image_shape)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.encoder_body(x)  # (B, F)

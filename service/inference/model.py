@@ -21,6 +21,7 @@ from service.inference.limits import check_finite_outputs
 from service.inference.runtime import Graph
 from service.latents import lerp, manifold_latents, slerp
 from service.manifest import Manifest
+from service.priors import MixturePrior
 
 LOG_2PI = math.log(2 * math.pi)
 # Decoder outputs are sigmoid probabilities in float32, which round to exactly 0 or 1 for large logits; the
@@ -96,6 +97,7 @@ class VAEModel:
         decoder: Graph,
         encoder_batcher: Batcher,
         decoder_batcher: Batcher,
+        prior: MixturePrior | None = None,
     ):
         self.manifest = manifest
         self.path = path
@@ -103,6 +105,7 @@ class VAEModel:
         self.decoder = decoder
         self.encoder_batcher = encoder_batcher
         self.decoder_batcher = decoder_batcher
+        self.prior = prior  # None: N(0, I); else the manifest's mixture, read and checked at load
 
     @property
     def name(self) -> str:
@@ -124,6 +127,19 @@ class VAEModel:
             "latent_dim": self.latent_dim,
             "providers": self.providers,
             "manifest": self.manifest.model_dump(mode="json"),
+            "prior": self.describe_prior(),
+        }
+
+    def describe_prior(self) -> dict[str, Any]:
+        """What `sample` draws from and the reconstruct score's KL is taken against."""
+        if self.prior is None:
+            return {"kind": "standard_normal", "kl": "closed form"}
+        spec = self.manifest.prior
+        return {
+            "kind": spec.kind if spec is not None else "mixture_of_gaussians",
+            "components": self.prior.components,
+            "source": spec.source if spec is not None else "",
+            "kl": "upper bound -log sum_k w_k exp(-KL(q || p_k)), closed form per component",
         }
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
@@ -156,21 +172,27 @@ class VAEModel:
         return np.clip(images, low, high, out=images)
 
     async def sample(self, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-        latents = draw_prior(n, self.latent_dim, seed, temperature)
+        if self.prior is not None:  # a component per draw, then a Gaussian draw (service/priors.py)
+            latents = self.prior.draw(n, seed, temperature)
+        else:
+            latents = draw_prior(n, self.latent_dim, seed, temperature)
         return await self.decode(latents), latents
 
     async def reconstruct(self, images: np.ndarray) -> Reconstruction:
         """Decode at the posterior mean and score each image by its negative ELBO.
 
         score = -log p(x | z = mean) + KL(q(z|x) || p(z)): the reconstruction term estimated with the single
-        point z = mean (no sampling, so the score is deterministic), the KL term exact. Higher means the
-        model finds the image less plausible, which makes it usable for novelty detection.
+        point z = mean (no sampling, so the score is deterministic), the KL term exact against N(0, I). Under
+        a mixture prior (a VampPrior) the KL has no closed form; the score then uses the deterministic upper
+        bound -log sum_k w_k exp(-KL(q || p_k)) (see `service/priors.py`), exact for one component. Higher
+        means the model finds the image less plausible, which makes it usable for novelty detection.
         """
         encoding = await self.encode(images)
         mean, log_var = encoding.mean, encoding.log_var
         recon = await self.decode(mean)
         nll = reconstruction_nll(images, recon, self.manifest.likelihood, self.manifest.gaussian_sigma)
-        scores = nll + kl_to_prior(mean, log_var)
+        kl = kl_to_prior(mean, log_var) if self.prior is None else self.prior.kl_bound(mean, log_var)
+        scores = nll + kl
         flat = (images - recon).reshape(len(images), -1).astype(np.float64)
         mse = np.mean(flat**2, axis=1)
         return Reconstruction(recon, scores.astype(np.float32), mse.astype(np.float32), mean, log_var)

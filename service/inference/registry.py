@@ -56,6 +56,7 @@ from service.manifest import (
     verify_model_dir,
 )
 from service.metrics import Metrics
+from service.priors import MixturePrior, PriorFileError, read_mixture
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +193,20 @@ class ModelRegistry:
                 )
             log.warning("model %s v%d: %s %d (allowed by VAE_ALLOW_LATENT_CHANGE)", name, version, change,
                         serving.latent_dim)  # fmt: skip
+        prior: MixturePrior | None = None
+        if manifest.prior is not None:
+            spec = manifest.prior
+            self._check_inside(path / spec.file)
+            try:
+                prior = read_mixture(path / spec.file, spec.components, manifest.latent_dim)
+            except PriorFileError as exc:
+                raise ModelLoadError(str(exc)) from exc
         options = session_options(s.intra_op_threads, s.inter_op_threads)
         encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
         decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, "encoder", encoder),
-            self._batcher(name, "decoder", decoder),
+            self._batcher(name, "decoder", decoder), prior,
         )  # fmt: skip
         try:
             model.warm_up(tuple(sorted({1, s.max_batch_size})))

@@ -1,0 +1,122 @@
+"""A prior other than N(0, I), as the manifest declares it: a diagonal Gaussian mixture in a hashed .npy file.
+
+The file is one float32 array of shape (K, 2 D + 1); row k is [mean_k (D), log_var_k (D), weight_k (1)]. A
+VampPrior (Tomczak and Welling 2018) is exported this way: the encoder's posteriors at its K pseudo-inputs,
+uniform weights. Both halves use this module: training writes the file (`write_mixture`), the service reads
+it (`read_mixture`), samples from it and scores with it. No torch here.
+
+Sampling (`MixturePrior.draw`), with numpy's PCG64 Generator seeded by the request's seed:
+    rng = np.random.default_rng(seed)
+    k = rng.choice(K, size=n, p=weights)                     # a component per draw
+    eps = rng.standard_normal((n, D), dtype=np.float32)
+    z = means[k] + temperature * exp(log_vars[k] / 2) * eps
+Temperature scales each component's spread (temperature 0 returns the component means).
+
+KL for the reconstruct score (`MixturePrior.kl_bound`): KL(q || sum_k w_k p_k) has no closed form. The score
+uses the deterministic upper bound KL <= -log sum_k w_k exp(-KL(q || p_k)), each KL(q || p_k) between
+diagonal Gaussians in closed form. It follows from Jensen's inequality for the convex log-sum-exp,
+E_q log sum_k w_k p_k(z) >= log sum_k w_k exp(E_q log p_k(z)) (the "variational" approximation of Hershey
+and Olsen 2007, an upper bound when q has one component); it is exact for one component, so N(0, I) scored
+as a one-component mixture gives the closed-form KL, and it is tighter than sum_k w_k KL(q || p_k).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+PRIOR_FILE = "prior.npy"
+MIXTURE_KIND: Literal["mixture_of_gaussians"] = "mixture_of_gaussians"
+# The known kinds of the manifest's `prior.kind`; absent `prior` means N(0, I).
+PRIOR_KINDS = (MIXTURE_KIND,)
+# Bounds that keep the file small and one request's KL bound cheap (images x K x D values per request).
+MAX_COMPONENTS = 4096
+MAX_PRIOR_VALUES = 1 << 22  # K * (2 D + 1) float32: 16 MiB
+# The score works on this many images at a time, so its (images, K, D) temporaries stay small.
+KL_CHUNK_VALUES = 1 << 22
+# Beyond these a log-variance is not a trained posterior's: exp() would overflow or vanish in float32.
+LOG_VAR_RANGE = (-30.0, 30.0)
+
+
+class PriorFileError(ValueError):
+    """A prior parameter file that disagrees with its manifest; the message says what."""
+
+
+@dataclass(frozen=True)
+class MixturePrior:
+    means: np.ndarray  # (K, D) float32
+    log_vars: np.ndarray  # (K, D) float32
+    weights: np.ndarray  # (K,) float64, sums to 1
+
+    @property
+    def components(self) -> int:
+        return int(self.means.shape[0])
+
+    def draw(self, n: int, seed: int, temperature: float = 1.0) -> np.ndarray:
+        """(n, D) float32 draws, seeded: a component with the RNG, then a Gaussian draw from it."""
+        rng = np.random.default_rng(seed)
+        k = rng.choice(self.components, size=n, p=self.weights)
+        eps = rng.standard_normal((n, self.means.shape[1]), dtype=np.float32)
+        std = np.exp(np.float32(0.5) * self.log_vars[k]) * np.float32(temperature)
+        return (self.means[k] + std * eps).astype(np.float32)
+
+    def component_kls(self, mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
+        """(N, K) KL(N(mean, exp(log_var)) || N(means_k, exp(log_vars_k))) in closed form, float64."""
+        m, lv = mean.astype(np.float64), log_var.astype(np.float64)
+        mk, lvk = self.means.astype(np.float64), self.log_vars.astype(np.float64)
+        rows = max(1, KL_CHUNK_VALUES // max(1, mk.size))
+        out = np.empty((len(m), self.components))
+        for start in range(0, len(m), rows):
+            a, b = m[start : start + rows, None, :], lv[start : start + rows, None, :]  # (n, 1, D)
+            terms = lvk - b + (np.exp(b) + (a - mk) ** 2) / np.exp(lvk) - 1  # (n, K, D)
+            out[start : start + rows] = 0.5 * terms.sum(axis=2)
+        return out
+
+    def kl_bound(self, mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
+        """(N,) the upper bound -log sum_k w_k exp(-KL(q || p_k)) on KL(q || prior), float64."""
+        with np.errstate(divide="ignore"):
+            log_w = np.log(self.weights)  # a zero weight is -inf: that component drops out
+        scaled = log_w - self.component_kls(mean, log_var)  # (N, K)
+        top = scaled.max(axis=1, keepdims=True)
+        return -(top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1)))
+
+
+def pack(means: np.ndarray, log_vars: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The file's (K, 2 D + 1) float32 layout."""
+    return np.concatenate([means, log_vars, weights[:, None]], axis=1).astype(np.float32)
+
+
+def write_mixture(path: Path, means: np.ndarray, log_vars: np.ndarray, weights: np.ndarray) -> None:
+    np.save(Path(path), pack(means, log_vars, weights), allow_pickle=False)
+
+
+def read_mixture(path: Path, components: int, latent_dim: int) -> MixturePrior:
+    """Read and check a prior file against the manifest's component count and latent size."""
+    path = Path(path)
+    expected = (components, 2 * latent_dim + 1)
+    if math.prod(expected) > MAX_PRIOR_VALUES:
+        raise PriorFileError(f"{path}: a prior of {expected} values is over the {MAX_PRIOR_VALUES} limit")
+    # The header is small; a file much larger than its data is not one we wrote.
+    if path.stat().st_size > 4 * math.prod(expected) + 4096:
+        raise PriorFileError(f"{path}: larger than a float32 array of shape {expected}")
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise PriorFileError(f"{path}: not a .npy array ({exc})") from exc
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.float32 or raw.shape != expected:
+        got = f"{getattr(raw, 'dtype', type(raw).__name__)} {getattr(raw, 'shape', '')}"
+        raise PriorFileError(f"{path}: expected float32 {expected} (K, 2 latent_dim + 1), found {got}")
+    if not np.isfinite(raw).all():
+        raise PriorFileError(f"{path}: non-finite prior parameters")
+    d = latent_dim
+    means, log_vars, weights = raw[:, :d], raw[:, d : 2 * d], raw[:, 2 * d].astype(np.float64)
+    low, high = LOG_VAR_RANGE
+    if log_vars.min() < low or log_vars.max() > high:
+        raise PriorFileError(f"{path}: log-variances outside [{low:g}, {high:g}]")
+    if weights.min() < 0 or abs(weights.sum() - 1) > 1e-4:
+        raise PriorFileError(f"{path}: mixture weights must be >= 0 and sum to 1 (sum {weights.sum():.6g})")
+    return MixturePrior(np.ascontiguousarray(means), np.ascontiguousarray(log_vars), weights / weights.sum())
