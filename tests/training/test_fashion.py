@@ -94,3 +94,15 @@ def test_a_deb_with_another_hash_is_refused_and_nothing_is_written(tmp_path):
 def test_missing_data_without_download_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError, match="apt-get download dataset-fashion-mnist="):
         fashion.load_fashion(tmp_path, download=False)
+
+
+def test_data_command_fetches_fashion_from_a_local_deb(tmp_path, monkeypatch, capsys):
+    from training.cli import main
+
+    deb, _ = tiny_deb(np.random.default_rng(2))
+    monkeypatch.setattr(fashion, "DEB_SHA256", sha256_bytes(deb))
+    (tmp_path / "dataset-fashion-mnist_0.0_all.deb").write_bytes(deb)
+    assert main(["data", "--dataset", "fashion", "--data-dir", str(tmp_path)]) == 0
+    assert (
+        "fashion-mnist: 3 train and 2 test images (debian:dataset-fashion-mnist_" in capsys.readouterr().out
+    )
