@@ -42,6 +42,7 @@ from service.manifest import (
 from service.priors import MIXTURE_KIND, PRIOR_FILE, MixturePrior, read_mixture, write_mixture
 from training.data import ImageDataset
 from training.errors import ExportError
+from training.likelihoods import bits_per_dim, mean_image, param_channels
 from training.models import VAE
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,23 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """z (B, D) -> the decoder's mean image (B, C, H, W) in [0, 1]."""
+    """z (B, D) -> the decoder's mean image (B, C, H, W) in [0, 1]; for the discretized logistic mixture
+    also `params` (B, K(1+2C), H, W), the distribution's parameters that the reconstruct score needs."""
 
     def __init__(self, vae: VAE):
         super().__init__()
         self.vae = vae
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.vae.config.likelihood == "discretized_logistic":
+            params = self.vae.decode_logits(z)
+            return mean_image(params, self.vae.image_shape[0]), params
         return self.vae.decode(z)
+
+
+def decoder_outputs(vae: VAE) -> list[str]:
+    """The decoder graph's output names: `x`, and `params` where the likelihood needs more than a mean."""
+    return ["x", "params"] if vae.config.likelihood == "discretized_logistic" else ["x"]
 
 
 def _export_graph(
@@ -143,12 +153,15 @@ def check_parity(
         )
     latents = [rng.standard_normal((b, vae.latent_dim), dtype=np.float32) for b in PARITY_BATCHES]
     for z in latents:
-        (image,) = decoder.run(None, {"z": z})
+        image, *params = decoder.run(None, {"z": z})
         if image.shape != (z.shape[0], c, h, w):
             raise ExportError(f"decoder returned shape {image.shape} for batch {z.shape[0]}")
         worst["decoder"] = max(
             worst["decoder"], _max_abs_diff("decoder", image, vae.decode(torch.from_numpy(z)).numpy())
         )
+        if params:  # the likelihood's parameters, compared like the image
+            ref = vae.decode_logits(torch.from_numpy(z)).numpy()
+            worst["decoder"] = max(worst["decoder"], _max_abs_diff("decoder params", params[0], ref))
     for role, diff in worst.items():
         if not diff <= PARITY_TOLERANCE:
             raise ExportError(f"{role}: onnxruntime differs from PyTorch by {diff:.3g} > {PARITY_TOLERANCE}")
@@ -157,12 +170,33 @@ def check_parity(
 
 def dataset_spec(dataset: ImageDataset) -> DatasetSpec:
     """The manifest's record of the data a model was trained and evaluated on (after any limits)."""
+    from training.datasets import dataset_record
+
+    extra: dict[str, Any] = dict(dataset_record(dataset.name))
+    if extra and dataset.classes:
+        extra["classes"] = list(dataset.classes)
     return DatasetSpec(
         name=dataset.name,
         source=dataset.source,
         train_examples=len(dataset.x_train),
         test_examples=len(dataset.x_test),
+        **extra,
     )
+
+
+def code_length_metrics(evaluation: dict[str, Any], vae: VAE, dataset: ImageDataset) -> dict[str, Any]:
+    """For likelihoods whose NLL is a code length of the 8-bit test images: the VAE's bits/dim (IWAE bound,
+    else the ELBO) and, on exactly the same test images, lossless WebP, PNG and PPCA (training.baselines)."""
+    if vae.config.likelihood != "discretized_logistic":
+        return {}
+    from training.baselines import baseline_bits_per_dim
+
+    nats = evaluation.get("iwae_nll", evaluation["neg_elbo"])
+    dims = int(np.prod(vae.image_shape))
+    return {
+        "bits_per_dim": round(bits_per_dim(nats, dims), 4),
+        "baselines_bits_per_dim": baseline_bits_per_dim(dataset.x_train, dataset.x_test, vae.latent_dim),
+    }
 
 
 def manifest_metrics(evaluation: dict[str, Any], model: VAE, measured_with: str | None = None) -> Metrics:
@@ -221,6 +255,9 @@ def export_run(
     from training.train import eval_tensor
 
     metrics = manifest_metrics(evaluation, vae, measured_with)
+    extra = code_length_metrics(evaluation, vae, dataset)
+    if extra:
+        metrics = Metrics.model_validate({**metrics.model_dump(), **extra})
     real = eval_tensor(dataset, vae.config)[:16].numpy()
     target = export_vae(
         vae,
@@ -305,7 +342,8 @@ def _assemble(
     c, h, w = vae.image_shape
     enc_path, dec_path = staging / ENCODER_FILE, staging / DECODER_FILE
     _export_graph(EncoderGraph(vae).eval(), torch.zeros(2, c, h, w), "x", ["mean", "log_var"], enc_path)
-    _export_graph(DecoderGraph(vae).eval(), torch.zeros(2, vae.latent_dim), "z", ["x"], dec_path)
+    outputs = decoder_outputs(vae)
+    _export_graph(DecoderGraph(vae).eval(), torch.zeros(2, vae.latent_dim), "z", outputs, dec_path)
     parity = check_parity(vae, enc_path, dec_path, real_images)
     prior_spec, prior = _export_prior(vae, staging, enc_path, parity)
     _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE, prior)
@@ -318,7 +356,7 @@ def _assemble(
         description=description,
         latent_dim=vae.latent_dim,
         image=ImageSpec(channels=c, height=h, width=w),  # type: ignore[arg-type]
-        likelihood=vae.config.likelihood,
+        likelihood=vae.config.likelihood,  # type: ignore[arg-type]
         gaussian_sigma=vae.config.gaussian_sigma if vae.config.likelihood == "gaussian" else None,
         encoder=GraphSpec(
             file=ENCODER_FILE,
@@ -330,7 +368,7 @@ def _assemble(
             file=DECODER_FILE,
             sha256=sha256_file(dec_path),
             inputs=[TensorSpec(name="z", shape=latent)],  # type: ignore[arg-type]
-            outputs=[TensorSpec(name="x", shape=image)],  # type: ignore[arg-type]
+            outputs=[TensorSpec(name="x", shape=image), *_params_specs(vae, outputs)],  # type: ignore[arg-type]
         ),
         prior=prior_spec,
         training=training_config if training_config is not None else vae.config.to_dict(),
@@ -339,11 +377,27 @@ def _assemble(
         opset=OPSET,
         exporters=_exporter_versions(),
         parity=parity,
+        **_likelihood_fields(vae),
     )
     write_manifest(staging, manifest)
     verify_model_dir(staging)
     staging.chmod(0o755)
     return parity
+
+
+def _params_specs(vae: VAE, outputs: list[str]) -> list[TensorSpec]:
+    if "params" not in outputs:
+        return []
+    c, h, w = vae.image_shape
+    maps = param_channels(c, vae.config.mixture_components)
+    return [TensorSpec(name="params", shape=["batch", maps, h, w])]
+
+
+def _likelihood_fields(vae: VAE) -> dict[str, Any]:
+    """Manifest fields only some likelihoods have (older manifests stay as they were)."""
+    if vae.config.likelihood == "discretized_logistic":
+        return {"mixture_components": vae.config.mixture_components}
+    return {}
 
 
 def _publish(staging: Path, target: Path) -> None:
@@ -433,5 +487,5 @@ def _write_preview(
     z = np.random.default_rng(0).standard_normal((64, latent_dim), dtype=np.float32)
     if prior is not None:  # the samples the service would draw with seed 0
         z = prior.draw(64, 0)
-    (images,) = _ort_session(decoder_path).run(None, {"z": z})
+    images = _ort_session(decoder_path).run(["x"], {"z": z})[0]
     path.write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))
