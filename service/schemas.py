@@ -17,6 +17,9 @@ from service.config import Settings
 from service.manifest import NAME_PATTERN
 
 MAX_SEED = 2**63 - 1
+# `name` or `name@version`: a model name, optionally pinned to one of its loaded versions.
+MODEL_REF_PATTERN = NAME_PATTERN.removesuffix("$") + r"(?:@[1-9][0-9]{0,8})?$"
+MAX_VERSION = 999_999_999  # the nine digits the pattern allows
 
 
 def limit(name: str) -> str:
@@ -26,9 +29,17 @@ def limit(name: str) -> str:
 
 ModelField = Field(
     None,
-    pattern=NAME_PATTERN,
-    description="Model name (see /v1/models); omitted: the default model.",
-    examples=["mnist"],
+    pattern=MODEL_REF_PATTERN,
+    description="Model name (see /v1/models), optionally pinned to a version as `name@version`; omitted: the "
+    "default model.",
+    examples=["mnist", "mnist@2"],
+)
+VersionField = Field(
+    None,
+    ge=1,
+    le=MAX_VERSION,
+    description="Pin this loaded version of the model (the response says which answered, also in the "
+    "`X-Model-Version` header); omitted: the newest loaded version. Not loaded: 404 naming the loaded ones.",
 )
 SeedField = Field(
     None,
@@ -60,6 +71,7 @@ class _Options(BaseModel):
 
 class EncodeOptions(_Options):
     model: str | None = ModelField
+    version: int | None = VersionField
     sample: bool = Field(False, description="Also return z = mean + exp(log_var / 2) * eps, eps ~ N(0, I).")
     seed: int | None = SeedField
 
@@ -70,6 +82,7 @@ class EncodeRequest(EncodeOptions):
 
 class DecodeOptions(_Options):
     model: str | None = ModelField
+    version: int | None = VersionField
 
 
 class DecodeRequest(DecodeOptions):
@@ -78,6 +91,7 @@ class DecodeRequest(DecodeOptions):
 
 class SampleRequest(_Options):
     model: str | None = ModelField
+    version: int | None = VersionField
     n: int = Field(1, ge=1, description=f"Number of samples; at most {limit('max_sample_n')}.")
     seed: int | None = SeedField
     temperature: float = Field(
@@ -87,6 +101,7 @@ class SampleRequest(_Options):
 
 class ReconstructOptions(_Options):
     model: str | None = ModelField
+    version: int | None = VersionField
 
 
 class ReconstructRequest(ReconstructOptions):
@@ -95,6 +110,7 @@ class ReconstructRequest(ReconstructOptions):
 
 class InterpolateOptions(_Options):
     model: str | None = ModelField
+    version: int | None = VersionField
     steps: int = Field(
         8,
         ge=2,
@@ -162,9 +178,29 @@ class ManifoldResponse(_ModelTagged):
     latents: Latents
 
 
+class VersionInfo(BaseModel):
+    """One loaded version: a summary of its manifest and its test-set metrics."""
+
+    version: int
+    newest: bool = Field(description="Answers requests that pin no version.")
+    created: str = Field(description="When it was exported (ISO 8601).")
+    description: str
+    latent_dim: int
+    likelihood: str
+    dataset: str
+    providers: list[str] = Field(description="Active onnxruntime execution providers.")
+    sha256: dict[str, str] = Field(description="Of its encoder and decoder files.")
+    metrics: dict[str, Any] | None = Field(
+        None, description="Test-set numbers from its manifest (nats per image; see training.evaluate)."
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
-    version: int | None = None
+    version: int | None = Field(None, description="The newest loaded version (answers unpinned requests).")
+    versions: list[VersionInfo] = Field(
+        default_factory=list, description="Every loaded version, ascending (the version policy keeps them)."
+    )
     ready: bool
     default: bool
     latent_dim: int | None = None

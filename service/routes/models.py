@@ -1,4 +1,5 @@
-"""Model listing: manifests, active execution providers, readiness and which model is the default."""
+"""Model listing: manifests, active execution providers, readiness, which model is the default, and every
+loaded version (the top-level fields describe the newest, which answers unpinned requests)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,29 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.errors import ModelNotFound, Unauthorized
-from service.inference import ModelRegistry
+from service.inference import ModelRegistry, VAEModel
 from service.routes.deps import registry_of
 from service.routes.error_handlers import responses
 from service.routes.responses import NumpyJSONResponse
 from service.schemas import ModelInfo, ModelsResponse
 
 router = APIRouter(prefix="/v1", tags=["models"])
+
+
+def _version(model: VAEModel, newest: bool) -> dict[str, Any]:
+    m = model.manifest
+    return {
+        "version": m.version,
+        "newest": newest,
+        "created": m.created.isoformat(),
+        "description": m.description,
+        "latent_dim": m.latent_dim,
+        "likelihood": m.likelihood,
+        "dataset": m.dataset.name,
+        "providers": model.providers,
+        "sha256": {"encoder": m.encoder.sha256, "decoder": m.decoder.sha256},
+        "metrics": m.metrics.model_dump(mode="json") if m.metrics is not None else None,
+    }
 
 
 def _info(registry: ModelRegistry, name: str) -> dict[str, Any]:
@@ -26,9 +43,11 @@ def _info(registry: ModelRegistry, name: str) -> dict[str, Any]:
         "reload_error": registry.reload_failures.get(name),
     }
     if model is None:
-        return {**base, "version": None, "latent_dim": None, "providers": [], "manifest": None,
-                "error": registry.failures.get(name, "not loaded")}  # fmt: skip
-    return {**base, **model.describe(), "error": None}
+        return {**base, "version": None, "versions": [], "latent_dim": None, "providers": [],
+                "manifest": None, "error": registry.failures.get(name, "not loaded")}  # fmt: skip
+    loaded = registry.versions.get(name, {})
+    versions = [_version(loaded[v], loaded[v] is model) for v in sorted(loaded)]
+    return {**base, **model.describe(), "versions": versions, "error": None}
 
 
 @router.get(

@@ -2,6 +2,11 @@
 
 Content negotiation (`Accept`): JSON by default; `image/png` gives one PNG (a grid when there are several
 images); `application/x-npy` gives one float32 array, chosen with `?output=` where a route returns several.
+
+Versions: every request may pin a loaded version with `version` (a field of the JSON or multipart body, or a
+query parameter where the route takes its options from the query) or as `model: "name@version"`; unpinned
+requests get the newest loaded version. Every response names the version that answered, in the JSON body and
+in the `X-Model-Version` header (also on PNG and npy responses).
 """
 
 from __future__ import annotations
@@ -25,9 +30,8 @@ from service.inference.limits import (
     check_steps,
     response_bytes,
 )
-from service.manifest import NAME_PATTERN
 from service.routes.deadline import DeadlineRoute
-from service.routes.deps import image_pool_of, registry_of, settings_of
+from service.routes.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
 from service.routes.error_handlers import INFERENCE_ERRORS, responses
 from service.routes.requests import JSON, MULTIPART, NPY, PNG, Payload, read_payload, validate
 from service.routes.responses import (
@@ -40,6 +44,8 @@ from service.routes.responses import (
     png_response,
 )
 from service.schemas import (
+    MAX_VERSION,
+    MODEL_REF_PATTERN,
     DecodeOptions,
     DecodeRequest,
     DecodeResponse,
@@ -55,6 +61,7 @@ from service.schemas import (
     ReconstructResponse,
     SampleRequest,
     SampleResponse,
+    VersionField,
     limit,
 )
 from service.tracing import span
@@ -106,7 +113,14 @@ def _bound_response(settings: Settings, vae: VAEModel, images: int, floats: int)
                          settings)  # fmt: skip
 
 
-ModelQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, description="Model name (default: default).")]
+ModelQuery = Annotated[
+    str | None,
+    Query(pattern=MODEL_REF_PATTERN, description="Model name or `name@version` (default: the default)."),
+]
+VersionQuery = Annotated[
+    int | None,
+    Query(ge=1, le=MAX_VERSION, description=VersionField.description),
+]
 NpyOutput = Query(description="Which array an `Accept: application/x-npy` response holds.")
 
 
@@ -126,12 +140,12 @@ async def encode(
     payload = await read_payload(request, settings)
     opts = validate(EncodeOptions, payload.fields)
     _no_latents(payload)
-    model = registry.get(opts.model)
+    model = model_of(registry, opts.model, opts.version)
     _bound_response(settings, model, 0, len(payload.images or []) * model.latent_dim * 3)
     x = await _images_in(request, payload, model)
     seed = (opts.seed if opts.seed is not None else new_seed()) if opts.sample else None
     enc = await model.encode(x, sample_seed=seed)
-    headers = {"X-Seed": str(seed)} if seed is not None else None
+    headers = version_headers(model, {"X-Seed": str(seed)} if seed is not None else None)
     if negotiate(request, [NPY]) == NPY:
         arrays = {"mean": enc.mean, "log_var": enc.log_var, "z": enc.z}
         return npy_response(pick_output(output, arrays, "mean"), headers)
@@ -145,11 +159,12 @@ async def encode(
     "/decode",
     summary="Latents -> images",
     description="Latents as JSON or as an `application/x-npy` body (float32 (N, D); name the model with "
-    "`?model=`). Images as base64 PNGs, one PNG grid (`Accept: image/png`) or float32 (N, C, H, W) npy.",
+    "`?model=` and `?version=`). Images as base64 PNGs, one PNG grid (`Accept: image/png`) or float32 "
+    "(N, C, H, W) npy.",
     responses=_responses(DecodeResponse, PNG, NPY),
     openapi_extra=_body(DecodeRequest, None, npy=True),
 )
-async def decode(request: Request, model: ModelQuery = None) -> Response:
+async def decode(request: Request, model: ModelQuery = None, version: VersionQuery = None) -> Response:
     settings, registry = settings_of(request), registry_of(request)
     payload = await read_payload(request, settings, accepts_npy=True)
     opts = validate(DecodeOptions, payload.fields)
@@ -157,7 +172,9 @@ async def decode(request: Request, model: ModelQuery = None) -> Response:
         raise InvalidInput("images: not accepted here; send latents")
     if model and opts.model and model != opts.model:
         raise InvalidInput(f"model given twice: {model!r} in the query, {opts.model!r} in the body")
-    vae = registry.get(opts.model or model)
+    if version is not None and opts.version is not None and version != opts.version:
+        raise InvalidInput(f"version given twice: {version} in the query, {opts.version} in the body")
+    vae = model_of(registry, opts.model or model, opts.version or version)
     z = as_latents(payload.latents, settings, vae.latent_dim)
     _bound_response(settings, vae, len(z), 0)
     images = await vae.decode(z)
@@ -182,7 +199,7 @@ async def sample(
         raise InvalidInput("sample takes n, seed, temperature and model only")
     opts = validate(SampleRequest, payload.fields)
     check_sample_n(opts.n, settings)
-    vae = registry.get(opts.model)
+    vae = model_of(registry, opts.model, opts.version)
     _bound_response(settings, vae, opts.n, opts.n * vae.latent_dim)
     seed = opts.seed if opts.seed is not None else new_seed()
     images, latents = await vae.sample(opts.n, seed, opts.temperature)
@@ -210,7 +227,7 @@ async def reconstruct(
     payload = await read_payload(request, settings)
     opts = validate(ReconstructOptions, payload.fields)
     _no_latents(payload)
-    vae = registry.get(opts.model)
+    vae = model_of(registry, opts.model, opts.version)
     n = len(payload.images or [])
     _bound_response(settings, vae, n, n * (2 * vae.latent_dim + 2))
     x = await _images_in(request, payload, vae)
@@ -236,7 +253,7 @@ async def interpolate(
     payload = await read_payload(request, settings)
     opts = validate(InterpolateOptions, payload.fields)
     check_steps(opts.steps, settings)
-    vae = registry.get(opts.model)
+    vae = model_of(registry, opts.model, opts.version)
     if (payload.images is None) == (payload.latents is None):
         raise InvalidInput("give either two images or two latents")
     _bound_response(settings, vae, opts.steps, opts.steps * vae.latent_dim)
@@ -261,17 +278,19 @@ async def interpolate(
 async def manifold(
     request: Request,
     model: ModelQuery = None,
+    version: VersionQuery = None,
     size: Annotated[int, Query(ge=2, description=f"Grid edge; at most {limit('max_manifold_size')}.")] = 20,
 ) -> Response:
     settings, registry = settings_of(request), registry_of(request)
     check_manifold_size(size, settings)
-    vae = registry.get(model)
+    vae = model_of(registry, model, version)
     _bound_response(settings, vae, size * size, size * size * 2)
     images, latents = await vae.manifold(size)
+    headers = version_headers(vae)
     if negotiate(request, [PNG]) == PNG:
-        return await png_response(images, vae.manifest.image, columns=size)
+        return await png_response(images, vae.manifest.image, columns=size, headers=headers)
     image = base64.b64encode(await png_picture(images, vae.manifest.image, columns=size)).decode("ascii")
-    return NumpyJSONResponse({**_tag(vae), "size": size, "image": image, "latents": latents})
+    return NumpyJSONResponse({**_tag(vae), "size": size, "image": image, "latents": latents}, headers=headers)
 
 
 async def _images_out(
@@ -286,6 +305,7 @@ async def _images_out(
     columns: int | None = None,
 ) -> Response:
     """Render a result whose main part is images, in the media type the client asked for."""
+    headers = version_headers(vae, headers)
     media = negotiate(request, [PNG, NPY])
     if media == PNG:
         return await png_response(images, vae.manifest.image, columns=columns, headers=headers)

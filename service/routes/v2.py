@@ -1,7 +1,9 @@
 """The Open Inference Protocol (KServe V2 REST) for the exported graphs, with binary tensor data.
 
 Every VAE `<name>` is addressable as two OIP models: `<name>-encoder` (input `x` -> outputs `mean`, `log_var`)
-and `<name>-decoder` (input `z` -> output `x`). Requests run through the same batchers, limits, API keys and
+and `<name>-decoder` (input `z` -> output `x`). `/v2/models/{m}/versions/{v}/...` is answered by that loaded
+version exactly (404 naming the loaded ones otherwise), `/v2/models/{m}/...` by the newest loaded one; model
+metadata lists every loaded version, newest last. Requests run through the same batchers, limits, API keys and
 metrics as `/v1`, and the same limits (`service.inference.limits`). Errors follow the protocol: an HTTP
 4xx/5xx with `{"error": "...", "error_type": "..."}`, 400 for bad input (see `routes.error_handlers`).
 
@@ -71,12 +73,14 @@ def _resolve(registry: ModelRegistry, oip_name: str, version: str | None) -> Gra
     base, _, role = oip_name.rpartition("-")
     if role not in ROLES or not base:
         raise ModelNotFound(f"unknown model {oip_name!r}; OIP models are <name>-encoder and <name>-decoder")
-    model = registry.get(base)
-    if version is not None and version != str(model.manifest.version):
-        raise ModelNotFound(
-            f"model {oip_name!r} has no version {version!r}; served: {model.manifest.version}"
-        )
-    return GraphRef(model, role)
+    model = registry.get(base)  # the newest loaded; unknown or unavailable models fail here
+    if version is None:
+        return GraphRef(model, role)
+    loaded = registry.loaded_versions().get(base, [])
+    number = int(version) if version.isascii() and version.isdigit() and len(version) <= 9 else None
+    if number is None or number not in loaded:
+        raise ModelNotFound(f"model {oip_name!r} has no loaded version {version[:32]!r}; loaded: {loaded}")
+    return GraphRef(registry.get(base, number), role)
 
 
 _META_ERRORS = responses(ModelNotFound, Unauthorized, oip=True)
@@ -111,12 +115,14 @@ async def ready(request: Request) -> Response:
     "/models/{model_name}/versions/{version}", summary="Model metadata (versioned)", responses=_META_ERRORS
 )
 async def model_metadata(request: Request, model_name: str, version: str | None = None) -> Response:
-    ref = _resolve(registry_of(request), model_name, version)
+    registry = registry_of(request)
+    ref = _resolve(registry, model_name, version)
     inputs, outputs = ref.signature()
+    loaded = registry.loaded_versions().get(ref.model.name, [ref.model.manifest.version])
     return _json(
         {
             "name": ref.oip_name,
-            "versions": [str(ref.model.manifest.version)],
+            "versions": [str(v) for v in loaded],
             "platform": "onnxruntime_onnx",
             "inputs": inputs,
             "outputs": outputs,
@@ -296,10 +302,11 @@ async def infer(request: Request, model_name: str, version: str | None = None) -
             entry["data"] = array.ravel()
         header["outputs"].append(entry)
     json_bytes = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    headers = {"X-Model-Version": header["model_version"]}
     if not chunks:
-        return Response(json_bytes, media_type="application/json")
+        return Response(json_bytes, media_type="application/json", headers=headers)
     return Response(
         json_bytes + b"".join(chunks),
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(json_bytes))},
+        headers={**headers, "Inference-Header-Content-Length": str(len(json_bytes))},
     )
