@@ -53,3 +53,8 @@ def fetch_datasets(which: str, data_dir: Path) -> list[str]:
         ds = load(Path(data_dir))
         lines.append(f"{path}: {len(ds.x_train)} train and {len(ds.x_test)} test images ({ds.source})")
     return lines
+
+
+def image_background(name: str) -> str | None:
+    """The colour a dataset's transparent pixels were composited onto, where it is not the default black."""
+    return "white" if name.startswith("emoji-") else None
