@@ -172,10 +172,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def work() -> Any:
             ref = _resolve(self.registry, request.name, _version(request.version))
             inputs, outputs = ref.signature()
+            loaded = self.registry.loaded_versions().get(ref.model.name, [ref.model.manifest.version])
             tensor = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=ref.oip_name,
-                versions=[str(ref.model.manifest.version)],
+                versions=[str(v) for v in loaded],
                 platform="onnxruntime_onnx",
                 inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in inputs],
                 outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in outputs],

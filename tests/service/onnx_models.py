@@ -140,5 +140,5 @@ def client(models_dir: Path) -> Iterator[Any]:
     from service.config import Settings
     from service.main import create_app
 
-    with TestClient(create_app(Settings(models_dir=models_dir, provider="cpu"))) as c:
+    with TestClient(create_app(Settings(models_dir=models_dir, provider="cpu", grpc_port=0))) as c:
         yield c

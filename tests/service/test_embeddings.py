@@ -5,9 +5,13 @@ from __future__ import annotations
 import base64
 
 import numpy as np
+import onnx_models
 import pytest
 
 from service.routes.embeddings import order_by_kl, parse_model_ref
+
+# Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
+models_dir, client = onnx_models.models_dir, onnx_models.client
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -4,6 +4,7 @@ deadlines, cancellation, overload and metrics."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import threading
 import time
@@ -14,12 +15,16 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import onnx_models
 import pytest
 from serving import free_port
 
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.main import create_app
+
+# Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
+models_dir = onnx_models.models_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -268,3 +273,61 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_pinned_versions_across_a_live_reload(tmp_path, live):
+    """v1 is served; v2 (both weight matrices doubled) appears on disk and the poller loads it beside v1.
+    Unpinned requests move to v2; requests pinned to v1, over REST embeddings and gRPC alike, get v1's exact
+    vectors before and after. The linear encoder makes v2's means exactly 2x v1's (a power of two)."""
+    from test_version_routes import publish
+
+    from service.config import Settings
+    from service.imaging import encode_png
+
+    models = tmp_path / "models"
+    publish(models, 1)
+    # 8-bit values, so the PNGs for REST and the raw floats for gRPC hold the same pixels
+    pixels = (np.random.default_rng(3).integers(0, 256, (2, 1, 8, 8)) / 255).astype(np.float32)
+    inputs = [base64.b64encode(encode_png(p)).decode() for p in pixels]
+    port = free_port()
+    settings = Settings(models_dir=models, provider="cpu", grpc_port=port, reload_interval_s=0.2)
+
+    def embeddings(client: httpx.Client, model: str) -> tuple[str, np.ndarray]:
+        body = client.post("/v1/embeddings", json={"model": model, "input": inputs}).json()
+        return body["model"], np.asarray([d["embedding"] for d in body["data"]], dtype=np.float32)
+
+    def grpc_means(stub, version: str) -> tuple[str, np.ndarray]:
+        request = pb.ModelInferRequest(model_name="lin-encoder", model_version=version)
+        request.inputs.add(name="x", datatype="FP32", shape=[2, 1, 8, 8])
+        request.raw_input_contents.append(np.ascontiguousarray(pixels, "<f4").tobytes())
+        request.outputs.add(name="mean")
+        answer = stub.ModelInfer(request)
+        return answer.model_version, np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(2, 2)
+
+    with live(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert embeddings(client, "lin")[0] == "lin@1"
+        _, v1 = embeddings(client, "lin@1")
+        assert grpc_means(stub, "")[0] == "1"
+        _, g1 = grpc_means(stub, "1")
+        np.testing.assert_allclose(g1, v1, rtol=1e-5)  # one model, two transports
+
+        publish(models, 2)
+        wait_for(lambda: embeddings(client, "lin")[0] == "lin@2", timeout_s=30)
+
+        _, v2 = embeddings(client, "lin")
+        np.testing.assert_array_equal(v2, 2 * v1)
+        np.testing.assert_array_equal(embeddings(client, "lin@1")[1], v1)  # pinned: v1's exact vectors
+        version, g2 = grpc_means(stub, "")
+        assert version == "2"
+        np.testing.assert_array_equal(g2, 2 * g1)
+        version, pinned = grpc_means(stub, "1")
+        assert version == "1"
+        np.testing.assert_array_equal(pinned, g1)
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="lin-encoder"))
+        assert list(meta.versions) == ["1", "2"]
+        code, details = code_of(stub.ModelMetadata, pb.ModelMetadataRequest(name="lin-encoder", version="3"))
+        assert code == grpc.StatusCode.NOT_FOUND and "loaded: [1, 2]" in details
+        assert client.post("/v1/embeddings", json={"model": "lin@3", "input": inputs}).status_code == 404
+        channel.close()

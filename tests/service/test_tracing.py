@@ -7,12 +7,16 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx_models
 import pytest
 
 from service import tracing
 from service.config import Settings
 
 pytest.importorskip("opentelemetry.sdk")
+# Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
+models_dir = onnx_models.models_dir
+
 pytestmark = pytest.mark.timeout(120)
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
