@@ -18,16 +18,14 @@ dimensions have KL near 0 and come last. No data set is needed at serving time, 
 always gives the same order. The kept indices are sent in the `X-Embedding-Dimensions` header.
 
 `model` names a model (omitted: the default model) and may pin its version: `mnist` (the newest loaded) or
-`mnist@1`. A version that is
-not loaded is a 404 naming the loaded ones. The response's `model` is always `name@version`, the version that
-answered (also in `X-Model-Version`).
+`mnist@1` (or `version: 1`, as on every /v1 route). A version that is not loaded is a 404 naming the loaded
+ones. The response's `model` is always `name@version`, the version that answered (also in `X-Model-Version`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import weakref
 from typing import Any, Literal
 
@@ -47,11 +45,11 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from service.inference import ModelRegistry, VAEModel
+from service.inference import VAEModel
 from service.inference.limits import check_image_count, check_response_bytes, response_bytes
 from service.inference.model import draw_prior
 from service.routes.deadline import DeadlineRoute
-from service.routes.deps import image_pool_of, registry_of, settings_of
+from service.routes.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
 from service.routes.error_handlers import responses
 from service.routes.requests import JSON, _b64decode, read_payload, validate
 from service.routes.responses import NumpyJSONResponse
@@ -64,8 +62,6 @@ router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=DeadlineRoute)
 REFERENCE_N = 256
 REFERENCE_SEED = 0
 KL_DECIMALS = 3
-
-_MODEL_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63}?)(?:@(?P<version>[0-9]{1,9}))?$")
 
 
 class EmbeddingsRequest(BaseModel):
@@ -81,6 +77,9 @@ class EmbeddingsRequest(BaseModel):
         ...,
         description="One image or a list of images: PNG or JPEG as base64 strings or data URLs. At most "
         "VAE_MAX_IMAGES_PER_REQUEST (256).",
+    )
+    version: int | None = Field(
+        None, ge=1, description="Pin a loaded version (as `model: name@version` does); omitted: the newest."
     )
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`float`: JSON numbers; `base64`: little-endian float32 bytes of each vector."
@@ -116,21 +115,6 @@ _ERRORS = (
     InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType, Unauthorized, NotReady, Overloaded,
     Timeout, InferenceFailed,
 )  # fmt: skip
-
-
-def parse_model_ref(ref: str) -> tuple[str, int | None]:
-    """`mnist` -> ("mnist", None); `mnist@2` -> ("mnist", 2)."""
-    match = _MODEL_REF.match(ref)
-    if match is None:
-        raise InvalidInput(f"model: {ref!r} is not a model name, optionally with @version (e.g. 'mnist@1')")
-    version = match["version"]
-    return match["name"], int(version) if version is not None else None
-
-
-def resolve(registry: ModelRegistry, name: str | None, version: int | None) -> VAEModel:
-    """The loaded model `name` (None: the default) at `version` (None: the newest loaded), or 404 naming
-    the loaded versions."""
-    return registry.get(name, version)
 
 
 # Per loaded model version, computed on first use; a retired version's entry goes with it.
@@ -196,8 +180,7 @@ async def create_embeddings(request: Request) -> Response:
     if payload.images is not None or payload.latents is not None:
         raise InvalidInput("send images as 'input' (OpenAI's embeddings shape), not 'images' or 'latents'")
     opts = validate(EmbeddingsRequest, payload.fields)
-    name, version = parse_model_ref(opts.model) if opts.model is not None else (None, None)
-    model = resolve(registry, name, version)
+    model = model_of(registry, opts.model, opts.version)
     if opts.dimensions is not None and opts.dimensions > model.latent_dim:
         raise InvalidInput(f"dimensions: at most the model's latent_dim, {model.latent_dim}")
     items = [opts.input] if isinstance(opts.input, str) else opts.input
@@ -214,7 +197,7 @@ async def create_embeddings(request: Request) -> Response:
             raise
         raise InvalidInput("input" + exc.message.removeprefix("images")) from None
     vectors = (await model.encode(x)).mean  # (N, D)
-    headers = {"X-Model-Version": str(model.manifest.version)}
+    headers = version_headers(model)
     if opts.dimensions is not None:
         kept = (await dimension_order(model))[: opts.dimensions]
         vectors = np.ascontiguousarray(vectors[:, kept])

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_models
 import pytest
 
-from service.routes.embeddings import order_by_kl, parse_model_ref
+from service.routes.embeddings import order_by_kl
 
 # Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
 models_dir, client = onnx_models.models_dir, onnx_models.client
@@ -125,12 +125,13 @@ def test_image_count_limit(serve_app, models_dir, digit_pngs):
     assert resp.status_code == 422 and "at most 2" in resp.json()["error"]
 
 
-def test_parse_model_ref():
-    assert parse_model_ref("mnist") == ("mnist", None)
-    assert parse_model_ref("mnist-2d@12") == ("mnist-2d", 12)
-    for bad in ("mnist@", "@1", "mnist@v1", "MNIST"):
-        with pytest.raises(Exception, match="model"):
-            parse_model_ref(bad)
+def test_version_field_pins_like_name_at_version(client, digit_pngs):
+    body = {"model": "tiny", "version": 1, "input": b64(digit_pngs[0])}
+    assert client.post("/v1/embeddings", json=body).json()["model"] == "tiny@1"
+    resp = client.post("/v1/embeddings", json={**body, "model": "tiny@1", "version": 2})
+    assert resp.status_code == 422 and "version given twice" in resp.json()["error"]
+    resp = client.post("/v1/embeddings", json={**body, "version": 3})
+    assert resp.status_code == 404 and "loaded: [1]" in resp.json()["error"]
 
 
 def test_official_openai_client_against_a_live_server(models_dir, settings_for, live, client, digit_pngs):
