@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import onnx_models
 import pytest
 
 from service.client import AsyncVAEClient, VAEClient, VAEServiceError, png_to_array
+
+# Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
+models_dir = onnx_models.models_dir
 
 
 def test_sync_client_covers_every_route(models_dir, settings_for, live, digit_pngs, mnist_digits):
@@ -85,6 +89,14 @@ def test_embeddings_with_version_pinning_and_dimensions(models_dir, settings_for
         assert info.value.status == 404 and "loaded: [1]" in info.value.message
         with pytest.raises(ValueError, match="version= needs model="):
             vae.embeddings(digit_pngs[:1], version=1)
+        # version= on the other routes: body field, form field or query parameter, as each route takes it
+        assert vae.encode(digit_pngs[:1], model="tiny", version=1).version == 1
+        assert vae.sample(2, seed=1, version=1).version == 1
+        np.testing.assert_array_equal(vae.decode(emb.vectors, version=1), vae.decode(emb.vectors))
+        assert vae.manifold(model="tiny-2d", version=1, size=2)[:4] == b"\x89PNG"
+        with pytest.raises(VAEServiceError) as info:
+            vae.decode(emb.vectors, model="tiny", version=2)
+        assert info.value.status == 404
 
 
 def test_version_and_label_are_sent_only_when_given():
