@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.workers import Plan, choose
+from service.workers import Plan, cgroup_cpu_quota, choose
 from tests.service.serving import committed_model, vae_serve
 
 pytestmark = pytest.mark.timeout(120)
@@ -109,3 +109,17 @@ def test_the_plan_reaches_every_worker_through_the_environment():
     env = plan.environment()
     assert env["VAE_INTRA_OP_THREADS"] == "2"
     assert Plan(**json.loads(env["VAE_SERVING_PLAN"])) == plan
+
+
+def test_a_container_cpu_limit_caps_the_cores(tmp_path: Path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_quota(v1) == 2.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1")  # no limit
+    assert cgroup_cpu_quota(v1) is None
