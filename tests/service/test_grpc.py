@@ -331,3 +331,23 @@ def test_pinned_versions_across_a_live_reload(tmp_path, live):
         assert code == grpc.StatusCode.NOT_FOUND and "loaded: [1, 2]" in details
         assert client.post("/v1/embeddings", json={"model": "lin@3", "input": inputs}).status_code == 404
         channel.close()
+
+
+def test_generated_modules_match_the_proto(tmp_path):
+    """The committed *_pb2*.py files are what scripts/gen_grpc.sh makes from the committed .proto."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("grpc_tools")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    subprocess.run(
+        ["bash", "scripts/gen_grpc.sh"], cwd=root, env=env, check=True, capture_output=True, timeout=60
+    )
+    for name in ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py"):
+        made = (tmp_path / "service" / "grpc" / name).read_bytes()
+        assert made == (root / "service" / "grpc" / name).read_bytes(), (
+            f"{name} is stale: run scripts/gen_grpc.sh"
+        )
