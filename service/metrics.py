@@ -18,6 +18,8 @@ _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+# Each loaded version of a model has its own batchers, so their series are told apart by version.
+_GRAPH_LABELS = ["model", "version", "graph"]
 
 
 class Metrics:
@@ -40,19 +42,19 @@ class Metrics:
             ["route"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_items = Gauge(
-            "vae_queue_items", "Items waiting in a model graph's batch queue.", ["model", "graph"],
+            "vae_queue_items", "Items waiting in a model version's graph's batch queue.", _GRAPH_LABELS,
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.batch_size = Histogram(
-            "vae_batch_size", "Items per onnxruntime call.", ["model", "graph"],
+            "vae_batch_size", "Items per onnxruntime call.", _GRAPH_LABELS,
             buckets=_BATCH_BUCKETS, registry=r,
         )  # fmt: skip
         self.inference_seconds = Histogram(
-            "vae_inference_seconds", "Wall time of one onnxruntime call.", ["model", "graph"],
+            "vae_inference_seconds", "Wall time of one onnxruntime call.", _GRAPH_LABELS,
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.rejected = Counter(
-            "vae_rejected", "Requests refused by a full queue (503).", ["model", "graph"], registry=r
+            "vae_rejected", "Requests refused by a full queue (503).", _GRAPH_LABELS, registry=r
         )
         self.model_loaded = Gauge(
             "vae_model_loaded", "1 when a model is loaded, verified and warm (in every worker); 0 if not.",

@@ -205,8 +205,8 @@ class ModelRegistry:
         encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
         decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
         model = VAEModel(
-            manifest, path, encoder, decoder, self._batcher(name, "encoder", encoder),
-            self._batcher(name, "decoder", decoder), prior,
+            manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
+            self._batcher(name, version, "decoder", decoder), prior,
         )  # fmt: skip
         try:
             model.warm_up(tuple(sorted({1, s.max_batch_size})))
@@ -224,19 +224,20 @@ class ModelRegistry:
                     f"{path}: a symbolic link leading out of {root} (VAE_FOLLOW_SYMLINKS=true serves it)"
                 )
 
-    def _batcher(self, name: str, role: str, graph: Graph) -> Batcher:
+    def _batcher(self, name: str, version: int, role: str, graph: Graph) -> Batcher:
         s, m = self.settings, self.metrics
         assert self._executor is not None
-        batch_size, seconds = m.batch_size.labels(name, role), m.inference_seconds.labels(name, role)
+        labels = (name, str(version), role)
+        batch_size, seconds = m.batch_size.labels(*labels), m.inference_seconds.labels(*labels)
 
         def on_batch(items: int, elapsed: float) -> None:
             batch_size.observe(items)
             seconds.observe(elapsed)
 
         stats = BatchStats(
-            on_queue=m.queue_items.labels(name, role).set,
+            on_queue=m.queue_items.labels(*labels).set,
             on_batch=on_batch,
-            on_reject=m.rejected.labels(name, role).inc,
+            on_reject=m.rejected.labels(*labels).inc,
         )
         return Batcher(
             graph.run,
@@ -423,6 +424,9 @@ class ModelRegistry:
             await asyncio.sleep(self.settings.request_timeout_s + 1)
             self._retired.remove(model)
             await model.close()
+            for role in ("encoder", "decoder"):  # a retired version's queue is gone, not empty
+                with contextlib.suppress(KeyError):
+                    self.metrics.queue_items.remove(model.name, str(model.manifest.version), role)
 
         task = asyncio.get_running_loop().create_task(later(), name=f"retire:{model.name}")
         self._retire_tasks.add(task)

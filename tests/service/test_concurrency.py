@@ -59,7 +59,7 @@ def test_concurrent_requests_each_get_their_own_results(models_dir, settings_for
     runs = next(
         float(line.split()[-1])
         for line in metrics.splitlines()
-        if line.startswith('vae_batch_size_count{graph="decoder",model="tiny"}')
+        if line.startswith('vae_batch_size_count{graph="decoder",model="tiny",version="1"}')
     )
     assert runs < 96
 

@@ -341,7 +341,7 @@ def test_metrics_expose_requests_batches_and_model_state(client):
     client.post("/v1/sample", json={"n": 2, "seed": 1})
     text = client.get("/metrics").text
     assert 'vae_http_requests_total{method="POST",route="/v1/sample",status="200"}' in text
-    assert 'vae_batch_size_count{graph="decoder",model="tiny"}' in text
+    assert 'vae_batch_size_count{graph="decoder",model="tiny",version="1"}' in text
     assert 'vae_model_loaded{model="tiny"} 1.0' in text
     assert "vae_queue_items" in text and "vae_inference_seconds_bucket" in text
 

@@ -305,3 +305,12 @@ def test_a_client_pinned_to_v1_gets_v1s_exact_vectors_across_a_reload_to_v2(tmp_
     np.testing.assert_allclose(load_npy(answered(dec_new, 2).content),
                                expected_images(models / NAME / "2", Z), rtol=1e-5, atol=1e-6)  # fmt: skip
     assert [v["version"] for v in out["models"]["versions"]] == [1, 2] and out["models"]["version"] == 2
+
+
+def test_batch_metrics_are_labelled_by_version(client):
+    for version in (1, 2):
+        answered(client.post("/v1/decode", json={"latents": Z.tolist(), "version": version}), version)
+    text = client.get("/metrics").text
+    for version in (1, 2):
+        assert f'vae_batch_size_count{{graph="decoder",model="{NAME}",version="{version}"}}' in text
+        assert f'vae_queue_items{{graph="decoder",model="{NAME}",version="{version}"}}' in text
