@@ -10,6 +10,9 @@ one gRPC status (`STATUS_CODES`), its message the same text REST sends.
 - Deadlines: the call's own deadline (or `request_timeout_s`, whichever is sooner) bounds queueing and
   inference, then DEADLINE_EXCEEDED. A call that the client cancels or whose deadline passes is cancelled
   here too, and its queued batcher work is dropped before it runs.
+- Bounds: messages up to `max_body_bytes` in and `max_response_bytes` out, at most `max_connections` calls
+  in progress (gRPC answers RESOURCE_EXHAUSTED beyond), idle connections closed after a minute or
+  `idle_timeout_s`, whichever is longer; `--workers N` processes share the port (SO_REUSEPORT).
 - Tensors: one FP32 input, in `raw_input_contents` (what tritonclient sends) or `contents.fp32_contents`;
   outputs always go back in `raw_output_contents`, as Triton answers.
 - Tracing (when on, see `service.tracing`): a server span `inference.GRPCInferenceService/<method>`, a child
