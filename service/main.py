@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "X-Seed", "Retry-After"],
         )
     if tracing.wanted(settings):
-        tracing.install()  # exporters as the OTEL_* variables say
+        tracing.install(required=settings.tracing)  # exporters as the OTEL_* variables say
     if tracing.active():  # inside the request context, so spans carry the request id
         app.add_middleware(tracing.TracingMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -26,6 +26,7 @@ Spans of one request (HTTP `POST /v1/decode`, or gRPC `grpc ModelInfer`):
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.trace import Tracer
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 _NOOP = contextlib.nullcontext()
 _tracer: Tracer | None = None
@@ -62,9 +65,14 @@ def active() -> bool:
     return _tracer is not None
 
 
-def install(processor: SpanProcessor | None = None, environ: Mapping[str, str] = os.environ) -> None:
+def install(
+    processor: SpanProcessor | None = None, environ: Mapping[str, str] = os.environ, *, required: bool = True
+) -> None:
     """Turn tracing on for this process: a tracer provider with the exporters OTEL_* names (or the given
-    processor instead, as tests do with an in-memory exporter). Idempotent."""
+    processor instead, as tests do with an in-memory exporter). Idempotent.
+
+    Without the SDK installed: an error when `required` (VAE_TRACING=true), else a warning and no tracing
+    (OTEL_* variables set for a whole cluster must not stop an image built without the `tracing` extra)."""
     global _tracer, _provider
     if _tracer is not None:
         return
@@ -72,10 +80,13 @@ def install(processor: SpanProcessor | None = None, environ: Mapping[str, str] =
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
     except ImportError:
-        raise RuntimeError(
-            "tracing is asked for (VAE_TRACING or OTEL_* variables) but OpenTelemetry is not installed: "
-            'pip install "vae-service[tracing]"'
-        ) from None
+        message = (
+            'tracing is asked for but OpenTelemetry is not installed: pip install "vae-service[tracing]"'
+        )
+        if required:
+            raise RuntimeError(f"VAE_TRACING=true: {message}") from None
+        log.warning("OTEL_* variables ask for traces; %s (serving without tracing)", message)
+        return
 
     from service import __version__
 

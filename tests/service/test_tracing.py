@@ -168,3 +168,12 @@ print("ok")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("OTEL_", "VAE_TRACING"))}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, env=env)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_without_the_sdk_vae_tracing_fails_and_otel_variables_warn(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if the extra were not installed
+    with pytest.raises(RuntimeError, match=r"vae-service\[tracing\]"):
+        tracing.install(required=True)
+    tracing.install(required=False)
+    assert not tracing.active()
+    assert "serving without tracing" in caplog.text
