@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="times each level runs per target, targets taking turns (default 1; --peers: 3)",
     )
+    p.add_argument(
+        "--no-freeze", dest="freeze", action="store_false",
+        help="leave the other targets running while one is measured (default: SIGSTOP them)",
+    )  # fmt: skip
     p.add_argument("--duration", type=float, default=5.0, help="seconds per level and target")
     p.add_argument("--requests", type=int, help="a fixed number of requests per level instead of --duration")
     p.add_argument(

@@ -84,16 +84,30 @@ def sweep(servers: list[Server], info: ModelInfo, args) -> tuple[list[dict], dic
                 print(f"[bench] {name} on {server.name}: SKIPPED: {problem}", flush=True)
             else:
                 live.append(server)
+        for server in servers:
+            server.resume()  # every target answers its probe
         for concurrency in args.concurrency:
             for rnd in range(args.rounds):
                 # Targets take turns, and the order flips every round, so drifting load hits all alike.
                 for server in live if rnd % 2 == 0 else live[::-1]:
+                    _take_turn(server, servers, getattr(args, "freeze", True))
                     row = {"scenario": name, "target": server.name, "round": rnd + 1}
                     row.update(drive(server, pools[server.name], scenario.items, concurrency, args))
                     row["loadavg_1m"] = round(os.getloadavg()[0], 2)
                     rows.append(row)
                     _print_row(name, concurrency, server.name, row)
+    for server in servers:
+        server.resume()
     return rows, failures
+
+
+def _take_turn(active: Server, servers: list[Server], freeze: bool) -> None:
+    """Only the target being measured runs; the others wait frozen (see Server.pause)."""
+    active.resume()
+    if freeze:
+        for other in servers:
+            if other is not active:
+                other.pause()
 
 
 def _print_row(name: str, concurrency: int, target: str, row: dict) -> None:

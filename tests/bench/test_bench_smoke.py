@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import time
 from importlib.util import find_spec
 
 import httpx
@@ -17,6 +19,7 @@ from bench.load import RequestSpec, run_load_sync, summarize
 from bench.naive_app import create_app
 from bench.raw import RawModel, measure
 from bench.scenarios import SCENARIOS, model_info
+from bench.servers import Server
 
 
 def test_summarize_counts_errors_and_orders_percentiles():
@@ -163,3 +166,21 @@ def test_rounds_are_summarized_by_median_and_judged_against_the_best_peer():
     assert verdict("p50 no higher")["pass"]  # 1.0 ms against kserve's 1.2 ms
     assert verdict("rounds within")["pass"] and "(7%)" in verdict("rounds within")["measured"]  # 200 / 3000
     assert verdict("server CPU")["pass"]  # 0.2 ms
+
+
+def test_a_paused_server_uses_no_cpu_and_stops_cleanly(tmp_path):
+    """The sweep freezes the targets waiting for their turn (SIGSTOP to the group) and resumes them."""
+    spin = "while True: sum(range(10000))\n"
+    server = Server("spin", [sys.executable, "-c", spin], {}, tmp_path / "spin.log")
+    server.launch()
+    try:
+        server.pause()
+        before = server.cpu_seconds()
+        time.sleep(0.3)  # a busy loop would use ~0.3 s of CPU here if it ran
+        assert server.paused and server.cpu_seconds() == before
+        server.resume()
+        assert not server.paused and server.proc.poll() is None
+        server.pause()
+    finally:
+        server.stop()  # continues the paused group first, so its SIGTERM lands
+    assert server.proc.returncode is not None and not server.paused
