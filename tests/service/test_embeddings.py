@@ -155,3 +155,25 @@ def test_official_openai_client_against_a_live_server(models_dir, settings_for, 
             anonymous.embeddings.create(model="tiny", input=inputs)
         oai.close()
         anonymous.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"model": "tiny", "input": "DIGIT", "encoding_format": "base64", "dimensions": 2}, 200),
+        ({"model": "tiny", "input": ["DIGIT"]}, 200),
+        ({"model": "tiny@9", "input": "DIGIT"}, 404),
+        ({"model": "tiny", "input": "DIGIT", "dimensions": 99}, 422),
+    ],
+)
+def test_answers_match_the_published_schema(client, digit_pngs, body, status):
+    import jsonschema
+
+    spec = client.get("/openapi.json").json()
+    raw = b64(digit_pngs[0])
+    body = {k: ([raw] if v == ["DIGIT"] else raw if v == "DIGIT" else v) for k, v in body.items()}
+    resp = client.post("/v1/embeddings", json=body)
+    assert resp.status_code == status
+    entry = spec["paths"]["/v1/embeddings"]["post"]["responses"][str(status)]
+    schema = {**entry["content"]["application/json"]["schema"], "components": spec["components"]}
+    jsonschema.Draft202012Validator(schema).validate(resp.json())
