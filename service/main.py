@@ -62,7 +62,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "Accept"],
-            expose_headers=["X-Request-ID", "X-Seed", "Retry-After"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Seed",
+                "Retry-After",
+                "X-Model-Version",
+                "X-Embedding-Dimensions",
+            ],
         )
     if tracing.wanted(settings):
         tracing.install(required=settings.tracing)  # exporters as the OTEL_* variables say
