@@ -35,7 +35,7 @@ import numpy as np
 
 from service import __version__, tracing
 from service.config import Settings
-from service.errors import ErrorType, InvalidInput, NotReady, ServiceError, Timeout, Unauthorized
+from service.errors import ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.inference import ModelRegistry
@@ -295,10 +295,10 @@ async def start(registry: ModelRegistry, settings: Settings, metrics: Metrics) -
     address = _address(settings.host, settings.grpc_port)
     try:
         port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise NotReady(f"gRPC: cannot bind {address}: {exc}") from None
+    except RuntimeError as exc:  # the service does not start: a configured port it cannot serve is an error
+        raise RuntimeError(f"gRPC: cannot bind {address} (VAE_GRPC_PORT; 0 turns gRPC off): {exc}") from None
     if port == 0:
-        raise NotReady(f"gRPC: cannot bind {address}")
+        raise RuntimeError(f"gRPC: cannot bind {address} (VAE_GRPC_PORT; 0 turns gRPC off)")
     await server.start()
     log.info("gRPC (Open Inference Protocol) listening on %s", _address(settings.host, port))
     return GrpcServer(server, port)

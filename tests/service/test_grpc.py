@@ -351,3 +351,23 @@ def test_generated_modules_match_the_proto(tmp_path):
         assert made == (root / "service" / "grpc" / name).read_bytes(), (
             f"{name} is stale: run scripts/gen_grpc.sh"
         )
+
+
+def test_a_port_in_use_stops_startup_with_a_clear_error(models_dir, settings_for):
+    import socket
+
+    from service.inference import ModelRegistry
+    from service.metrics import Metrics
+
+    with socket.socket() as taken:  # a listener without SO_REUSEPORT: nothing else can bind beside it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = settings_for(models_dir, grpc_port=taken.getsockname()[1])
+
+        async def start() -> None:
+            from service.grpc.server import start as start_grpc
+
+            await start_grpc(ModelRegistry(settings, Metrics()), settings, Metrics())
+
+        with pytest.raises(RuntimeError, match=r"cannot bind .*VAE_GRPC_PORT"):
+            asyncio.run(start())
