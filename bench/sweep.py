@@ -74,6 +74,8 @@ def sweep(servers: list[Server], info: ModelInfo, args) -> tuple[list[dict], dic
     failures: dict[str, str] = {}
     for name in args.scenarios:
         scenario = SCENARIOS[name]
+        for server in servers:
+            server.resume()  # every target answers its probe
         serving = [s for s in servers if scenario.peers or s.name not in PEERS]
         pools = {s.name: scenario.build(s.name, info) for s in serving}
         live = []
@@ -84,8 +86,6 @@ def sweep(servers: list[Server], info: ModelInfo, args) -> tuple[list[dict], dic
                 print(f"[bench] {name} on {server.name}: SKIPPED: {problem}", flush=True)
             else:
                 live.append(server)
-        for server in servers:
-            server.resume()  # every target answers its probe
         for concurrency in args.concurrency:
             for rnd in range(args.rounds):
                 # Targets take turns, and the order flips every round, so drifting load hits all alike.
