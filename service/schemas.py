@@ -159,7 +159,8 @@ class ReconstructResponse(_ModelTagged):
     images: list[str] = Field(description="Base64 PNG reconstructions (decoder mean at z = encoder mean).")
     scores: list[float] = Field(
         description="Negative ELBO per image in nats: -log p(x | z = mean) summed over pixels plus the exact "
-        "KL(q(z|x) || N(0, I)). Higher: less typical of the training data (novelty score)."
+        "KL(q(z|x) || N(0, I)); under a mixture prior (see /v1/models) the KL is the deterministic upper "
+        "bound -log sum_k w_k exp(-KL(q || p_k)). Higher: less typical of the training data (novelty score)."
     )
     mse: list[float] = Field(description="Mean squared error per pixel between image and reconstruction.")
     mean: Latents

@@ -214,8 +214,9 @@ async def sample(
     "/reconstruct",
     summary="Images -> reconstructions with a per-image novelty score (negative ELBO, nats)",
     description="score = -log p(x | z = mean) summed over pixels (Bernoulli: binary cross-entropy; Gaussian: "
-    "the manifest's sigma) + KL(q(z|x) || N(0, I)) in closed form; a single-point estimate at the posterior "
-    "mean, so it is deterministic. `mse` is the mean squared pixel error. npy output: `?output=`.",
+    "the manifest's sigma) + KL(q(z|x) || N(0, I)) in closed form (under a mixture prior, the upper bound "
+    "-log sum_k w_k exp(-KL(q || p_k))); a single-point estimate at the posterior mean, so it is "
+    "deterministic. `mse` is the mean squared pixel error. npy output: `?output=`.",
     responses=_responses(ReconstructResponse, PNG, NPY),
     openapi_extra=_body(ReconstructRequest, ReconstructOptions),
 )
