@@ -64,6 +64,18 @@ class MixturePrior:
         std = np.exp(np.float32(0.5) * self.log_vars[k]) * np.float32(temperature)
         return (self.means[k] + std * eps).astype(np.float32)
 
+    def log_density(self, z: np.ndarray) -> np.ndarray:
+        """(...) log sum_k w_k N(z; means_k, diag exp(log_vars_k)) for z (..., D), float64."""
+        flat = z.reshape(-1, z.shape[-1]).astype(np.float64)
+        mk, lvk = self.means.astype(np.float64), self.log_vars.astype(np.float64)
+        inv = np.exp(-lvk)  # (K, D)
+        squared = (flat**2) @ inv.T - 2 * flat @ (mk * inv).T + (mk**2 * inv).sum(axis=1)  # (N, K)
+        with np.errstate(divide="ignore"):
+            log_w = np.log(self.weights)
+        per = log_w - 0.5 * (z.shape[-1] * math.log(2 * math.pi) + lvk.sum(axis=1) + np.maximum(squared, 0))
+        top = per.max(axis=1, keepdims=True)
+        return (top[:, 0] + np.log(np.exp(per - top).sum(axis=1))).reshape(z.shape[:-1])
+
     def component_kls(self, mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
         """(N, K) KL(N(mean, exp(log_var)) || N(means_k, exp(log_vars_k))) in closed form, float64."""
         m, lv = mean.astype(np.float64), log_var.astype(np.float64)

@@ -253,3 +253,35 @@ def test_a_tampered_prior_file_is_refused(exported_vamp, tmp_path):
     (copy / PRIOR_FILE).unlink()
     with pytest.raises(ManifestError, match="prior parameter file missing"):
         verify_model_dir(copy)
+
+
+def test_the_mixture_file_density_is_the_training_prior(exported_vamp, trained_vamp):
+    mixture = read_mixture(exported_vamp / PRIOR_FILE, 6, 3)
+    z = np.random.default_rng(1).normal(size=(4, 5, 3)) * 2
+    model = trained_vamp.model.cpu().eval()
+    with torch.no_grad():
+        expected = log_prior(model, torch.from_numpy(z).float()).numpy()
+    np.testing.assert_allclose(mixture.log_density(z), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("prior", ["vamp", "standard"])
+def test_the_iwae_bound_through_onnx_agrees_with_pytorch(prior, trained_vamp, exported_vamp, tmp_path):
+    from training.export import export_run
+    from training.onnx_eval import onnx_iwae_bound
+    from training.train import train
+
+    if prior == "vamp":
+        model, folder = trained_vamp.model.cpu().eval(), exported_vamp
+    else:
+        config = TrainConfig(latent_dim=3, hidden_dims=(16,), epochs=2, batch_size=64, seed=2)
+        result = train(config, tmp_path / "run", dataset=_dataset(), progress=False)
+        model = result.model.cpu().eval()
+        folder, _ = export_run(model, _dataset(), result.final, tmp_path / "models", "std", measured_with="t")
+    x = (np.random.default_rng(3).random((16, *SHAPE)) > 0.6).astype(np.float32)
+    k = 2000
+    with torch.no_grad():
+        ours = iwae_bound(model, torch.from_numpy(x), k, generator=torch.Generator().manual_seed(0)).numpy()
+    served = onnx_iwae_bound(folder, x, k, seed=0)
+    # Different noise (numpy vs torch), same estimator: they agree to its Monte-Carlo error at k = 2000.
+    assert abs(float(served.mean() - ours.mean())) < 0.05, (served.mean(), ours.mean())
+    np.testing.assert_allclose(served, ours, atol=0.2)
