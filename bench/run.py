@@ -37,6 +37,8 @@ from bench.servers import Server, describe_ours, naive_server, ours_server, peer
 from bench.sweep import add_ratios, judge, measure_raw, soak, summarize_rounds, sweep
 from bench.wrk import available as wrk_available
 
+IDLE_CORES_FREEZE = 0.05
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--no-freeze", dest="freeze", action="store_false",
-        help="leave the other targets running while one is measured (default: SIGSTOP them)",
+        help="leave every target running while another is measured (default: SIGSTOP those that burn CPU "
+        "while idle)",
     )  # fmt: skip
     p.add_argument("--duration", type=float, default=5.0, help="seconds per level and target")
     p.add_argument("--requests", type=int, help="a fixed number of requests per level instead of --duration")
@@ -189,6 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     report["service_models"] = httpx.get(f"{servers[0].url}/v1/models", timeout=10).json()
                 servers[0].config = describe_ours(report.get("service_models"), args)
+            for server in servers:  # who burns CPU while idle (frozen between its turns, unless --no-freeze)
+                idle = server.idle_cores(1.0)
+                server.freezable = idle > IDLE_CORES_FREEZE
+                if server.freezable and args.freeze:
+                    server.config += f" (idles at {idle:.2f} of a core: frozen while others are measured)"
             report["servers"] = {s.name: s.config for s in servers}
             if not args.only_soak:
                 targets = [s for s in servers if s.name in args.targets or s.name in args.peers]

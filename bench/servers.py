@@ -43,6 +43,7 @@ class Server:
     proc: subprocess.Popen | None = None
     ready_path: str = "/readyz"
     paused: bool = False
+    freezable: bool = False  # it burns CPU while idle: frozen while other targets are measured
     config: str = ""  # how it is configured, in words, for the report
 
     @property
@@ -80,6 +81,12 @@ class Server:
         raise RuntimeError(
             f"{self.name} not ready after {ready_timeout_s:.0f}s (last: {last}); see {self.log_path}"
         )
+
+    def idle_cores(self, seconds: float = 1.0) -> float:
+        """Cores the server uses while nobody talks to it."""
+        before = self.cpu_seconds()
+        time.sleep(seconds)
+        return (self.cpu_seconds() - before) / seconds
 
     def pause(self) -> None:
         """SIGSTOP the whole process group: a server waiting for its turn uses no CPU at all (LitServe's
