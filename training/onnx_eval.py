@@ -53,3 +53,34 @@ def onnx_iwae_bound(model_dir: Path, x: np.ndarray, k: int, seed: int = 0, chunk
         total = np.logaddexp(total, top + np.log(np.exp(log_w - top).sum(axis=0)))
         done += step
     return total - math.log(k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.onnx_eval models/mnist/2 --k 1000`: the bound on the folder's own test set (its
+    training config names the data; binarized once with seed 0 when it was trained binarized)."""
+    import argparse
+    import json
+
+    from training.config import TrainConfig
+    from training.evaluate import evaluation_data
+    from training.train import eval_tensor
+
+    parser = argparse.ArgumentParser(prog="python -m training.onnx_eval", description=main.__doc__)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=0, help=">0: the first N test images only")
+    parser.add_argument("--batch", type=int, default=100)
+    args = parser.parse_args(argv)
+    config = TrainConfig.from_dict(verify_model_dir(args.model_dir).training)
+    x = eval_tensor(evaluation_data(config, args.data_dir, args.limit), config).numpy()
+    total = 0.0
+    for start in range(0, len(x), args.batch):
+        batch = x[start : start + args.batch]
+        total += float(onnx_iwae_bound(args.model_dir, batch, args.k, seed=start).sum())
+    print(json.dumps({"examples": len(x), "iwae_k": args.k, "iwae_nll": round(-total / len(x), 4)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
