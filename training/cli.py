@@ -120,8 +120,8 @@ def build_parser(progs: dict[str, str] | None = None) -> argparse.ArgumentParser
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue from RUN_DIR/last.pt (an error if it is missing); epochs, device, lr and grad-clip "
-        "may change, the other options must match the checkpoint's",
+        help="continue from RUN_DIR/last.pt (an error if it is missing); epochs, device, lr, grad-clip, "
+        "objective and train-k may change, the other options must match the checkpoint's",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     train.add_argument("--distributed", action="store_true", help="one replica of a torchrun launch (DDP)")

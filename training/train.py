@@ -33,9 +33,10 @@ METRICS_LOG = "metrics.jsonl"
 TEST_BINARIZE_SEED = 0
 
 
-# Only these options may differ on --resume: the epoch budget, the device, and the two knobs that recover
-# a run that diverged (a lower learning rate, gradient clipping).
-RESUMABLE_CHANGES = ("epochs", "device", "lr", "grad_clip")
+# Only these options may differ on --resume: the epoch budget, the device, the two knobs that recover
+# a run that diverged (a lower learning rate, gradient clipping), and the objective, so that a run can finish
+# on the IWAE bound at small k after ELBO epochs (the architecture, data and prior stay the checkpoint's).
+RESUMABLE_CHANGES = ("epochs", "device", "lr", "grad_clip", "objective", "train_k")
 
 
 @dataclass

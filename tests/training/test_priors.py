@@ -285,3 +285,22 @@ def test_the_iwae_bound_through_onnx_agrees_with_pytorch(prior, trained_vamp, ex
     # Different noise (numpy vs torch), same estimator: they agree to its Monte-Carlo error at k = 2000.
     assert abs(float(served.mean() - ours.mean())) < 0.05, (served.mean(), ours.mean())
     np.testing.assert_allclose(served, ours, atol=0.2)
+
+
+def test_a_run_can_finish_on_the_iwae_objective(tmp_path):
+    """The recipe's last phase: ELBO epochs, then --resume with objective=iwae and a small k."""
+    from training.train import train
+
+    base = dict(latent_dim=3, hidden_dims=(16,), prior="vamp", vamp_components=4, batch_size=64)
+    train(TrainConfig(epochs=1, **base), tmp_path, dataset=_dataset(128, 32), progress=False)
+    late = TrainConfig(epochs=2, objective="iwae", train_k=5, **base)
+    result = train(late, tmp_path, dataset=_dataset(128, 32), progress=False, resume=True)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    with pytest.raises(ValueError, match=r"different options \(vamp_components\)"):
+        train(
+            TrainConfig(epochs=3, **{**base, "vamp_components": 5}),
+            tmp_path,
+            dataset=_dataset(128, 32),
+            progress=False,
+            resume=True,
+        )
