@@ -4,11 +4,12 @@ The default uses the machine it is on:
 
 - CPU host: one worker process per usable core, each with up to two onnxruntime intra-op threads (idle
   pool threads sleep: sessions are created with spinning off). The request's HTTP, JSON and PNG work runs in
-  Python, one core per process, so only processes use every core for it; a second intra-op thread lets a lone
-  request's decode use an idle second core. Measured on the 2-core host with every target alternating
-  (docs/benchmarks.md), 5 rounds: at 64 connections 2 workers x 2 threads served 2,293 req/s (p99 84 ms)
-  against 1,704 (133 ms) for 2 x 1 and 1,593 (95 ms) for 1 x 2; for a lone client its p50 (1.09 ms) matched
-  1 x 2 (1.06 ms). The host was shared (load average ~7), which favours more threads somewhat.
+  Python, one core per process, so only processes use every core for it; a second intra-op thread lets a
+  batch use a core the other process leaves idle. Measured on the 2-core host with every configuration
+  alternating (docs/benchmarks.md), 5 rounds: at 64 connections 2 workers x 2 threads served 2,293 req/s
+  (p99 84 ms) against 1,704 (133 ms) for 2 x 1 and 1,593 (95 ms) for 1 x 2; for a lone client its p50
+  (1.09 ms) matched 1 x 2 (1.06 ms). The host was shared (load average ~7), where more threads also win a
+  larger share of the CPU: in process, the second thread made a batch-1 decode only ~3% faster.
 - GPU host: one process per GPU (each pinned to its device with CUDA_VISIBLE_DEVICES), since one process
   keeps a GPU busy through batching, and every extra process would hold its own CUDA context and arena.
 
@@ -122,7 +123,7 @@ def choose(
         why = (
             f"CPU host with {cores} usable core(s): {chosen} worker process(es) x {threads} onnxruntime "
             "thread(s) (a request's HTTP, JSON and PNG work runs in Python, one core per process; a second "
-            "intra-op thread lets a lone request's decode use an idle core)"
+            "intra-op thread lets a batch use a core the other workers leave idle)"
         )
         return Plan(chosen, threads, "cpu", why)
     # VAE_INTRA_OP_THREADS given: fill the cores with workers of that many threads (0 is onnxruntime's own
