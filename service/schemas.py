@@ -213,8 +213,22 @@ class ModelInfo(BaseModel):
     manifest: dict[str, Any] | None = None
 
 
+class ServingPlan(BaseModel):
+    """How `vae-serve` runs: the worker plan it chose from the machine, and why (service/workers.py)."""
+
+    workers: int = Field(description="Worker processes serving this port.")
+    intra_op_threads: int = Field(description="onnxruntime intra-op threads per session (0: its default).")
+    device: Literal["cpu", "cuda"]
+    reason: str = Field(description="Why this plan: the cores or GPUs found, or the flags given.")
+    pid: int = Field(description="The worker process that answered.")
+    slot: int | None = Field(None, description="The worker's GPU slot, when there are several GPUs.")
+
+
 class ModelsResponse(BaseModel):
     default_model: str
+    serving: ServingPlan | None = Field(
+        None, description="The worker plan; null when the app runs outside `vae-serve` (e.g. in tests)."
+    )
     models: list[ModelInfo]
 
 

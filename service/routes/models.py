@@ -59,9 +59,9 @@ def _info(registry: ModelRegistry, name: str) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     registry = registry_of(request)
     names = registry.names or sorted(registry.models)
-    return NumpyJSONResponse(
-        {"default_model": registry.default_name, "models": [_info(registry, n) for n in names]}
-    )
+    serving = getattr(request.app.state, "serving", None)  # set by service.workers under vae-serve
+    body = {"default_model": registry.default_name, "serving": serving}
+    return NumpyJSONResponse({**body, "models": [_info(registry, n) for n in names]})
 
 
 @router.get(
