@@ -64,6 +64,9 @@ def test_metrics_are_summed_across_workers_and_sighup_reaches_every_worker(tmp_p
             assert r.status_code == 200
         counts = {_decode_count(url) for _ in range(6)}  # whichever worker answers the scrape
         assert counts == {float(n)}
+        serving = httpx.get(f"{url}/v1/models", timeout=10).json()["serving"]
+        assert (serving["workers"], serving["intra_op_threads"], serving["device"]) == (2, 1, "cpu")
+        assert serving["reason"].startswith("--workers 2 given") and serving["pid"] != proc.pid
 
         # A new version appears; SIGHUP to the parent only: every worker must load it.
         shutil.copytree(models / "mnist-2d" / "1", models / "mnist-2d" / "2")
