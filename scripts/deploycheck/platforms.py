@@ -6,8 +6,9 @@ target), and pip answers the two questions only the registry can: does a wheel o
 the target's tags, and what does that wheel require? One `pip install --dry-run --no-deps --report` per level
 of the dependency tree, reading the registry's PEP 658 metadata (no wheel is downloaded).
 
-A pass is cached under .cache/resolution/ keyed by the project's requirements, constraints.txt, the platform
-and the extras, so reruns with unchanged requirements ask nothing of the network.
+A pass is cached in the user's cache folder ($XDG_CACHE_HOME or ~/.cache, then vae-service/resolution/),
+keyed by the project's requirements, constraints.txt, the platform and the extras: reruns with unchanged
+requirements, fresh clones on the same machine included, ask nothing of the network.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from deploycheck import ROOT
 from deploycheck.requirements import (
     PLATFORMS,
     PYPROJECT,
@@ -41,7 +41,7 @@ from deploycheck.requirements import (
     read_constraints,
 )
 
-CACHE = ROOT / ".cache" / "resolution"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae-service" / "resolution"
 PIP_TIMEOUT_S = 120  # one level of the tree: a few dozen metadata files
 DEFAULT_INDEX = "https://pypi.org/simple"
 

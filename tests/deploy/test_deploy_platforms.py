@@ -2,7 +2,7 @@
 
 The walk itself is tested offline on a made-up index; the real check asks the package index for each
 platform's wheels (deploycheck.platforms) and skips, saying why, only when the index is unreachable. A pass
-is cached under .cache/resolution/ by the hash of pyproject.toml and constraints.txt.
+is cached under ~/.cache/vae-service/resolution/ by the hash of pyproject.toml and constraints.txt.
 """
 
 from __future__ import annotations
