@@ -2,14 +2,14 @@
 
 The default uses the machine it is on:
 
-- CPU host: one worker process per usable core, each with up to two onnxruntime intra-op threads (idle
-  pool threads sleep: sessions are created with spinning off). The request's HTTP, JSON and PNG work runs in
-  Python, one core per process, so only processes use every core for it; a second intra-op thread lets a
-  batch use a core the other process leaves idle. Measured on the 2-core host with every configuration
-  alternating (docs/benchmarks.md), 5 rounds: at 64 connections 2 workers x 2 threads served 2,293 req/s
-  (p99 84 ms) against 1,704 (133 ms) for 2 x 1 and 1,593 (95 ms) for 1 x 2; for a lone client its p50
-  (1.09 ms) matched 1 x 2 (1.06 ms). The host was shared (load average ~7), where more threads also win a
-  larger share of the CPU: in process, the second thread made a batch-1 decode only ~3% faster.
+- CPU host: one worker process per usable core, each with one onnxruntime intra-op thread. A request's HTTP,
+  JSON and PNG work runs in Python, one core per process, so only processes put every core to work on it, and
+  a small decode gains next to nothing from a second thread (~3% in process, spinning off). Measured on the
+  2-core host with every configuration alternating (docs/benchmarks.md), at load average ~1.7, 4 rounds: at
+  64 connections 2 workers x 1 thread served 2,696 req/s (p99 49 ms, 0.68 ms CPU per request) against
+  2,479 for 2 x 2 (0.74 ms) and 1,720 for 1 x 2 (p99 110 ms); for a lone client all three were within noise
+  (p50 1.47-1.54 ms). Under heavy load from other jobs 2 x 2 came out ahead, only because more threads win a
+  larger share of a contended CPU.
 - GPU host: one process per GPU (each pinned to its device with CUDA_VISIBLE_DEVICES), since one process
   keeps a GPU busy through batching, and every extra process would hold its own CUDA context and arena.
 
@@ -119,13 +119,12 @@ def choose(
         )
         return Plan(gpus, threads, "cuda", why)
     if intra_op_threads is None:
-        threads, chosen = min(2, cores), cores
         why = (
-            f"CPU host with {cores} usable core(s): {chosen} worker process(es) x {threads} onnxruntime "
-            "thread(s) (a request's HTTP, JSON and PNG work runs in Python, one core per process; a second "
-            "intra-op thread lets a batch use a core the other workers leave idle)"
+            f"CPU host with {cores} usable core(s): {cores} worker process(es) x 1 onnxruntime thread (a "
+            "request's HTTP, JSON and PNG work runs in Python, one core per process; a small decode gains "
+            "next to nothing from a second thread)"
         )
-        return Plan(chosen, threads, "cpu", why)
+        return Plan(cores, 1, "cpu", why)
     # VAE_INTRA_OP_THREADS given: fill the cores with workers of that many threads (0 is onnxruntime's own
     # default, every core for one session: then one process).
     chosen = 1 if intra_op_threads == 0 else max(1, cores // intra_op_threads)

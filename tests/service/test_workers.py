@@ -19,13 +19,12 @@ from tests.service.serving import committed_model, vae_serve
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_cpu_host_runs_one_worker_per_core_with_up_to_two_threads():
+def test_cpu_host_runs_one_single_threaded_worker_per_core():
     plan = choose(None, "auto", None, cores=2, gpus=0)
-    assert (plan.workers, plan.intra_op_threads, plan.device) == (2, 2, "cpu")
+    assert (plan.workers, plan.intra_op_threads, plan.device) == (2, 1, "cpu")
     assert "2 usable core(s)" in plan.reason
     many = choose(None, "cpu", None, cores=8, gpus=2)  # cpu asked for: the GPUs do not count
-    assert (many.workers, many.intra_op_threads, many.device) == (8, 2, "cpu")
-    assert choose(None, "cpu", None, cores=1, gpus=0).intra_op_threads == 1
+    assert (many.workers, many.intra_op_threads, many.device) == (8, 1, "cpu")
 
 
 def test_gpu_host_runs_one_worker_per_gpu():
@@ -110,7 +109,7 @@ def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(tmp_path: Path):
 def test_the_plan_reaches_every_worker_through_the_environment():
     plan = choose(None, "cpu", None, cores=2, gpus=0)
     env = plan.environment()
-    assert env["VAE_INTRA_OP_THREADS"] == "2"
+    assert env["VAE_INTRA_OP_THREADS"] == "1"
     assert Plan(**json.loads(env["VAE_SERVING_PLAN"])) == plan
 
 
