@@ -163,8 +163,8 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="Threads onnxruntime uses inside one operator (0: onnxruntime's default, one per "
-        "physical core). Left unset, `vae-serve` sets it with its worker plan (service/workers.py: up to 2 "
-        "per worker process on a CPU host, so the workers share the cores).",
+        "physical core). Left unset, `vae-serve` sets it with its worker plan (service/workers.py: 1 per "
+        "worker process on a CPU host, one worker per core).",
     )
     inter_op_threads: int = Field(
         default=1,
