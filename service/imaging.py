@@ -97,7 +97,7 @@ def _decode_errors(fmt: str) -> Iterator[None]:
         raise ImageDecodeError(f"corrupt or truncated {fmt} image") from exc
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+def _to_mode(img: Image.Image, channels: int, background: str = "black") -> Image.Image:
     """Convert any Pillow mode to L (1 channel) or RGB (3), keeping the full dynamic range."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16/32-bit grayscale: Pillow's convert("L") clips at 255, so scale to 8 bits by hand.
@@ -105,10 +105,11 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels become the background colour of MNIST-style data: black.
+        # Transparent pixels become the model's background: black as in MNIST-style data, unless the
+        # manifest states another (emoji are drawn for white).
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, rgba)
+        fill = (255, 255, 255, 255) if background == "white" else (0, 0, 0, 255)
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, fill), rgba)
     return img.convert("L" if channels == 1 else "RGB")
 
 
@@ -119,7 +120,7 @@ def prepare_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     centre-crop to the model's aspect ratio and resize with a box-filtered bilinear resample.
     """
     img = ImageOps.exif_transpose(img)
-    img = _to_mode(img, spec.channels)
+    img = _to_mode(img, spec.channels, spec.background)
     if img.size != (spec.width, spec.height):
         img = ImageOps.fit(img, (spec.width, spec.height), method=Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)

@@ -46,6 +46,8 @@ class ImageSpec(_Strict):
     width: int = Field(ge=4, le=1024)
     # Pixel values the encoder expects and the decoder produces; [0, 1] for every model we export.
     pixel_range: tuple[float, float] = (0.0, 1.0)
+    # The colour transparent pixels were composited onto in the training data; uploads get the same.
+    background: Literal["black", "white"] = "black"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -71,6 +73,9 @@ class DatasetSpec(_Strict):
     source: str
     train_examples: int = Field(ge=0)
     test_examples: int = Field(ge=0)
+    license: str | None = None
+    split: str | None = None  # how train and test were separated, where it is not the published split
+    classes: list[str] | None = None  # label names by index
 
 
 class PriorSpec(_Strict):
@@ -112,6 +117,21 @@ class Metrics(_Strict):
     iwae_k: int | None = None
     active_units: int | None = None
     measured_with: str
+    # For likelihoods that are code lengths of the 8-bit images: iwae_nll (else neg_elbo) / (C H W ln 2), and
+    # on exactly the same test images lossless WebP, PNG and probabilistic PCA (training/baselines.py).
+    bits_per_dim: float | None = None
+    baselines_bits_per_dim: dict[str, float] | None = None
+
+
+class ConditionalSpec(_Strict):
+    """Per-class Gaussians of the aggregate posterior, for conditional sampling (training/conditional.py):
+    `file` is an .npz of plain arrays (names (K,), counts (K,), mean (K, D), cholesky (K, D, D), float32);
+    z = mean[c] + temperature * cholesky[c] @ eps, eps ~ N(0, I) from the request's seed."""
+
+    kind: Literal["gaussian_per_class"] = "gaussian_per_class"
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    classes: list[str]
 
 
 class Manifest(_Strict):
@@ -122,9 +142,14 @@ class Manifest(_Strict):
     description: str = ""
     latent_dim: int = Field(ge=1, le=4096)
     image: ImageSpec
-    likelihood: Literal["bernoulli", "gaussian"]
+    likelihood: Literal["bernoulli", "gaussian", "discretized_logistic"]
     # Standard deviation of the Gaussian likelihood p(x|z); only for likelihood == "gaussian".
     gaussian_sigma: float | None = Field(default=None, gt=0)
+    # Components K of the discretized logistic mixture (PixelCNN++), only for that likelihood: the decoder's
+    # second output `params` (batch, K(1+2C), H, W) holds K mixture logits, K*C mean logits and K*C log-scales
+    # per pixel (service/inference/likelihoods.py); its first output `x` is the mixture's mean image.
+    mixture_components: int | None = Field(default=None, ge=1, le=64)
+    conditional: ConditionalSpec | None = None
     encoder: GraphSpec
     decoder: GraphSpec
     prior: PriorSpec | None = None  # None: N(0, I)
@@ -144,9 +169,15 @@ class Manifest(_Strict):
     def expected_graphs(self) -> None:
         """Check that tensor names and shapes agree with latent_dim and image; raise ManifestError if not."""
         img = list(self.image.shape)
+        decoded: list[list[Any]] = [["batch", *img]]
+        if (self.likelihood == "discretized_logistic") != (self.mixture_components is not None):
+            raise ManifestError("mixture_components is given exactly when likelihood is discretized_logistic")
+        if self.mixture_components is not None:
+            c, h, w = self.image.shape
+            decoded.append(["batch", self.mixture_components * (1 + 2 * c), h, w])
         want = {
             "encoder": ([["batch", *img]], [["batch", self.latent_dim], ["batch", self.latent_dim]]),
-            "decoder": ([["batch", self.latent_dim]], [["batch", *img]]),
+            "decoder": ([["batch", self.latent_dim]], decoded),
         }
         for role, (ins, outs) in want.items():
             graph: GraphSpec = getattr(self, role)
@@ -215,12 +246,14 @@ def verify_model_dir(model_dir: Path) -> Manifest:
     """Read the manifest and check each graph file (and a prior's parameter file) exists and matches its
     sha256."""
     manifest = read_manifest(model_dir)
-    hashed: list[tuple[str, GraphSpec | PriorSpec]] = [
+    hashed: list[tuple[str, GraphSpec | PriorSpec | ConditionalSpec]] = [
         ("encoder graph", manifest.encoder),
         ("decoder graph", manifest.decoder),
     ]
     if manifest.prior is not None:
         hashed.append(("prior parameter file", manifest.prior))
+    if manifest.conditional is not None:
+        hashed.append(("class statistics file", manifest.conditional))
     for what, graph in hashed:
         path = Path(model_dir) / graph.file
         if path.name != graph.file or not path.is_file():

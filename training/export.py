@@ -27,6 +27,7 @@ from service.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
     PREVIEW_FILE,
+    ConditionalSpec,
     DatasetSpec,
     GraphSpec,
     ImageSpec,
@@ -269,8 +270,24 @@ def export_run(
         real_images=real,
         description=description,
         force=force,
+        extras=_dataset_extras(vae, dataset),
     )
     return target, metrics
+
+
+def _dataset_extras(vae: VAE, dataset: ImageDataset) -> dict[str, Any]:
+    """What only some datasets bring: per-class latent Gaussians where classes are named, a background."""
+    from training.datasets import image_background
+
+    extras: dict[str, Any] = {"background": image_background(dataset.name)}
+    if dataset.classes and len(dataset.x_train):
+        from training.conditional import fit_class_gaussians
+        from training.data import to_float
+
+        extras["conditional"] = fit_class_gaussians(
+            vae, to_float(dataset.x_train), dataset.y_train, dataset.classes
+        )
+    return extras
 
 
 def export_vae(
@@ -285,6 +302,7 @@ def export_vae(
     real_images: np.ndarray | None = None,
     description: str = "",
     force: bool = False,
+    extras: dict[str, Any] | None = None,
 ) -> Path:
     """Export, verify and publish one model version; returns its folder. version None = latest + 1.
 
@@ -310,7 +328,7 @@ def export_vae(
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{chosen}.", dir=target.parent))
         parity = _assemble(
-            vae, staging, name, chosen, dataset, metrics, training_config, real_images, description
+            vae, staging, name, chosen, dataset, metrics, training_config, real_images, description, extras
         )
         _publish(staging, target)
     except BaseException as exc:
@@ -337,8 +355,13 @@ def _assemble(
     training_config: dict[str, Any] | None,
     real_images: np.ndarray | None,
     description: str,
+    extras: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Write and verify the graphs, preview and manifest into `staging`; returns the parity numbers."""
+    """Write and verify the graphs, preview and manifest into `staging`; returns the parity numbers.
+
+    `extras` (optional): `conditional`, per-class latent Gaussians (training.conditional) written to a hashed
+    side file; `background`, the colour transparent pixels were composited onto in the training data."""
+    extras = extras or {}
     c, h, w = vae.image_shape
     enc_path, dec_path = staging / ENCODER_FILE, staging / DECODER_FILE
     _export_graph(EncoderGraph(vae).eval(), torch.zeros(2, c, h, w), "x", ["mean", "log_var"], enc_path)
@@ -355,8 +378,8 @@ def _assemble(
         created=datetime.now(UTC),
         description=description,
         latent_dim=vae.latent_dim,
-        image=ImageSpec(channels=c, height=h, width=w),  # type: ignore[arg-type]
-        likelihood=vae.config.likelihood,  # type: ignore[arg-type]
+        image=ImageSpec(channels=c, height=h, width=w, **_background(extras)),  # type: ignore[arg-type]
+        likelihood=vae.config.likelihood,
         gaussian_sigma=vae.config.gaussian_sigma if vae.config.likelihood == "gaussian" else None,
         encoder=GraphSpec(
             file=ENCODER_FILE,
@@ -378,6 +401,7 @@ def _assemble(
         exporters=_exporter_versions(),
         parity=parity,
         **_likelihood_fields(vae),
+        **_conditional_fields(extras, staging),
     )
     write_manifest(staging, manifest)
     verify_model_dir(staging)
@@ -391,6 +415,22 @@ def _params_specs(vae: VAE, outputs: list[str]) -> list[TensorSpec]:
     c, h, w = vae.image_shape
     maps = param_channels(c, vae.config.mixture_components)
     return [TensorSpec(name="params", shape=["batch", maps, h, w])]
+
+
+def _background(extras: dict[str, Any]) -> dict[str, Any]:
+    return {"background": extras["background"]} if extras.get("background") else {}
+
+
+def _conditional_fields(extras: dict[str, Any], staging: Path) -> dict[str, Any]:
+    """Write the per-class Gaussians beside the graphs; the manifest records the file's sha256."""
+    gaussians = extras.get("conditional")
+    if gaussians is None:
+        return {}
+    from training.conditional import save_class_gaussians
+
+    path, digest = save_class_gaussians(gaussians, staging)
+    spec = ConditionalSpec(file=path.name, sha256=digest, classes=list(gaussians.names))
+    return {"conditional": spec}
 
 
 def _likelihood_fields(vae: VAE) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.inference.batcher import Batcher
+from service.inference.likelihoods import discretized_logistic_nll
 from service.inference.limits import check_finite_outputs
 from service.inference.runtime import Graph
 from service.latents import lerp, manifold_latents, slerp
@@ -166,7 +167,7 @@ class VAEModel:
 
     async def decode(self, latents: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, C, H, W) in the pixel range."""
-        (images,) = await self.decoder_batcher.submit(latents)
+        images = (await self.decoder_batcher.submit(latents))[0]  # `x`; a mixture's `params` follow it
         low, high = self.manifest.image.pixel_range
         # In place: these rows of the batch output belong to this request alone.
         return np.clip(images, low, high, out=images)
@@ -189,8 +190,14 @@ class VAEModel:
         """
         encoding = await self.encode(images)
         mean, log_var = encoding.mean, encoding.log_var
-        recon = await self.decode(mean)
-        nll = reconstruction_nll(images, recon, self.manifest.likelihood, self.manifest.gaussian_sigma)
+        if self.manifest.likelihood == "discretized_logistic":
+            recon, params = await self.decoder_batcher.submit(mean)
+            low, high = self.manifest.image.pixel_range
+            recon = np.clip(recon, low, high, out=recon)
+            nll = discretized_logistic_nll(images, params)  # a code length of the 8-bit image, in nats
+        else:
+            recon = await self.decode(mean)
+            nll = reconstruction_nll(images, recon, self.manifest.likelihood, self.manifest.gaussian_sigma)
         kl = kl_to_prior(mean, log_var) if self.prior is None else self.prior.kl_bound(mean, log_var)
         scores = nll + kl
         flat = (images - recon).reshape(len(images), -1).astype(np.float64)
