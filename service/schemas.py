@@ -97,6 +97,13 @@ class SampleRequest(_Options):
     temperature: float = Field(
         1.0, gt=0, le=10, description="Scale of the prior draws: z ~ N(0, temperature^2 I)."
     )
+    label: str | int | None = Field(
+        None,
+        description='A class name from the model\'s `conditional.classes` on /v1/models (e.g. "Sneaker"; '
+        "an integer is read as its decimal name, for digit classes): z = mean_c + temperature * L_c eps, "
+        "eps ~ N(0, I) from the seed, with the class's Gaussian fitted to the training encodings.",
+        examples=["Sneaker"],
+    )
 
 
 class ReconstructOptions(_Options):
@@ -153,6 +160,7 @@ class SampleResponse(_ModelTagged):
     latents: Latents
     seed: int
     temperature: float
+    label: str | None = Field(None, description="The class sampled from, when the request gave one.")
 
 
 class ReconstructResponse(_ModelTagged):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.conditional import ClassGaussians
 from service.errors import InvalidInput
 from service.inference.batcher import Batcher
 from service.inference.likelihoods import discretized_logistic_nll
@@ -99,6 +100,7 @@ class VAEModel:
         encoder_batcher: Batcher,
         decoder_batcher: Batcher,
         prior: MixturePrior | None = None,
+        classes: ClassGaussians | None = None,
     ):
         self.manifest = manifest
         self.path = path
@@ -107,6 +109,7 @@ class VAEModel:
         self.encoder_batcher = encoder_batcher
         self.decoder_batcher = decoder_batcher
         self.prior = prior  # None: N(0, I); else the manifest's mixture, read and checked at load
+        self.classes = classes  # the per-class Gaussians of the manifest's `conditional` section, if any
 
     @property
     def name(self) -> str:
@@ -172,8 +175,29 @@ class VAEModel:
         # In place: these rows of the batch output belong to this request alone.
         return np.clip(images, low, high, out=images)
 
-    async def sample(self, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-        if self.prior is not None:  # a component per draw, then a Gaussian draw (service/priors.py)
+    def class_index(self, label: str) -> int:
+        """The index of a class name, or InvalidInput saying which names this model has."""
+        if self.classes is None:
+            raise InvalidInput(
+                f"model {self.name!r} v{self.manifest.version} has no classes: label needs a model whose "
+                "/v1/models entry lists classes"
+            )
+        index = self.classes.index(label)
+        if index is None:
+            valid = ", ".join(repr(name) for name in self.classes.names)
+            shown = label[:100]
+            raise InvalidInput(f"unknown label {shown!r} for model {self.name!r}; valid labels: {valid}")
+        return index
+
+    async def sample(
+        self, n: int, seed: int, temperature: float, label: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """n seeded draws from the prior, or with a label from that class's Gaussian, and their images."""
+        if label is not None:
+            index = self.class_index(label)
+            assert self.classes is not None
+            latents = self.classes.draw(index, n, seed, temperature)
+        elif self.prior is not None:  # a component per draw, then a Gaussian draw (service/priors.py)
             latents = self.prior.draw(n, seed, temperature)
         else:
             latents = draw_prior(n, self.latent_dim, seed, temperature)

@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from service.conditional import ClassFileError, ClassGaussians, read_class_gaussians
 from service.config import Settings
 from service.errors import ModelNotFound, NotReady
 from service.inference.batcher import Batcher, BatchStats
@@ -201,12 +202,20 @@ class ModelRegistry:
                 prior = read_mixture(path / spec.file, spec.components, manifest.latent_dim)
             except PriorFileError as exc:
                 raise ModelLoadError(str(exc)) from exc
+        classes: ClassGaussians | None = None
+        if manifest.conditional is not None:
+            cond = manifest.conditional
+            self._check_inside(path / cond.file)
+            try:
+                classes = read_class_gaussians(path / cond.file, cond.classes, manifest.latent_dim)
+            except ClassFileError as exc:
+                raise ModelLoadError(str(exc)) from exc
         options = session_options(s.intra_op_threads, s.inter_op_threads)
         encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
         decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
-            self._batcher(name, version, "decoder", decoder), prior,
+            self._batcher(name, version, "decoder", decoder), prior, classes,
         )  # fmt: skip
         try:
             model.warm_up(tuple(sorted({1, s.max_batch_size})))

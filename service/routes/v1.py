@@ -184,8 +184,9 @@ async def decode(request: Request, model: ModelQuery = None, version: VersionQue
 @router.post(
     "/sample",
     summary="Draw n latents from the prior (seeded) and decode them",
-    description="The same seed, n, temperature and model always give the same images. npy output: the "
-    "images, or `?output=latents`.",
+    description="The same seed, n, temperature, label and model always give the same images. With `label`, "
+    "the draws come from that class's Gaussian (models whose /v1/models entry lists `conditional.classes`); "
+    "an unknown label is a 422 listing the valid ones. npy output: the images, or `?output=latents`.",
     responses=_responses(SampleResponse, PNG, NPY),
     openapi_extra=_body(SampleRequest, SampleRequest),
 )
@@ -196,15 +197,20 @@ async def sample(
     settings, registry = settings_of(request), registry_of(request)
     payload = await read_payload(request, settings)
     if payload.images is not None or payload.latents is not None:
-        raise InvalidInput("sample takes n, seed, temperature and model only")
+        raise InvalidInput("sample takes n, seed, temperature, label and model only")
     opts = validate(SampleRequest, payload.fields)
     check_sample_n(opts.n, settings)
     vae = model_of(registry, opts.model, opts.version)
+    label = None if opts.label is None else str(opts.label)
+    if label is not None:
+        vae.class_index(label)  # an unknown label or a model without classes: 422 before any work
     _bound_response(settings, vae, opts.n, opts.n * vae.latent_dim)
     seed = opts.seed if opts.seed is not None else new_seed()
-    images, latents = await vae.sample(opts.n, seed, opts.temperature)
+    images, latents = await vae.sample(opts.n, seed, opts.temperature, label)
     headers = {"X-Seed": str(seed)}
-    extra = {"latents": latents, "seed": seed, "temperature": opts.temperature}
+    extra: dict[str, Any] = {"latents": latents, "seed": seed, "temperature": opts.temperature}
+    if label is not None:
+        extra["label"] = label
     return await _images_out(
         request, vae, images, {"images": images, "latents": latents}, output, extra=extra, headers=headers
     )
