@@ -39,6 +39,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service import activity
 from service.config import Settings
 from service.errors import ErrorType
 
@@ -249,6 +250,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
+        activity.watch(self.connections)  # a lone connection's calls skip the batcher's thread hop
         self._go_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -34,9 +34,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service import activity
 from service.errors import InferenceFailed, NotReady, Overloaded, ServiceError, Timeout
 
 log = logging.getLogger(__name__)
+
+# Longest call run on the event loop for a request alone in the process (see service.activity).
+ALONE_INLINE_S = 0.002
 
 Outputs = tuple[np.ndarray, ...]
 RunFn = Callable[[np.ndarray], Outputs]
@@ -155,7 +159,9 @@ class Batcher:
     async def _run_alone(self, job: _Job) -> None:
         self._running = True
         try:
-            await self._run([job])
+            # The only open connection in the process: nothing could join a batch, so skip the thread hop for
+            # calls up to ALONE_INLINE_S; otherwise the usual rule, so arrivals during the call can queue.
+            await self._run([job], ALONE_INLINE_S if activity.alone() else None)
         finally:
             self._running = False
             if self._queue and self._wake is not None:
@@ -231,10 +237,11 @@ class Batcher:
         self._stats.on_queue(self._queued_items)
         return batch
 
-    async def _run(self, batch: list[_Job]) -> None:
+    async def _run(self, batch: list[_Job], inline_below_s: float | None = None) -> None:
         x = batch[0].x if len(batch) == 1 else np.concatenate([job.x for job in batch])
+        limit = self.inline_below_s if inline_below_s is None else max(inline_below_s, self.inline_below_s)
         try:
-            if self._seconds_per_item * len(x) < self.inline_below_s:
+            if self._seconds_per_item * len(x) < limit:
                 # Cheaper than the thread hop around it (a tiny MLP decodes one latent in ~20 us): run here.
                 outputs, elapsed = _timed(self._run_fn, x)
             else:

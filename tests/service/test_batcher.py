@@ -237,3 +237,32 @@ def test_a_lone_request_runs_in_its_own_task_and_what_arrives_meanwhile_forms_th
         np.testing.assert_array_equal(out, rows(i, 1) * 2)
     assert recorded.batches == [1, 3]  # the lone run, then one batch of the three that queued
     assert most[0] == 1  # never two calls at once
+
+
+def test_a_request_alone_in_the_process_runs_on_the_event_loop():
+    """With one open connection nothing can join a batch, so the call skips the thread hop; with two, the
+    usual rule (here: the thread, since the measured run is slower than inline_below_s)."""
+    from service import activity
+
+    threads: list[str] = []
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.001)  # slower than inline_below_s below, far below the alone limit
+        return (x,)
+
+    batcher = make(run, max_delay_s=0.0, inline_below_s=0.0001)
+
+    async def main(connections: list[object]) -> None:
+        activity.watch(connections)
+        for i in range(3):
+            await batcher.submit(rows(i, 1))
+
+    try:
+        asyncio.run(main([object(), object()]))  # two connections: the first run measures, all on the thread
+        asyncio.run(main([object()]))  # one connection: on the loop
+    finally:
+        activity.watch(None)
+    loop_thread = threading.main_thread().name
+    assert all(name != loop_thread for name in threads[:3])
+    assert threads[3:] == [loop_thread] * 3
