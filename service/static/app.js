@@ -233,9 +233,51 @@ function renderModelInfo(m) {
   if (man.description) infoRow(dl, "about", man.description);
 }
 
+// Class-conditional sampling: models whose manifest has a `conditional` section list their class names, and
+// /v1/sample takes one as `label`. The picker keeps the chosen class when the next model has it too.
+function renderClassPicker(m) {
+  const classes = (manifestOf(m).conditional || {}).classes || [];
+  const select = $("label");
+  const keep = select.value;
+  const any = document.createElement("option");
+  any.value = "";
+  any.textContent = "any (prior)";
+  const options = classes.map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    return option;
+  });
+  select.replaceChildren(any, ...options);
+  select.value = classes.includes(keep) ? keep : "";
+  $("label-field").hidden = classes.length === 0;
+  $("label-note").hidden = classes.length === 0;
+  updateSampleHeading();
+}
+
+function updateSampleHeading() {
+  const label = $("label").value;
+  $("sample-heading").textContent = label ? `Samples of class “${label}”` : "Samples from the prior";
+}
+
+// Colour models: uploads go to the service as they are (it composites transparency onto the manifest's
+// background and keeps the three channels); the drawing pad stays white-on-black grey, made for digits.
+function renderImageKind(m) {
+  const img = imageSpec(m);
+  document.body.dataset.background = img.background || "black";
+  $("rec-hint").textContent =
+    img.channels === 3
+      ? "A colour model: upload a PNG/JPEG (transparent parts become its " +
+        `${img.background || "black"} background). The pad draws grey strokes on black, made for digit ` +
+        "models, so drawings are far from what this model was trained on."
+      : "Draw a digit in white on black (mouse, pen or finger), or upload a PNG/JPEG.";
+}
+
 async function selectModel(m) {
   state.model = m;
   renderModelInfo(m);
+  renderClassPicker(m);
+  renderImageKind(m);
   const url = new URL(location.href);
   url.searchParams.set("model", modelName(m));
   history.replaceState(null, "", url);
@@ -467,7 +509,13 @@ function reconstruct() {
     out.alt = `Reconstruction of the ${input.origin} by ${state.model.name}`;
     $("rec-score").value = fmt(data.scores[0], 1);
     const mse = Array.isArray(data.mse) ? ` · MSE ${fmt(data.mse[0], 4)}` : "";
-    $("score-unit").textContent = `nats (−ELBO; higher is less typical)${mse}`;
+    // Under the discretized logistic the score is a code length of the 8-bit image: also shown per dimension.
+    const spec = imageSpec(state.model);
+    const dims = spec.channels * spec.height * spec.width;
+    const bits = manifestOf(state.model).likelihood === "discretized_logistic" && Number.isFinite(data.scores[0])
+      ? ` · ${fmt(data.scores[0] / (dims * Math.LN2), 2)} bits/dim`
+      : "";
+    $("score-unit").textContent = `nats (−ELBO; higher is less typical)${bits}${mse}`;
     state.posterior = { mean: data.mean ? data.mean[0] : null, logVar: data.log_var ? data.log_var[0] : null };
     renderPosterior(state.posterior);
     $("rec-to-a").disabled = false;
@@ -546,6 +594,8 @@ function sample() {
       temperature: numberFrom("temperature", "Temperature"),
       model: modelName(state.model),
     };
+    const label = $("label").value;
+    if (label) body.label = label;
     const data = await api("POST", "v1/sample", body);
     if (!current()) return;
     state.samples = data.images.map((b64, i) => ({ src: pngSrc(b64), z: data.latents ? data.latents[i] : null }));
@@ -559,7 +609,7 @@ function sample() {
         const img = document.createElement("img");
         img.className = "pix";
         img.src = s.src;
-        img.alt = `Sample ${i + 1} (seed ${body.seed})`;
+        img.alt = `Sample ${i + 1} (seed ${body.seed}${label ? `, class ${label}` : ""})`;
         button.append(img);
         button.addEventListener("click", () => pickSample(i));
         return button;
@@ -567,6 +617,7 @@ function sample() {
     );
     grid.dataset.seed = String(body.seed);
     grid.dataset.model = body.model;
+    grid.dataset.label = label;
     // An interpolation to look at right away: the first two samples, until the user picks endpoints.
     if (!state.ends.a && !state.ends.b && state.samples.length >= 2 && state.samples[0].z) {
       setEnd("a", endFromSample(0));
@@ -833,6 +884,10 @@ function init() {
   });
   $("seed").addEventListener("change", sample);
   $("temperature").addEventListener("change", sample);
+  $("label").addEventListener("change", () => {
+    updateSampleHeading();
+    sample();
+  });
   $("new-seed").addEventListener("click", newSeed);
 
   $("interp-form").addEventListener("submit", (ev) => {

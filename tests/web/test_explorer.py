@@ -566,3 +566,112 @@ def _shrink_png(path: Path) -> None:
     with Image.open(path) as img:
         small = img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     small.save(path, optimize=True)
+
+
+# --- class picker and colour models, on the committed models ------------------------------------------------
+# `fashion` (10 Fashion-MNIST classes), `emoji` (RGB 32x32, emoji categories) and `mnist` (no classes).
+
+EMOJI_FIXTURES = ROOT / "tests" / "fixtures" / "emoji"
+COLOUR_SCREENSHOT = ROOT / "docs" / "explorer-colour.png"
+
+
+@pytest.fixture(scope="module")
+def committed_url(artifacts_dir: Path) -> Iterator[str]:
+    with _serve(ROOT / "models", artifacts_dir / "explorer-classes-service.log") as url:
+        yield url
+
+
+def _api_sample(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{url}/v1/sample", json.dumps(body).encode(), {"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def _is_colour(page, selector: str) -> bool:
+    """Whether the decoded image has a pixel whose channels differ (a grey PNG has R = G = B)."""
+    return page.evaluate(
+        """(sel) => { const img = document.querySelector(sel); const c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight; const ctx = c.getContext('2d');
+        ctx.drawImage(img, 0, 0); const d = ctx.getImageData(0, 0, c.width, c.height).data;
+        for (let i = 0; i < d.length; i += 4) {
+          if (Math.abs(d[i] - d[i + 1]) > 8 || Math.abs(d[i + 1] - d[i + 2]) > 8) return true; }
+        return false; }""",
+        selector,
+    )
+
+
+@browser_mark
+@pytest.mark.timeout(240)
+def test_label_picker_samples_the_class(browser, committed_url: str, artifacts_dir: Path) -> None:
+    page, problems = _new_page(browser)
+    try:
+        _load(page, f"{committed_url}/?model=fashion")
+        assert page.locator("#label-field").is_visible()
+        options = page.locator("#label option").all_inner_texts()
+        assert options[0] == "any (prior)" and "Sneaker" in options and len(options) == 11
+
+        page.select_option("#label", "Sneaker")
+        page.wait_for_function("() => document.getElementById('samples').dataset.label === 'Sneaker'")
+        _wait_loaded(page, "#samples .tile img")
+        assert page.inner_text("#sample-heading") == "Samples of class “Sneaker”"
+        # The page shows exactly what the API gives for that seed, count and class.
+        seed, count = int(page.input_value("#seed")), int(page.input_value("#count"))
+        want = _api_sample(committed_url, {"n": count, "seed": seed, "label": "Sneaker", "model": "fashion"})
+        srcs = [img.get_attribute("src") for img in page.locator("#samples .tile img").all()]
+        assert srcs == [f"data:image/png;base64,{b64}" for b64 in want["images"]]
+
+        # A model without classes hides the picker and samples the prior.
+        page.select_option("#model-select", "mnist")
+        page.wait_for_function("() => document.getElementById('samples').dataset.model === 'mnist'")
+        assert not page.locator("#label-field").is_visible()
+        assert page.locator("#samples").get_attribute("data-label") == ""
+        page.screenshot(path=str(artifacts_dir / "explorer-classes.png"), full_page=True)
+        problems.check()
+    finally:
+        page.context.close()
+
+
+@browser_mark
+@pytest.mark.timeout(240)
+def test_label_colour_model_upload_samples_and_interpolation(
+    browser,
+    committed_url: str,
+    artifacts_dir: Path,
+) -> None:
+    page, problems = _new_page(browser, color_scheme="dark")
+    try:
+        _load(page, f"{committed_url}/?model=emoji")
+        assert "Smileys & Emotion" in page.locator("#label option").all_inner_texts()
+        assert "colour model" in page.inner_text("#rec-hint")
+        assert page.evaluate("() => document.body.dataset.background") == "white"
+        page.select_option("#label", "Smileys & Emotion")
+        page.wait_for_function(
+            "(label) => document.getElementById('samples').dataset.label === label", arg="Smileys & Emotion"
+        )
+        _wait_loaded(page, "#samples .tile img")
+        assert _is_colour(page, "#samples .tile img")
+        _wait_loaded(page, "#frame")
+        assert _is_colour(page, "#frame")
+
+        before = page.locator("#rec-output").get_attribute("src")
+        page.set_input_files("#upload", str(EMOJI_FIXTURES / "google-1f600.png"))
+        page.wait_for_function(
+            "(before) => { const img = document.getElementById('rec-output');"
+            " return img.getAttribute('src') && img.getAttribute('src') !== before"
+            " && img.complete && img.naturalWidth > 0; }",
+            arg=before,
+        )
+        assert _is_colour(page, "#rec-output")
+        assert "bits/dim" in page.inner_text("#score-unit")
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.mouse.move(0, 0)
+        shot = artifacts_dir / "explorer-colour.png"
+        page.screenshot(path=str(shot), full_page=True)
+        _shrink_png(shot)
+        if os.environ.get("VAE_UPDATE_DOCS_SCREENSHOT") == "1":
+            COLOUR_SCREENSHOT.write_bytes(shot.read_bytes())
+        problems.check()
+    finally:
+        page.context.close()
