@@ -21,11 +21,16 @@ FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def models_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     for name in ("fashion", "mnist"):  # fashion/1 ships classes.npz; mnist/1 has no conditional section
         shutil.copytree(MODELS / name / "1", root / name / "1")
-    with serve(root, default_model="fashion") as c:
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(models_root):
+    with serve(models_root, default_model="fashion") as c:
         yield c
 
 
@@ -152,3 +157,14 @@ def test_class_file_checks(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ClassFileError, match="plain arrays"):
         read_class_gaussians(tmp_path / "junk.npz", ["a", "b"], 3)
+
+
+def test_python_client_sends_label(models_root, live, settings_for):
+    from service.client import VAEClient, VAEServiceError
+
+    with live(settings_for(models_root)) as url, VAEClient(url) as vae:
+        result = vae.sample(3, model="fashion", seed=5, label="Bag")
+        np.testing.assert_array_equal(result.latents, reference_draw(8, 3, 5, 1.0))
+        with pytest.raises(VAEServiceError) as err:
+            vae.sample(1, model="fashion", label="Hat")
+    assert err.value.status == 422 and "'Ankle boot'" in err.value.message
