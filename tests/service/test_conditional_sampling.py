@@ -168,3 +168,24 @@ def test_python_client_sends_label(models_root, live, settings_for):
         with pytest.raises(VAEServiceError) as err:
             vae.sample(1, model="fashion", label="Hat")
     assert err.value.status == 422 and "'Ankle boot'" in err.value.message
+
+
+def test_a_bad_class_file_is_refused_at_load(tmp_path):
+    """A classes.npz whose hash matches but whose factor is no Cholesky factor: the model is not served, and
+    /readyz says why."""
+    import hashlib
+    import json
+
+    folder = tmp_path / "models" / "fashion" / "1"
+    shutil.copytree(MODELS / "fashion" / "1", folder)
+    with np.load(folder / "classes.npz", allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["cholesky"] = arrays["cholesky"].transpose(0, 2, 1).copy()  # upper triangular
+    np.savez(folder / "classes.npz", **arrays)
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["conditional"]["sha256"] = hashlib.sha256((folder / "classes.npz").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(manifest))
+    with serve(tmp_path / "models") as c:
+        ready = c.get("/readyz").json()
+    assert ready["models"] == {"fashion": False}
+    assert "cholesky is not lower triangular" in ready["failures"]["fashion"]
