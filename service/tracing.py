@@ -113,7 +113,7 @@ def uninstall() -> None:
 
 
 def _processors(environ: Mapping[str, str]) -> list[SpanProcessor]:
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
     out: list[SpanProcessor] = []
     for name in (environ.get("OTEL_TRACES_EXPORTER") or "otlp").lower().split(","):
@@ -124,13 +124,16 @@ def _processors(environ: Mapping[str, str]) -> list[SpanProcessor]:
                 or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
                 or "http/protobuf"
             )
+            exporter: SpanExporter  # endpoint, headers, timeout: from OTEL_*
             if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+                exporter = Grpc()
             else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
-                    OTLPSpanExporter,
-                )
-            out.append(BatchSpanProcessor(OTLPSpanExporter()))  # endpoint, headers, timeout: from OTEL_*
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+                exporter = Http()
+            out.append(BatchSpanProcessor(exporter))
         elif name == "console":
             out.append(BatchSpanProcessor(ConsoleSpanExporter()))
         elif name and name != "none":
