@@ -39,9 +39,9 @@ from service.errors import ErrorType, InvalidInput, ServiceError, Timeout, Unaut
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.inference import ModelRegistry
-from service.inference.limits import check_batch
+from service.inference.limits import check_output_names, check_tensor
+from service.inference.oip import EXTENSIONS, GraphRef, bound_response, resolve_graph, run_graph
 from service.metrics import Metrics
-from service.routes.v2 import EXTENSIONS, GraphRef, _bound_response, _resolve, _run
 from service.security import key_matches
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def work() -> Any:
             # Unknown or not (yet) loaded: not ready, as Triton answers, rather than an error.
             try:
-                _resolve(self.registry, request.name, _version(request.version))
+                resolve_graph(self.registry, request.name, _version(request.version))
             except ServiceError:
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=not self.registry.draining)
@@ -173,7 +173,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            ref = _resolve(self.registry, request.name, _version(request.version))
+            ref = resolve_graph(self.registry, request.name, _version(request.version))
             inputs, outputs = ref.signature()
             loaded = self.registry.loaded_versions().get(ref.model.name, [ref.model.manifest.version])
             tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -191,13 +191,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            ref = _resolve(self.registry, request.model_name, _version(request.model_version))
+            ref = resolve_graph(self.registry, request.model_name, _version(request.model_version))
             inputs, outputs = ref.signature()
             names = [o["name"] for o in outputs]
             wanted = _wanted_outputs(request, names)
             x = _input_array(request, inputs[0], self.settings, images=ref.role == "encoder")
-            _bound_response(ref, len(x), [(name, True) for name in wanted], self.settings)
-            results = await _run(ref, x, self.settings)
+            bound_response(ref, len(x), [(name, True) for name in wanted], self.settings)
+            results = await run_graph(ref, x, self.settings)
             with tracing.span("vae.encode_protobuf"):
                 return _response(ref, request.id, wanted, results)
 
@@ -207,13 +207,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 def _wanted_outputs(request: Any, names: list[str]) -> list[str]:
     if not request.outputs:
         return names
-    chosen: list[str] = []
-    for out in request.outputs:
-        if out.name not in names:
-            raise InvalidInput(f"unknown output {out.name[:64]!r}; this model has {names}")
-        if out.name in chosen:
-            raise InvalidInput(f"output {out.name!r} is requested more than once")
-        chosen.append(out.name)
+    chosen = [out.name for out in request.outputs]
+    check_output_names(chosen, names)
     return chosen
 
 
@@ -223,16 +218,7 @@ def _input_array(request: Any, want: dict[str, Any], settings: Settings, *, imag
         raise InvalidInput(f"expected exactly one input, {want['name']!r}")
     tensor = request.inputs[0]
     name, shape = tensor.name, list(tensor.shape)
-    if name != want["name"]:
-        raise InvalidInput(f"unexpected input {name[:64]!r}; this model takes {want['name']!r}")
-    if tensor.datatype != "FP32":
-        raise InvalidInput(f"input {name!r} must have datatype FP32, not {tensor.datatype[:32]!r}")
-    fixed = want["shape"][1:]
-    if len(shape) != len(want["shape"]) or shape[1:] != fixed:
-        raise InvalidInput(
-            f"input {name!r} has shape {shape[:8]}; expected [batch, {', '.join(map(str, fixed))}]"
-        )
-    check_batch(shape[0], settings, images=images)
+    check_tensor(name, tensor.datatype, shape, want, settings, images=images)
     count = int(np.prod(shape))
     typed = tensor.contents.fp32_contents if tensor.HasField("contents") else None
     if request.raw_input_contents:

@@ -15,7 +15,6 @@ for with `parameters.binary_data: true` (or request-level `binary_data_output: t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,16 +24,8 @@ from fastapi import APIRouter, Request, Response
 from service import __version__
 from service.config import Settings
 from service.errors import InvalidInput, ModelNotFound, Unauthorized
-from service.inference import ModelRegistry
-from service.inference.limits import (
-    check_latent_values,
-    check_output_names,
-    check_pixel_values,
-    check_response_bytes,
-    check_tensor,
-    response_bytes,
-)
-from service.inference.model import VAEModel
+from service.inference.limits import check_output_names, check_tensor
+from service.inference.oip import EXTENSIONS, bound_response, resolve_graph, run_graph
 from service.routes.deadline import DeadlineRoute
 from service.routes.deps import registry_of, settings_of
 from service.routes.error_handlers import INFERENCE_ERRORS, responses
@@ -42,47 +33,6 @@ from service.routes.error_handlers import INFERENCE_ERRORS, responses
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"], route_class=DeadlineRoute)
 
 HEADER_LENGTH = "inference-header-content-length"
-ROLES = ("encoder", "decoder")
-EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
-
-
-@dataclass(frozen=True)
-class GraphRef:
-    """One OIP model: a served VAE and which of its two graphs."""
-
-    model: VAEModel
-    role: str  # "encoder" | "decoder"
-
-    @property
-    def oip_name(self) -> str:
-        return f"{self.model.name}-{self.role}"
-
-    def signature(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        spec = getattr(self.model.manifest, self.role)
-
-        def tensors(items: list[Any]) -> list[dict[str, Any]]:
-            return [
-                {"name": t.name, "datatype": "FP32", "shape": [-1 if d == "batch" else d for d in t.shape]}
-                for t in items
-            ]
-
-        return tensors(spec.inputs), tensors(spec.outputs)
-
-
-def _resolve(registry: ModelRegistry, oip_name: str, version: str | None) -> GraphRef:
-    base, _, role = oip_name.rpartition("-")
-    if role not in ROLES or not base:
-        raise ModelNotFound(f"unknown model {oip_name!r}; OIP models are <name>-encoder and <name>-decoder")
-    model = registry.get(base)  # the newest loaded; unknown or unavailable models fail here
-    if version is None:
-        return GraphRef(model, role)
-    loaded = registry.loaded_versions().get(base, [])
-    number = int(version) if version.isascii() and version.isdigit() and len(version) <= 9 else None
-    if number is None or number not in loaded:
-        raise ModelNotFound(f"model {oip_name!r} has no loaded version {version[:32]!r}; loaded: {loaded}")
-    return GraphRef(registry.get(base, number), role)
-
-
 _META_ERRORS = responses(ModelNotFound, Unauthorized, oip=True)
 _INFER_ERRORS = responses(*INFERENCE_ERRORS, oip=True)
 
@@ -116,7 +66,7 @@ async def ready(request: Request) -> Response:
 )
 async def model_metadata(request: Request, model_name: str, version: str | None = None) -> Response:
     registry = registry_of(request)
-    ref = _resolve(registry, model_name, version)
+    ref = resolve_graph(registry, model_name, version)
     inputs, outputs = ref.signature()
     loaded = registry.loaded_versions().get(ref.model.name, [ref.model.manifest.version])
     return _json(
@@ -137,7 +87,7 @@ async def model_metadata(request: Request, model_name: str, version: str | None 
     responses=_META_ERRORS,
 )
 async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
-    ref = _resolve(registry_of(request), model_name, version)
+    ref = resolve_graph(registry_of(request), model_name, version)
     return _json({"name": ref.oip_name, "ready": True})
 
 
@@ -248,22 +198,6 @@ def _wanted_outputs(request: dict[str, Any], names: list[str]) -> list[tuple[str
     return chosen
 
 
-def _bound_response(ref: GraphRef, batch: int, wanted: list[tuple[str, bool]], settings: Settings) -> None:
-    _, outputs = ref.signature()
-    per_item = {o["name"]: int(np.prod(o["shape"][1:])) for o in outputs}
-    estimate = sum(response_bytes(floats=batch * per_item[name], binary=binary) for name, binary in wanted)
-    check_response_bytes(estimate, settings)
-
-
-async def _run(ref: GraphRef, x: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
-    if ref.role == "encoder":
-        check_pixel_values(x, ref.model.manifest.image, name="x")
-        encoding = await ref.model.encode(x)
-        return {"mean": encoding.mean, "log_var": encoding.log_var}
-    check_latent_values(x, settings, name="input 'z'")
-    return {"x": await ref.model.decode(x)}
-
-
 @router.post(
     "/models/{model_name}/infer", summary="Inference (JSON or binary tensors)", responses=_INFER_ERRORS
 )
@@ -272,7 +206,7 @@ async def _run(ref: GraphRef, x: np.ndarray, settings: Settings) -> dict[str, np
 )
 async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
     settings = settings_of(request)
-    ref = _resolve(registry_of(request), model_name, version)
+    ref = resolve_graph(registry_of(request), model_name, version)
     body, binary = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -280,9 +214,9 @@ async def infer(request: Request, model_name: str, version: str | None = None) -
     inputs, outputs = ref.signature()
     wanted = _wanted_outputs(body, [o["name"] for o in outputs])
     tensor, shape = _input_header(body, inputs[0], settings, images=ref.role == "encoder")
-    _bound_response(ref, shape[0], wanted, settings)
+    bound_response(ref, shape[0], wanted, settings)
     x = _input_data(tensor, shape, binary)
-    results = await _run(ref, x, settings)
+    results = await run_graph(ref, x, settings)
     header: dict[str, Any] = {
         "model_name": ref.oip_name,
         "model_version": str(ref.model.manifest.version),
