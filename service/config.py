@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         "chains, so 1 (sequential execution) wastes nothing.",
     )
 
-    # --- dynamic batching (issue 5) ------------------------------------------------------------------------
+    # --- dynamic batching -----------------------------------------------------------------------------------
     max_batch_size: int = Field(
         default=256, ge=1, le=65536, description="Most items (images or latents) in one onnxruntime call."
     )
