@@ -193,7 +193,10 @@ def test_overload_at_three_times_capacity_gets_only_200s_and_fast_503s(models_di
         batcher = app.state.registry.models["tiny"].decoder_batcher
         real_run = batcher._run_fn
 
+        ran: list[int] = []
+
         def slow_run(x: np.ndarray) -> Any:
+            ran.append(len(x))
             time.sleep(0.02)  # a slower model: every batch takes 20 ms
             return real_run(x)
 
@@ -212,6 +215,9 @@ def test_overload_at_three_times_capacity_gets_only_200s_and_fast_503s(models_di
         for _ in range(3):  # three waves of 15 concurrent clients
             results += await asyncio.gather(*(one(i) for i in range(15)))
         batcher._run_fn = real_run
+        accepted = sum(1 for status, _, _ in results if status == 200)
+        # Refused at once, not after queueing: the graph ran exactly the accepted requests' items.
+        assert sum(ran) == 4 * accepted, (sum(ran), accepted)
         assert (await client.post("/v1/sample", json={"model": "tiny", "n": 4})).status_code == 200
         return results
 
@@ -220,10 +226,9 @@ def test_overload_at_three_times_capacity_gets_only_200s_and_fast_503s(models_di
     assert set(statuses) == {200, 503}, statuses
     # Each wave: the queue admits 4 requests (16 items) while a batch runs; the rest are refused at once.
     assert statuses[200] >= 9 and statuses[503] >= 15, statuses
-    for status, headers, seconds in results:
+    for status, headers, _ in results:
         if status == 503:
             assert headers["retry-after"] == "2"
-            assert seconds < 0.5  # refused at once, not after queueing
 
 
 # --- hot reload ---------------------------------------------------------------------------------------------
