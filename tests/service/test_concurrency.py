@@ -115,16 +115,15 @@ def test_a_full_queue_gives_fast_503_with_retry_after(models_dir, settings_for, 
         await asyncio.sleep(0.1)  # taken by the worker: the queue is empty again
         queued = asyncio.create_task(client.post("/v1/sample", json={"n": 4, "seed": 2}))
         await asyncio.sleep(0.05)  # waiting: the queue holds 4 items
-        started = time.monotonic()
         refused = await client.post("/v1/sample", json={"n": 1, "seed": 3})
-        refused_after = time.monotonic() - started
-        return await running, await queued, refused, refused_after
+        refused_while_running = not running.done()
+        return await running, await queued, refused, refused_while_running
 
-    running, queued, refused, refused_after = app_runner(settings, scenario)
+    running, queued, refused, refused_while_running = app_runner(settings, scenario)
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "2"
     assert refused.json()["error_type"] == "overloaded"
-    assert refused_after < 0.2  # it did not wait for the slow batch
+    assert refused_while_running  # it did not wait for the slow batch
     assert running.status_code == 200 and queued.status_code == 200
 
 
