@@ -51,7 +51,7 @@ from service.inference.model import draw_prior
 from service.routes.deadline import DeadlineRoute
 from service.routes.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
 from service.routes.error_handlers import responses
-from service.routes.requests import JSON, _b64decode, read_payload, validate
+from service.routes.requests import JSON, decode_base64_image, read_payload, validate
 from service.routes.responses import NumpyJSONResponse
 from service.tracing import span
 
@@ -158,9 +158,6 @@ def _encoded(vector: np.ndarray, encoding_format: str) -> Any:
     return vector
 
 
-_REQUEST_SCHEMA = EmbeddingsRequest.model_json_schema()
-
-
 @router.post(
     "/embeddings",
     summary="Images -> latent embeddings (posterior means) in OpenAI's embeddings shape",
@@ -189,7 +186,7 @@ async def create_embeddings(request: Request) -> Response:
     check_image_count(len(items), settings)  # before any base64 is decoded
     check_response_bytes(response_bytes(floats=len(items) * model.latent_dim), settings)
     try:
-        blobs = [_b64decode(text, i) for i, text in enumerate(items)]
+        blobs = [decode_base64_image(text, i) for i, text in enumerate(items)]
         with span("vae.decode_images", {"vae.images": len(blobs)}):
             x = await image_pool_of(request).prepare(blobs, model.manifest.image, settings)  # (N, C, H, W)
     except InvalidInput as exc:  # the shared checks name the field `images`; here it is `input`

@@ -83,12 +83,13 @@ def _split_json(data: dict[str, Any]) -> Payload:
     if images is not None:
         if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
             raise InvalidInput("images: expected a list of base64 strings")
-        payload.images = [_b64decode(s, i) for i, s in enumerate(images)]
+        payload.images = [decode_base64_image(s, i) for i, s in enumerate(images)]
     payload.fields = data
     return payload
 
 
-def _b64decode(text: str, index: int) -> bytes:
+def decode_base64_image(text: str, index: int) -> bytes:
+    """One image sent as base64 or a base64 data URL (strict: junk characters are an error), for any route."""
     if text.startswith("data:"):
         head, sep, text = text.partition(",")
         if not sep or not head.endswith(";base64"):
