@@ -149,6 +149,9 @@ class Manifest(_Strict):
     # second output `params` (batch, K(1+2C), H, W) holds K mixture logits, K*C mean logits and K*C log-scales
     # per pixel (service/inference/likelihoods.py); its first output `x` is the mixture's mean image.
     mixture_components: int | None = Field(default=None, ge=1, le=64)
+    # PixelCNN++'s linear coupling of the channels (only with the mixture): `params` then appends K*C(C-1)/2
+    # coefficient maps, (batch, K(1 + 2C + C(C-1)/2), H, W). Absent, as in every older manifest: no coupling.
+    channel_coupling: bool = False
     conditional: ConditionalSpec | None = None
     encoder: GraphSpec
     decoder: GraphSpec
@@ -172,9 +175,12 @@ class Manifest(_Strict):
         decoded: list[list[Any]] = [["batch", *img]]
         if (self.likelihood == "discretized_logistic") != (self.mixture_components is not None):
             raise ManifestError("mixture_components is given exactly when likelihood is discretized_logistic")
+        if self.channel_coupling and self.mixture_components is None:
+            raise ManifestError("channel_coupling needs likelihood discretized_logistic")
         if self.mixture_components is not None:
             c, h, w = self.image.shape
-            decoded.append(["batch", self.mixture_components * (1 + 2 * c), h, w])
+            pairs = c * (c - 1) // 2 if self.channel_coupling else 0
+            decoded.append(["batch", self.mixture_components * (1 + 2 * c + pairs), h, w])
         want = {
             "encoder": ([["batch", *img]], [["batch", self.latent_dim], ["batch", self.latent_dim]]),
             "decoder": ([["batch", self.latent_dim]], decoded),

@@ -59,6 +59,11 @@ class TrainConfig:
     conv_channels: tuple[int, ...] = option(
         (), "empty: chosen from the image size (halve until the side is <= 8)"
     )
+    res_blocks: int = option(
+        0,
+        "conv: residual 3x3 blocks per resolution (encoder after each downsampling, decoder after each "
+        "upsampling, then a 1x1 output layer); 0 is the plain stride-2 network",
+    )
     activation: Activation = option("relu", "relu as in pytorch/examples; elu/tanh/gelu for deeper models")
 
     # --- likelihood and objective ---
@@ -71,6 +76,11 @@ class TrainConfig:
     )
     mixture_components: int = option(
         5, "discretized_logistic: logistics per pixel (PixelCNN++ uses 10; 5 cover an edge pixel's colours)"
+    )
+    channel_coupling: bool = option(
+        False,
+        "discretized_logistic: PixelCNN++'s linear coupling, G's mean shifted by R and B's by R and G per "
+        "component (3 more maps per component for RGB)",
     )
     beta: float = option(1.0, "weight on KL; 1 is the true ELBO, other values give beta-VAE trade-offs")
     kl_warmup_epochs: float = option(
@@ -154,6 +164,12 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 1")
         if self.lr <= 0 or self.gaussian_sigma <= 0 or self.beta < 0:
             raise ValueError("lr and gaussian_sigma must be > 0 and beta >= 0")
+        if self.res_blocks < 0:
+            raise ValueError("res_blocks must be >= 0 (0 is the plain convolutional network)")
+        if self.res_blocks and self.arch != "conv":
+            raise ValueError("res_blocks needs arch=conv")
+        if self.channel_coupling and self.likelihood != "discretized_logistic":
+            raise ValueError("channel_coupling needs likelihood=discretized_logistic")
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0 (0 turns clipping off)")
         if self.prior != "standard" and not self.variational:

@@ -68,7 +68,8 @@ class EncoderGraph(nn.Module):
 
 class DecoderGraph(nn.Module):
     """z (B, D) -> the decoder's mean image (B, C, H, W) in [0, 1]; for the discretized logistic mixture
-    also `params` (B, K(1+2C), H, W), the distribution's parameters that the reconstruct score needs."""
+    also `params` (B, K(1+2C), H, W), or K(1 + 2C + C(C-1)/2) maps with channel coupling, the distribution's
+    parameters that the reconstruct score needs."""
 
     def __init__(self, vae: VAE):
         super().__init__()
@@ -77,7 +78,8 @@ class DecoderGraph(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.vae.config.likelihood == "discretized_logistic":
             params = self.vae.decode_logits(z)
-            return mean_image(params, self.vae.image_shape[0]), params
+            coupled = self.vae.config.channel_coupling
+            return mean_image(params, self.vae.image_shape[0], coupled), params
         return self.vae.decode(z)
 
 
@@ -413,7 +415,7 @@ def _params_specs(vae: VAE, outputs: list[str]) -> list[TensorSpec]:
     if "params" not in outputs:
         return []
     c, h, w = vae.image_shape
-    maps = param_channels(c, vae.config.mixture_components)
+    maps = param_channels(c, vae.config.mixture_components, vae.config.channel_coupling)
     return [TensorSpec(name="params", shape=["batch", maps, h, w])]
 
 
@@ -436,7 +438,10 @@ def _conditional_fields(extras: dict[str, Any], staging: Path) -> dict[str, Any]
 def _likelihood_fields(vae: VAE) -> dict[str, Any]:
     """Manifest fields only some likelihoods have (older manifests stay as they were)."""
     if vae.config.likelihood == "discretized_logistic":
-        return {"mixture_components": vae.config.mixture_components}
+        return {
+            "mixture_components": vae.config.mixture_components,
+            "channel_coupling": vae.config.channel_coupling,
+        }
     return {}
 
 

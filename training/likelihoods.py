@@ -11,11 +11,24 @@ of a channel sum to exactly 1:
 
 A pixel's channels share one mixture component, as in PixelCNN++: p(x) = sum_k pi_k prod_c P(x_c | k). That
 is what lets a blurry edge pixel be "background white or outline colour" in all channels at once, instead of
-one wide logistic per channel. (PixelCNN++'s linear coupling of the channels is not used.)
+one wide logistic per channel.
 
 The decoder emits K (1 + 2C) maps per pixel, in this order: K mixture logits, K*C mean logits (sigmoid keeps
 each mean in [0, 1]) and K*C log-scales, each group ordered component-major. The decoder graph's output `x` is
 the mixture's mean image sum_k pi_k mean_k, displayable; its output `params` carries all maps.
+
+Channel coupling (PixelCNN++, section 2.2), an option: within a component the channels are no longer
+independent; each channel's logistic is shifted linearly by the channels before it,
+
+    loc_R = mu_R,  loc_G = mu_G + a (x_R - 1/2),  loc_B = mu_B + b (x_R - 1/2) + c (x_G - 1/2),
+
+with a, b, c = tanh(maps) in [-1, 1]. This is PixelCNN++'s mu_G + a x_R on its [-1, 1] pixels written on our
+[0, 1] ones (x' = 2x - 1 turns a x'_R / 2 into a (x_R - 1/2)), so the sigmoid means still cover the useful
+locations. The coupled layout appends K * C(C-1)/2 coefficient maps (component-major; for RGB a, b, c) after
+the log-scales: K (1 + 2C + C(C-1)/2) maps, 10K for RGB. p(x) = sum_k pi_k prod_c P(x_c | x_<c, k) is still
+normalised: each factor is a discretized logistic over the 256 values of x_c. The mean image applies the
+coefficients to the previous channels' component means (each clamped to [0, 1]), which is the component's
+mean up to the clamp and the edge bins.
 """
 
 from __future__ import annotations
@@ -37,28 +50,74 @@ MIN_BIN_PROB = 1e-5
 DEFAULT_COMPONENTS = 5
 
 
-def param_channels(channels: int, components: int) -> int:
-    """Decoder maps per pixel: K mixture logits + K*C mean logits + K*C log-scales."""
-    return components * (1 + 2 * channels)
+def coupling_maps(channels: int) -> int:
+    """Coupling coefficients per component: one per pair of channels (c, j < c); 3 for RGB, 0 for gray."""
+    return channels * (channels - 1) // 2
 
 
-def split_params(params: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, K(1+2C), H, W) -> log mixture weights (B, K, 1, H, W), means in [0, 1] and clamped log-scales,
-    each (B, K, C, H, W)."""
-    b, p, h, w = params.shape
-    k = p // (1 + 2 * channels)
-    if p != param_channels(channels, k):
-        raise ValueError(f"{p} parameter maps do not split into K (1 + 2*{channels}) for any K")
+def param_channels(channels: int, components: int, coupled: bool = False) -> int:
+    """Decoder maps per pixel: K mixture logits + K*C mean logits + K*C log-scales (+ K*C(C-1)/2 coupling
+    coefficients)."""
+    return components * (1 + 2 * channels + (coupling_maps(channels) if coupled else 0))
+
+
+def _components(params: torch.Tensor, channels: int, coupled: bool) -> int:
+    p = params.shape[1]
+    per_component = param_channels(channels, 1, coupled)
+    if p % per_component:
+        extra = f" + {coupling_maps(channels)}" if coupled else ""
+        raise ValueError(f"{p} parameter maps do not split into K (1 + 2*{channels}{extra}) for any K")
+    return p // per_component
+
+
+def split_params(
+    params: torch.Tensor, channels: int, coupled: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, maps, H, W) -> log mixture weights (B, K, 1, H, W), means in [0, 1] and clamped log-scales,
+    each (B, K, C, H, W) (before any coupling: `coupling_coefficients` has the rest of a coupled layout)."""
+    b, _, h, w = params.shape
+    k = _components(params, channels, coupled)
     log_pi = F.log_softmax(params[:, :k], dim=1).unsqueeze(2)
     means = torch.sigmoid(params[:, k : k + k * channels]).reshape(b, k, channels, h, w)
-    log_scales = params[:, k + k * channels :].reshape(b, k, channels, h, w)
+    log_scales = params[:, k + k * channels : k + 2 * k * channels].reshape(b, k, channels, h, w)
     return log_pi, means, torch.clamp(log_scales, min=MIN_LOG_SCALE)
 
 
-def mean_image(params: torch.Tensor, channels: int) -> torch.Tensor:
+def coupling_coefficients(params: torch.Tensor, channels: int) -> torch.Tensor:
+    """The coupled layout's coefficients tanh(maps), (B, K, C(C-1)/2, H, W), pairs ordered (1,0), (2,0),
+    (2,1): a, b, c for RGB."""
+    b, _, h, w = params.shape
+    k = _components(params, channels, coupled=True)
+    start = k * (1 + 2 * channels)
+    return torch.tanh(params[:, start:]).reshape(b, k, coupling_maps(channels), h, w)
+
+
+def coupled_locations(
+    means: torch.Tensor, coefficients: torch.Tensor, x: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each channel's logistic location shifted by the channels before it, (B, K, C, H, W).
+
+    x (B, 1, C, H, W) given: loc_c = mu_c + sum_{j<c} coef_cj (x_j - 1/2), the likelihood's locations. x
+    None: the component's mean image, the previous channels at their own means, each clamped to [0, 1]."""
+    channels = means.shape[2]
+    out: list[torch.Tensor] = []
+    pair = 0
+    for c in range(channels):
+        loc = means[:, :, c]
+        for j in range(c):
+            previous = out[j] if x is None else x[:, :, j]
+            loc = loc + coefficients[:, :, pair] * (previous - 0.5)
+            pair += 1
+        out.append(torch.clamp(loc, 0.0, 1.0) if x is None else loc)
+    return torch.stack(out, dim=2)
+
+
+def mean_image(params: torch.Tensor, channels: int, coupled: bool = False) -> torch.Tensor:
     """The mixture's mean image sum_k pi_k mean_k, (B, C, H, W) in [0, 1] (the logistic's edge bins make the
     discretized mean differ from it by at most a bin's width where a component sits near 0 or 1)."""
-    log_pi, means, _ = split_params(params, channels)
+    log_pi, means, _ = split_params(params, channels, coupled)
+    if coupled:
+        means = coupled_locations(means, coupling_coefficients(params, channels))
     return (log_pi.exp() * means).sum(dim=1)
 
 
@@ -85,16 +144,20 @@ def discretized_logistic_log_prob(
     )
 
 
-def mixture_log_prob(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(pixel) (B, H, W): logsumexp_k [log pi_k + sum_c log P(x_c | k)]."""
-    log_pi, means, log_scales = split_params(params, x.shape[1])
-    per_channel = discretized_logistic_log_prob(x.unsqueeze(1), means, log_scales)  # (B, K, C, H, W)
+def mixture_log_prob(params: torch.Tensor, x: torch.Tensor, coupled: bool = False) -> torch.Tensor:
+    """log p(pixel) (B, H, W): logsumexp_k [log pi_k + sum_c log P(x_c | x_<c, k)]."""
+    channels = x.shape[1]
+    log_pi, means, log_scales = split_params(params, channels, coupled)
+    xs = x.unsqueeze(1)  # (B, 1, C, H, W)
+    if coupled:
+        means = coupled_locations(means, coupling_coefficients(params, channels), xs)
+    per_channel = discretized_logistic_log_prob(xs, means, log_scales)  # (B, K, C, H, W)
     return torch.logsumexp(log_pi[:, :, 0] + per_channel.sum(dim=2), dim=1)
 
 
-def discretized_logistic_nll(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """-log p(x|z) per image in nats, from decoder output params (B, K(1+2C), H, W) and x (B, C, H, W)."""
-    return -mixture_log_prob(params, x).flatten(1).sum(dim=1)
+def discretized_logistic_nll(params: torch.Tensor, x: torch.Tensor, coupled: bool = False) -> torch.Tensor:
+    """-log p(x|z) per image in nats, from decoder output params (B, maps, H, W) and x (B, C, H, W)."""
+    return -mixture_log_prob(params, x, coupled).flatten(1).sum(dim=1)
 
 
 def bits_per_dim(nats_per_image: float, dims: int) -> float:

@@ -24,7 +24,11 @@ def kl_divergence(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_nll(
-    logits: torch.Tensor, x: torch.Tensor, likelihood: str, gaussian_sigma: float = 0.1
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    likelihood: str,
+    gaussian_sigma: float = 0.1,
+    channel_coupling: bool = False,
 ) -> torch.Tensor:
     """-log p(x|z) per image.
 
@@ -32,7 +36,8 @@ def reconstruction_nll(
     this is the usual "continuous BCE" of pytorch/examples, not a normalised density.
     gaussian: N(x; sigmoid(logits), sigma^2 I), i.e.
     sum (x - mean)^2 / (2 sigma^2) + D (log sigma + log(2 pi) / 2).
-    discretized_logistic: a normalised distribution over the 256 values of 8-bit pixels (see likelihoods.py).
+    discretized_logistic: a normalised distribution over the 256 values of 8-bit pixels (see likelihoods.py),
+    with PixelCNN++'s channel coupling where the decoder emits that layout.
     """
     flat_logits, flat_x = logits.flatten(1), x.flatten(1)
     if likelihood == "bernoulli":
@@ -43,7 +48,7 @@ def reconstruction_nll(
         squared = (flat_x - mean).pow(2).sum(dim=1)
         return squared / (2 * gaussian_sigma**2) + dims * (math.log(gaussian_sigma) + 0.5 * LOG_2PI)
     if likelihood == "discretized_logistic":
-        return discretized_logistic_nll(logits, x)  # logits: (B, K(1+2C), H, W) mixture parameters
+        return discretized_logistic_nll(logits, x, channel_coupling)  # logits: the mixture's parameter maps
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
@@ -58,7 +63,7 @@ def elbo_terms(
     """Per-image reconstruction and KL terms from one posterior sample; neg_elbo = reconstruction + kl."""
     logits, mean, log_var, z = model(x, generator)
     cfg = model.config
-    recon = reconstruction_nll(logits, x, cfg.likelihood, cfg.gaussian_sigma)
+    recon = reconstruction_nll(logits, x, cfg.likelihood, cfg.gaussian_sigma, cfg.channel_coupling)
     # Closed form against N(0, I); log q(z|x) - log p(z) at the sample z under a learned prior.
     kl = kl_estimate(model, mean, log_var, z) if cfg.variational else torch.zeros_like(recon)
     return {"reconstruction": recon, "kl": kl, "neg_elbo": recon + kl}
@@ -79,7 +84,9 @@ def log_importance_weights(
     logits = model.decode_logits(z.reshape(k * b, d))  # (k*B, C, H, W)
     x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
     cfg = model.config
-    log_px_z = -reconstruction_nll(logits, x_rep, cfg.likelihood, cfg.gaussian_sigma).view(k, b)
+    log_px_z = -reconstruction_nll(
+        logits, x_rep, cfg.likelihood, cfg.gaussian_sigma, cfg.channel_coupling
+    ).view(k, b)
     log_pz = log_prior(model, z)  # the model's own prior: N(0, I) or a learned mixture
     log_qz_x = -0.5 * torch.sum(LOG_2PI + log_var + eps.pow(2), dim=-1)  # (z - mean)^2 / var == eps^2
     return log_px_z + log_pz - log_qz_x

@@ -31,6 +31,24 @@ def auto_conv_channels(height: int, width: int) -> tuple[int, ...]:
     return tuple(channels)
 
 
+class ResBlock(nn.Module):
+    """x + conv3x3(act(conv3x3(act(x)))) at a fixed resolution and width: the pre-activation residual block
+    (He et al. 2016) that VAE decoders stack per resolution (IAF-VAE, NVAE) to add depth without losing the
+    identity path."""
+
+    def __init__(self, channels: int, activation: type[nn.Module]):
+        super().__init__()
+        self.body = nn.Sequential(
+            activation(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            activation(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for fan_in, fan_out in itertools.pairwise(sizes):
@@ -50,7 +68,7 @@ class VAE(nn.Module):
         if config.likelihood == "discretized_logistic":  # mixture weights, means and log-scales per pixel
             from training.likelihoods import param_channels
 
-            out_c = param_channels(c, config.mixture_components)
+            out_c = param_channels(c, config.mixture_components, config.channel_coupling)
         if config.arch == "mlp":
             pixels = c * h * w
             hidden = list(config.hidden_dims)
@@ -66,19 +84,28 @@ class VAE(nn.Module):
             scale = 2 ** len(chans)
             if h % scale or w % scale:
                 raise ValueError(f"image {h}x{w} is not divisible by {scale} for conv_channels {chans}")
+            blocks = config.res_blocks
             down: list[nn.Module] = []
             for fan_in, fan_out in zip([c, *chans[:-1]], chans, strict=True):
                 down += [nn.Conv2d(fan_in, fan_out, 4, stride=2, padding=1), act()]  # halves H and W
+                down += [ResBlock(fan_out, act) for _ in range(blocks)]
             flat = chans[-1] * (h // scale) * (w // scale)
             hidden = list(config.hidden_dims)
             self.encoder_body = nn.Sequential(*down, nn.Flatten(), _mlp([flat, *hidden], act))
             feature_dim = hidden[-1] if hidden else flat
             up: list[nn.Module] = []
             rev = chans[::-1]
-            for fan_in, fan_out in zip(rev, [*rev[1:], out_c], strict=True):
+            # Without blocks the last transposed convolution emits the output maps itself; with them it keeps
+            # the first level's width, blocks work at full resolution and a 1x1 convolution emits the maps.
+            last = out_c if blocks == 0 else chans[0]
+            for fan_in, fan_out in zip(rev, [*rev[1:], last], strict=True):
                 up.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1))  # doubles H and W
                 up.append(act())
-            up.pop()  # the last layer emits logits
+                up += [ResBlock(fan_out, act) for _ in range(blocks)]
+            if blocks:
+                up += [act(), nn.Conv2d(chans[0], out_c, 1)]
+            else:
+                up.pop()  # the last layer emits logits
             self.decoder_body = nn.Sequential(
                 _mlp([config.latent_dim, *hidden, flat], act),
                 nn.Unflatten(1, (chans[-1], h // scale, w // scale)),
@@ -111,7 +138,7 @@ class VAE(nn.Module):
         if self.config.likelihood == "discretized_logistic":
             from training.likelihoods import mean_image
 
-            return mean_image(out, self.image_shape[0])
+            return mean_image(out, self.image_shape[0], self.config.channel_coupling)
         return torch.sigmoid(out)
 
     def forward(

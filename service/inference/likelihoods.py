@@ -4,6 +4,10 @@ computes it (Salimans et al. 2017, PixelCNN++), for the reconstruct score of mod
 The decoder's `params` output holds, per pixel, K mixture logits, K*C mean logits and K*C log-scales
 (component-major). Each value x = k/255 owns the bin x +- 1/510 of its component's logistic, the edge bins
 reaching to -inf and +inf; a pixel's channels share the component.
+
+A manifest with `channel_coupling` (PixelCNN++'s linear coupling of the channels) appends K * C(C-1)/2 maps
+of coefficients tanh(maps), pairs (1,0), (2,0), (2,1): channel c's location is then
+mu_c + sum_{j<c} coef_cj (x_j - 1/2), conditioned on the pixel's own earlier channels.
 """
 
 from __future__ import annotations
@@ -29,18 +33,27 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
     return np.squeeze(top, axis) + np.log(np.sum(np.exp(a - top), axis=axis))
 
 
-def discretized_logistic_nll(x: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """(N,) -log p(x | z) in nats for images x (N, C, H, W) and decoder params (N, K(1+2C), H, W)."""
+def discretized_logistic_nll(x: np.ndarray, params: np.ndarray, coupled: bool = False) -> np.ndarray:
+    """(N,) -log p(x | z) in nats for images x (N, C, H, W) and decoder params (N, maps, H, W): K(1+2C) maps,
+    K(1 + 2C + C(C-1)/2) when coupled."""
     n, c, h, w = x.shape
     p = params.astype(np.float64)
-    k = p.shape[1] // (1 + 2 * c)
-    if p.shape[1] != k * (1 + 2 * c) or p.shape[2:] != (h, w):
+    pairs = c * (c - 1) // 2 if coupled else 0
+    k = p.shape[1] // (1 + 2 * c + pairs)
+    if p.shape[1] != k * (1 + 2 * c + pairs) or p.shape[2:] != (h, w):
         raise ValueError(f"decoder params {p.shape} do not fit images {x.shape}")
     logits = p[:, :k]
     log_pi = logits - _logsumexp(logits, axis=1)[:, None]  # (N, K, H, W)
     means = _sigmoid(p[:, k : k + k * c]).reshape(n, k, c, h, w)
-    log_s = np.maximum(p[:, k + k * c :].reshape(n, k, c, h, w), MIN_LOG_SCALE)
+    log_s = np.maximum(p[:, k + k * c : k + 2 * k * c].reshape(n, k, c, h, w), MIN_LOG_SCALE)
     xs = x.astype(np.float64)[:, None]  # (N, 1, C, H, W)
+    if coupled:
+        coefficients = np.tanh(p[:, k + 2 * k * c :]).reshape(n, k, pairs, h, w)
+        pair = 0
+        for target in range(c):  # in place is right: each shift reads x, never a shifted location
+            for j in range(target):
+                means[:, :, target] += coefficients[:, :, pair] * (xs[:, :, j] - 0.5)
+                pair += 1
     centered = xs - means
     inv_s = np.exp(-log_s)
     plus, minus, mid = inv_s * (centered + HALF_BIN), inv_s * (centered - HALF_BIN), inv_s * centered

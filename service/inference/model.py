@@ -218,7 +218,8 @@ class VAEModel:
             recon, params = await self.decoder_batcher.submit(mean)
             low, high = self.manifest.image.pixel_range
             recon = np.clip(recon, low, high, out=recon)
-            nll = discretized_logistic_nll(images, params)  # a code length of the 8-bit image, in nats
+            coupled = self.manifest.channel_coupling
+            nll = discretized_logistic_nll(images, params, coupled)  # the 8-bit image's code length, nats
         else:
             recon = await self.decode(mean)
             nll = reconstruction_nll(images, recon, self.manifest.likelihood, self.manifest.gaussian_sigma)
