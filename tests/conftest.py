@@ -1,7 +1,9 @@
-"""Shared fixtures: real MNIST, and tiny VAEs trained and exported once per session.
+"""Shared fixtures: real MNIST, and a models/ folder of VAEs fitted to it once per session.
 
-The service tests run against these exports, so every HTTP test exercises real ONNX graphs produced by
-the project's own training and export code; nothing is committed as a binary test asset.
+`models_dir` holds linear VAEs fitted to real MNIST in closed form and written as ONNX graphs with onnx.helper
+(tests/mnist_models.py), so the service, web and bench tests never import torch; tests/training/conftest.py
+replaces it with VAEs trained and exported by the project's own code for the export tests. Nothing is
+committed as a binary test asset.
 """
 
 from __future__ import annotations
@@ -16,13 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+# training.data.MNIST_CACHE, named here because training.data imports torch.
+MNIST_CACHE = "mnist.npz"
+# What the fixture models are fitted and measured on: a closed-form fit needs few images.
+FIT_TRAIN, FIT_TEST = 2000, 500
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The MNIST cache folder (`make data` fills it; fetched here too so plain `pytest` works)."""
-    from training.data import fetch_mnist
-
     path = Path(os.environ.get("VAE_DATA_DIR", ROOT / "data"))
-    fetch_mnist(path)
+    if not (path / MNIST_CACHE).is_file():
+        from training.data import fetch_mnist
+
+        fetch_mnist(path)
     return path
 
 
@@ -34,9 +43,16 @@ def mnist(data_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def mnist_digits(mnist) -> tuple[np.ndarray, np.ndarray]:
+def mnist_arrays(data_dir: Path) -> dict[str, np.ndarray]:
+    """The MNIST cache's arrays (uint8 images (N, 1, 28, 28), int64 labels, `source`), read without torch."""
+    with np.load(data_dir / MNIST_CACHE, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+@pytest.fixture(scope="session")
+def mnist_digits(mnist_arrays) -> tuple[np.ndarray, np.ndarray]:
     """The first 100 real test digits as float32 (N, 1, 28, 28) in [0, 1], and their labels."""
-    return mnist.x_test[:100].astype(np.float32) / 255.0, mnist.y_test[:100]
+    return mnist_arrays["x_test"][:100].astype(np.float32) / 255.0, mnist_arrays["y_test"][:100]
 
 
 @pytest.fixture(scope="session")
@@ -45,41 +61,17 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
-def _train_and_export(
-    mnist, models_dir: Path, run_dir: Path, name: str, latent_dim: int, epochs: int
-) -> Path:
-    from training.config import TrainConfig
-    from training.export import export_run
-    from training.train import train
-
-    config = TrainConfig(
-        latent_dim=latent_dim,
-        hidden_dims=(128,),
-        epochs=epochs,
-        train_limit=6000,
-        test_limit=500,
-        seed=3,
-        threads=2,
-    )
-    result = train(config, run_dir, dataset=mnist, progress=False)
-    trained_on = mnist.limited(config.train_limit, config.test_limit)
-    target, _ = export_run(
-        result.model, trained_on, result.final, models_dir, name, measured_with="tests/conftest.py"
-    )
-    return target
-
-
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory, mnist) -> Path:
-    """A models/ folder with `tiny/1` (latent 8) and `tiny-2d/1` (latent 2), both MLP VAEs on real MNIST.
+def models_dir(tmp_path_factory, mnist_arrays) -> Path:
+    """A models/ folder with `tiny/1` (latent 8) and `tiny-2d/1` (latent 2), linear VAEs fitted to real MNIST.
 
     Treat it as read-only: tests that modify a model copy it first (see `model_copy`).
     """
+    from mnist_models import write_mnist_models
+
     root = tmp_path_factory.mktemp("models")
-    runs = tmp_path_factory.mktemp("runs")
-    _train_and_export(mnist, root, runs / "tiny", "tiny", latent_dim=8, epochs=3)
-    _train_and_export(mnist, root, runs / "tiny-2d", "tiny-2d", latent_dim=2, epochs=3)
-    return root
+    x_train, x_test = mnist_arrays["x_train"][:FIT_TRAIN], mnist_arrays["x_test"][:FIT_TEST]
+    return write_mnist_models(root, x_train, x_test, source=str(mnist_arrays.get("source", MNIST_CACHE)))
 
 
 @pytest.fixture

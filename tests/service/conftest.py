@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,31 +11,13 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from serving import free_port, wait_until_ready
+from serving import TestClient, free_port, make_settings, serve, wait_until_ready
 
 from service.config import Settings
 from service.imaging import encode_png
 from service.main import create_app
 
-with warnings.catch_warnings():
-    # Starlette 1.x nudges towards httpx2; the httpx-based TestClient still drives the full ASGI stack.
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
-
 T = TypeVar("T")
-
-
-def make_settings(models_dir: Path, **overrides: Any) -> Settings:
-    """Settings for tests: CPU provider (identical results everywhere), gRPC off unless a test gives it a
-    port (see tests/service/test_grpc.py), everything else as configured."""
-    return Settings(**{"models_dir": models_dir, "provider": "cpu", "grpc_port": 0, **overrides})
-
-
-@contextmanager
-def serve(models_dir: Path, **overrides: Any) -> Iterator[TestClient]:
-    """A TestClient whose app has run its lifespan (models loaded and warm)."""
-    with TestClient(create_app(make_settings(models_dir, **overrides))) as client:
-        yield client
 
 
 def run_app(settings: Settings, fn: Callable[[httpx.AsyncClient, Any], Awaitable[T]]) -> T:

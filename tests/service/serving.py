@@ -1,5 +1,6 @@
-"""Helpers for tests that run a real server on 127.0.0.1: a free port, waiting for /readyz, a `vae-serve`
-process over a copy of a committed model."""
+"""Helpers for tests that run the app: in process (`serve`, a TestClient), or as a real server on 127.0.0.1 (a
+free port, waiting for /readyz, a `vae-serve` process over a copy of a committed model). Test modules import
+them from here by name (a module named `conftest` is ambiguous when several test folders run together)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,34 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from service.config import Settings
+from service.main import create_app
+
+with warnings.catch_warnings():
+    # Starlette 1.x nudges towards httpx2; the httpx-based TestClient still drives the full ASGI stack.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+
+def make_settings(models_dir: Path, **overrides: Any) -> Settings:
+    """Settings for tests: CPU provider (identical results everywhere), gRPC off unless a test gives it a
+    port (see tests/service/test_grpc.py), everything else as configured."""
+    return Settings(**{"models_dir": models_dir, "provider": "cpu", "grpc_port": 0, **overrides})
+
+
+@contextmanager
+def serve(models_dir: Path, **overrides: Any) -> Iterator[TestClient]:
+    """A TestClient whose app has run its lifespan (models loaded and warm)."""
+    with TestClient(create_app(make_settings(models_dir, **overrides))) as client:
+        yield client
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from service.client import AsyncVAEClient, VAEClient, VAEServiceError, png_to_array
 
-# Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
+# Models built with onnx.helper (tests/onnx_models.py): no torch, no training.
 models_dir = onnx_models.models_dir
 
 

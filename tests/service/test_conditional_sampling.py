@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import serve
+from serving import serve
 
 from service.conditional import ClassFileError, read_class_gaussians
 

@@ -10,7 +10,7 @@ import pytest
 
 from service.routes.embeddings import order_by_kl
 
-# Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
+# Models built with onnx.helper (tests/onnx_models.py): no torch, no training.
 models_dir, client = onnx_models.models_dir, onnx_models.client
 
 pytestmark = pytest.mark.timeout(120)

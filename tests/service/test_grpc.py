@@ -23,7 +23,7 @@ from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.main import create_app
 
-# Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
+# Models built with onnx.helper (tests/onnx_models.py): no torch, no training.
 models_dir = onnx_models.models_dir
 
 pytestmark = pytest.mark.timeout(120)

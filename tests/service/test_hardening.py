@@ -1,6 +1,6 @@
 """Work is bounded before it starts, and client input never produces a 500: through the real HTTP stack.
 
-Models are built with onnx.helper (tests/service/onnx_models.py), so this file needs no torch and no
+Models are built with onnx.helper (tests/onnx_models.py), so this file needs no torch and no
 training: `lin` is a linear VAE on 1x8x8 images with latent_dim 2; `boom` has the same shapes but overflows
 to inf for ordinary inputs, as a real model pushed outside its range would.
 """

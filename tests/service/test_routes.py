@@ -1,4 +1,4 @@
-"""Every route through the full ASGI stack, against real ONNX models trained on real MNIST."""
+"""Every route through the full ASGI stack, against ONNX models fitted to real MNIST (mnist_models.py)."""
 
 from __future__ import annotations
 
@@ -235,7 +235,7 @@ def test_reconstruct_is_closer_to_its_own_digit_than_to_other_digits(client, dig
     distances = ((recon[:, None, :] - originals[None, :, :]) ** 2).mean(axis=2)  # (recon i, original j)
     own = np.diag(distances)
     other = np.array([distances[i, labels != labels[i]].mean() for i in range(count)])
-    # The fixture model is tiny (3 epochs on 6k digits), so its reconstructions are blurry: demand that
+    # The fixture model is linear (PCA-like, 8 latents), so its reconstructions are blurry: demand that
     # nearly every reconstruction is closer to its own digit than to the typical digit of another class,
     # and clearly so on average.
     assert (own < other).mean() >= 0.9

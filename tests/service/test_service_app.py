@@ -28,6 +28,58 @@ def test_the_service_never_imports_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
 
+# Run in a fresh interpreter with torch made unimportable: every service module, the shared test helpers,
+# every service and web test module, then the fixture models built and served. The training tests need torch
+# in the same pytest session, so the guard cannot live in a conftest.
+NO_TORCH = """
+import importlib.abc, importlib.util, pkgutil, sys, tempfile
+from pathlib import Path
+
+asked = []
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            asked.append(name)
+            raise ImportError(f"{name} is blocked here: service and web tests must not need torch")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+root = Path.cwd()
+sys.path[:0] = [str(root), str(root / "tests"), str(root / "tests" / "service")]
+import numpy as np
+import service
+
+for info in pkgutil.walk_packages(service.__path__, "service."):
+    importlib.import_module(info.name)
+files = [root / "tests" / "conftest.py", *sorted((root / "tests" / "service").glob("*.py")),
+         *sorted((root / "tests" / "web").glob("*.py"))]
+for i, path in enumerate(files):
+    spec = importlib.util.spec_from_file_location(f"checked_{i}_{path.stem}", path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+from mnist_models import write_mnist_models
+from serving import serve
+
+images = np.random.default_rng(0).integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
+models = write_mnist_models(Path(tempfile.mkdtemp()), images[:48], images[48:], source="random bytes")
+with serve(models) as client:
+    assert client.post("/v1/reconstruct", json={"images": []}).status_code == 422
+    assert client.post("/v1/sample", json={"n": 2, "seed": 1}).status_code == 200
+assert not asked and "torch" not in sys.modules, asked
+print(len(files), "test modules")
+"""
+
+
+def test_service_and_web_tests_and_their_fixture_models_never_import_torch():
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH], cwd=ROOT, timeout=120, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test modules" in result.stdout
+
+
 def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("VAE_MODELS", "a, b")
     monkeypatch.setenv("VAE_MAX_BATCH_SIZE", "32")

@@ -14,7 +14,7 @@ from service import tracing
 from service.config import Settings
 
 pytest.importorskip("opentelemetry.sdk")
-# Models built with onnx.helper (tests/service/onnx_models.py): no torch, no training.
+# Models built with onnx.helper (tests/onnx_models.py): no torch, no training.
 models_dir = onnx_models.models_dir
 
 pytestmark = pytest.mark.timeout(120)

@@ -5,11 +5,15 @@ on `image` = (C, H, W): encoder mean = flatten(x) @ W_e, log_var = 0; decoder x 
 `overflow=True` both graphs end in Exp instead and have large weights, so inputs inside every limit make
 them overflow to inf: the shape of a real model pushed outside its range. The `models_dir` and `client`
 fixtures below, imported into a test module, run it on such models without torch.
+
+`write_linear_vae` writes the same kind of folder for given weights with biases (tests/mnist_models.py fits
+them to real MNIST), with a preview and the manifest's dataset and metrics records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.manifest import DatasetSpec, GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
+from service.manifest import (
+    PREVIEW_FILE,
+    DatasetSpec,
+    GraphSpec,
+    Manifest,
+    Metrics,
+    TensorSpec,
+    sha256_file,
+    verify_model_dir,
+    write_manifest,
+)
 
 OPSET = 17
 
@@ -117,6 +131,118 @@ def write_model(
         exporters={"onnx": onnx.__version__},
     )
     write_manifest(folder, manifest)
+    return folder
+
+
+@dataclass(frozen=True)
+class LinearVAE:
+    """float32 weights of mean = flatten(x) @ w_enc + b_enc, log_var (a constant), and
+    x = sigmoid(z @ w_dec + b_dec)."""
+
+    w_enc: np.ndarray  # (C H W, D)
+    b_enc: np.ndarray  # (D,)
+    log_var: np.ndarray  # (D,)
+    w_dec: np.ndarray  # (D, C H W)
+    b_dec: np.ndarray  # (C H W,)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.w_enc.shape[1])
+
+
+def write_linear_vae(
+    models_dir: Path,
+    name: str,
+    vae: LinearVAE,
+    *,
+    image: tuple[int, int, int],
+    dataset: DatasetSpec,
+    metrics: Metrics | None = None,
+    description: str = "",
+    version: int = 1,
+) -> Path:
+    """A verified version folder for `vae`: graphs, preview.png and model.json, as training.export lays
+    one out."""
+    from service.imaging import encode_png, make_grid
+
+    c, h, w = image
+    d = vae.latent_dim
+    consts = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in vars(vae).items()}
+    encoder = _graph(
+        "encoder",
+        "x",
+        ["batch", c, h, w],
+        [("mean", ["batch", d]), ("log_var", ["batch", d])],
+        [
+            helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w_enc"], ["proj"]),
+            helper.make_node("Add", ["proj", "b_enc"], ["mean"]),
+            helper.make_node("Mul", ["mean", "zero"], ["zeros"]),  # (batch, D), to broadcast log_var over
+            helper.make_node("Add", ["zeros", "log_var_const"], ["log_var"]),
+        ],
+        [
+            *(numpy_helper.from_array(consts[k], k) for k in ("w_enc", "b_enc")),
+            numpy_helper.from_array(consts["log_var"], "log_var_const"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+        ],
+    )
+    decoder = _graph(
+        "decoder",
+        "z",
+        ["batch", d],
+        [("x", ["batch", c, h, w])],
+        [
+            helper.make_node("MatMul", ["z", "w_dec"], ["proj"]),
+            helper.make_node("Add", ["proj", "b_dec"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["act"]),
+            helper.make_node("Reshape", ["act", "shape"], ["x"]),
+        ],
+        [
+            *(numpy_helper.from_array(consts[k], k) for k in ("w_dec", "b_dec")),
+            numpy_helper.from_array(np.array([-1, c, h, w], dtype=np.int64), "shape"),
+        ],
+    )
+    folder = Path(models_dir) / name / str(version)
+    folder.mkdir(parents=True)
+    (folder / "encoder.onnx").write_bytes(encoder)
+    (folder / "decoder.onnx").write_bytes(decoder)
+    # The preview training.export writes: 64 decodes of z ~ N(0, I) from seed 0, eight to a row.
+    z = np.random.default_rng(0).standard_normal((64, d), dtype=np.float32)
+    samples = 1 / (1 + np.exp(-(z @ consts["w_dec"] + consts["b_dec"])))
+    grid = make_grid(samples.reshape(64, c, h, w), columns=8)
+    (folder / PREVIEW_FILE).write_bytes(encode_png(grid, compress_level=9))
+    img = ["batch", c, h, w]
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created=datetime(2026, 1, 1, tzinfo=UTC),
+        description=description,
+        latent_dim=d,
+        image={"channels": c, "height": h, "width": w},
+        likelihood="bernoulli",
+        encoder=GraphSpec(
+            file="encoder.onnx",
+            sha256=sha256_file(folder / "encoder.onnx"),
+            inputs=[TensorSpec(name="x", shape=img)],
+            outputs=[
+                TensorSpec(name="mean", shape=["batch", d]),
+                TensorSpec(name="log_var", shape=["batch", d]),
+            ],
+        ),
+        decoder=GraphSpec(
+            file="decoder.onnx",
+            sha256=sha256_file(folder / "decoder.onnx"),
+            inputs=[TensorSpec(name="z", shape=["batch", d])],
+            outputs=[TensorSpec(name="x", shape=img)],
+        ),
+        training={},
+        dataset=dataset,
+        metrics=metrics,
+        opset=OPSET,
+        exporters={"onnx": onnx.__version__},
+    )
+    write_manifest(folder, manifest)
+    verify_model_dir(folder)
     return folder
 
 
