@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service import activity
 from service.config import Settings
 from service.errors import ErrorType
+from service.response_writes import hold_head
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._cancel_deadline()
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not previous:  # made for this request, not yet running
+            hold_head(self.cycle)  # its head and body go out in one write
         self._body_pending = True
         self._arm(self.limits.body_timeout_s, self._on_body_timeout)
 
