@@ -1,9 +1,11 @@
 """Helpers for tests that run the app: in process (`serve`, a TestClient), or as a real server on 127.0.0.1 (a
-free port, waiting for /readyz, a `vae-serve` process over a copy of a committed model). Test modules import
+free port, waiting for /readyz, a `vae-serve` process over a copy of a committed model); and waiting for a
+condition with a bound (`wait_until`, `until`), instead of sleeping for a guessed time. Test modules import
 them from here by name (a module named `conftest` is ambiguous when several test folders run together)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -38,6 +40,22 @@ def serve(models_dir: Path, **overrides: Any) -> Iterator[TestClient]:
     """A TestClient whose app has run its lifespan (models loaded and warm)."""
     with TestClient(create_app(make_settings(models_dir, **overrides))) as client:
         yield client
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.01) -> None:
+    """Poll `condition` until it holds; AssertionError once `timeout_s` passes without it."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not reached within {timeout_s:g} s"
+        time.sleep(interval_s)
+
+
+async def until(condition: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.001) -> None:
+    """`wait_until` on an event loop: the other tasks run between polls."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not reached within {timeout_s:g} s"
+        await asyncio.sleep(interval_s)
 
 
 def free_port() -> int:

@@ -9,23 +9,33 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from serving import until
 
 from service.errors import InferenceFailed, NotReady, Overloaded, Timeout
 from service.inference.batcher import Batcher, BatchStats
 
 
 class Recorder:
-    """A run function (doubles its input, and adds a row-sum column) that records every batch it saw."""
+    """A run function (doubles its input, and adds a row-sum column) that records every batch it saw.
 
-    def __init__(self, delay: float = 0.0, poison: float | None = None):
+    With `hold`, every call signals `started` and then waits for the test to set `release`: a batch that runs
+    for exactly as long as the test needs it to.
+    """
+
+    def __init__(self, delay: float = 0.0, poison: float | None = None, hold: bool = False):
         self.batches: list[int] = []
         self.delay = delay
         self.poison = poison
         self.lock = threading.Lock()
+        self.started, self.release = threading.Event(), threading.Event()
+        if not hold:
+            self.release.set()
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         with self.lock:
             self.batches.append(len(x))
+        self.started.set()
+        self.release.wait(10)
         if self.delay:
             time.sleep(self.delay)
         if self.poison is not None and (x == self.poison).any():
@@ -102,7 +112,7 @@ def test_the_worker_survives_failures():
 
 
 def test_a_full_queue_refuses_at_once_with_retry_after():
-    run = Recorder(delay=0.3)
+    run = Recorder(hold=True)
     rejected = []
     batcher = make(
         run,
@@ -113,15 +123,16 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
     )
 
     async def main():
-        first = asyncio.create_task(batcher.submit(rows(0, 2)))  # taken by the worker, running
-        await asyncio.sleep(0.05)
-        queued = asyncio.create_task(batcher.submit(rows(2, 4)))  # fills the queue
-        await asyncio.sleep(0.01)
+        first = asyncio.create_task(batcher.submit(rows(0, 2)))
+        await until(run.started.is_set)  # taken by the worker, running
+        queued = asyncio.create_task(batcher.submit(rows(2, 4)))
+        await until(lambda: batcher.queued_items == 4)  # fills the queue
         with pytest.raises(Overloaded) as info:
             await batcher.submit(rows(6, 1))
         assert not first.done()  # refused while the batch still runs, not after waiting for it
         assert info.value.headers["Retry-After"] == "3"
         assert info.value.status == 503
+        run.release.set()
         return await first, await queued
 
     (a, _), (b, _) = asyncio.run(main())
@@ -131,17 +142,17 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
 
 
 def test_a_request_times_out_and_its_queued_work_is_dropped():
-    run = Recorder(delay=0.3)
+    run = Recorder(hold=True)
     batcher = make(run, max_batch_size=1, timeout_s=0.1)
 
     async def main():
         slow = asyncio.create_task(batcher.submit(rows(0, 1)))
-        await asyncio.sleep(0.01)
+        await until(run.started.is_set)
         with pytest.raises(Timeout):
             await batcher.submit(rows(1, 1))  # waits behind `slow`, gives up
         with pytest.raises(Timeout):
             await slow  # its own run takes longer than the timeout
-        await asyncio.sleep(0.4)
+        run.release.set()  # the abandoned run ends; the next request queues behind it
         batcher.timeout_s = 5
         return await batcher.submit(rows(2, 1))
 
@@ -152,16 +163,20 @@ def test_a_request_times_out_and_its_queued_work_is_dropped():
 
 
 def test_close_fails_waiting_requests_and_refuses_new_ones():
-    run = Recorder(delay=0.2)
+    run = Recorder(hold=True)
     batcher = make(run, max_batch_size=1)
 
     async def main():
         running = asyncio.create_task(batcher.submit(rows(0, 1)))
         waiting = asyncio.create_task(batcher.submit(rows(1, 1)))
-        await asyncio.sleep(0.05)
-        await batcher.close()
+        await until(lambda: run.started.is_set() and batcher.queued_items == 1)
+        closing = asyncio.create_task(batcher.close())
+        await until(waiting.done)  # failed at once, while the batch in flight still runs
         with pytest.raises(NotReady):
             await batcher.submit(rows(2, 1))
+        assert not running.done() and not closing.done()  # close waits for the batch in flight
+        run.release.set()
+        await closing
         return await asyncio.gather(running, waiting, return_exceptions=True)
 
     results = asyncio.run(main())

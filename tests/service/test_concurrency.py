@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
+import threading
 
 import numpy as np
 import onnxruntime as ort
+from serving import until
 
 from service.inference import ModelRegistry
 
@@ -105,18 +106,21 @@ def test_a_full_queue_gives_fast_503_with_retry_after(models_dir, settings_for, 
     async def scenario(client, app):
         batcher = registry_of(app).get("tiny").decoder_batcher
         real = batcher._run_fn
+        started, release = threading.Event(), threading.Event()
 
-        def slow(x):
-            time.sleep(0.4)
+        def slow(x):  # a batch that runs until the test lets it finish
+            started.set()
+            release.wait(10)
             return real(x)
 
         batcher._run_fn = slow
         running = asyncio.create_task(client.post("/v1/sample", json={"n": 4, "seed": 1}))
-        await asyncio.sleep(0.1)  # taken by the worker: the queue is empty again
+        await until(started.is_set)  # taken by the worker: the queue is empty again
         queued = asyncio.create_task(client.post("/v1/sample", json={"n": 4, "seed": 2}))
-        await asyncio.sleep(0.05)  # waiting: the queue holds 4 items
+        await until(lambda: batcher.queued_items == 4)  # waiting: the queue holds 4 items
         refused = await client.post("/v1/sample", json={"n": 1, "seed": 3})
         refused_while_running = not running.done()
+        release.set()
         return await running, await queued, refused, refused_while_running
 
     running, queued, refused, refused_while_running = app_runner(settings, scenario)
@@ -134,14 +138,20 @@ def test_a_slow_inference_times_out_with_504(models_dir, settings_for, app_runne
         batcher = registry_of(app).get("tiny").decoder_batcher
         real = batcher._run_fn
 
-        def slow(x):
-            time.sleep(0.5)
-            return real(x)
+        release, finished = threading.Event(), threading.Event()
+
+        def slow(x):  # runs past the request timeout, until the test lets it finish
+            release.wait(10)
+            try:
+                return real(x)
+            finally:
+                finished.set()
 
         batcher._run_fn = slow
         timed_out = await client.post("/v1/sample", json={"n": 1})
         batcher._run_fn = real
-        await asyncio.sleep(0.4)  # let the abandoned run finish
+        release.set()
+        await until(finished.is_set)  # the abandoned run is over: the next request does not wait behind it
         return timed_out, await client.post("/v1/sample", json={"n": 1})
 
     timed_out, after = app_runner(settings, scenario)

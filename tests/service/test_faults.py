@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from serving import free_port, wait_until_ready
+from serving import free_port, until, wait_until, wait_until_ready
 
 from service.imaging import encode_png
 from service.main import create_app
@@ -109,8 +109,7 @@ def test_work_queued_for_a_client_that_went_away_never_runs(models_dir, settings
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 first = asyncio.create_task(client.post("/v1/decode", json={"latents": Z8}))
-                while not ran:  # the first request's batch is running (and blocked)
-                    await asyncio.sleep(0.005)
+                await until(lambda: ran)  # the first request's batch is running (and blocked)
                 gone = asyncio.Event()
 
                 async def disconnect_later() -> dict[str, Any]:
@@ -119,8 +118,7 @@ def test_work_queued_for_a_client_that_went_away_never_runs(models_dir, settings
 
                 body = json.dumps({"latents": [[0.2] * 8] * 3}).encode()
                 second = asyncio.create_task(_asgi_call(app, "/v1/decode", body, disconnect_later))
-                while batcher.queued_items < 3:  # the second request is queued behind the first
-                    await asyncio.sleep(0.005)
+                await until(lambda: batcher.queued_items == 3)  # the second one queued behind the first
                 gone.set()
                 sent = await asyncio.wait_for(second, 5)
                 release.set()
@@ -249,6 +247,9 @@ def _new_version(models: Path, name: str, version: int, *, broken: bool = False)
     staging.rename(models / name / str(version))  # appears at once, complete
 
 
+TRAFFIC = 12  # requests answered in each phase of the hot-reload test: three rounds of its four clients
+
+
 @pytest.mark.slow
 def test_hot_reload_under_traffic_drops_nothing(model_copy, settings_for, app_runner, caplog):
     settings = settings_for(model_copy, reload_interval_s=0.1)
@@ -280,22 +281,26 @@ def test_hot_reload_under_traffic_drops_nothing(model_copy, settings_for, app_ru
                 assert time.monotonic() < deadline, "timed out"
                 await asyncio.sleep(0.05)
 
+        def answered() -> int:
+            return sum(statuses.values())
+
         tasks = [asyncio.create_task(traffic(i)) for i in range(4)]
-        await asyncio.sleep(0.3)
+        await until(lambda: versions[1] >= TRAFFIC, 20)  # traffic on v1 before v2 appears
         await asyncio.to_thread(_new_version, model_copy, "tiny", 2)
 
         async def on_v2() -> bool:
             return (await version_of("tiny"))["version"] == 2
 
         await wait_for(on_v2)
-        await asyncio.sleep(0.3)
+        await until(lambda: versions[2] >= TRAFFIC, 20)  # and on v2 before the broken v3 appears
         await asyncio.to_thread(_new_version, model_copy, "tiny", 3, broken=True)
 
         async def refused() -> bool:
             return (await version_of("tiny"))["reload_error"] is not None
 
         await wait_for(refused)
-        await asyncio.sleep(0.3)
+        after_refusal = answered() + TRAFFIC
+        await until(lambda: answered() >= after_refusal, 20)  # still answered once v3 is refused
         stop.set()
         await asyncio.gather(*tasks)
         ready = (await client.get("/readyz")).json()
@@ -416,7 +421,7 @@ def test_soak_memory_then_sigterm_drains_in_flight_requests(models_dir, tmp_path
         runners = [threading.Thread(target=traffic) for _ in range(3)]
         for t in runners:
             t.start()
-        time.sleep(0.2)
+        wait_until(lambda: statuses[200] >= 3, 30)  # traffic is flowing when the signal arrives
         proc.send_signal(signal.SIGTERM)
         readyz: list[int] = []
         deadline = time.monotonic() + 5

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pytest
+from serving import until
 
 from service import connections, lifecycle
 from service.config import Settings
@@ -96,7 +97,8 @@ def test_refusals_are_logged_at_once_then_once_per_interval(monkeypatch, caplog)
         for _ in range(50):
             guard.note("slow headers")
         guard.note("stalled body")
-        await asyncio.sleep(0.35)  # one interval: the 49 held back are written as one line
+        # One interval (0.2 s) later the 49 held back are written as one line, the third.
+        await until(lambda: len(caplog.records) >= 3, 5)
 
     try:
         with caplog.at_level(logging.WARNING, logger="service.connections"):
