@@ -7,7 +7,6 @@ import asyncio
 import base64
 import io
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +16,7 @@ import httpx
 import numpy as np
 import onnx_models
 import pytest
-from serving import free_port
+from serving import free_port, wait_until
 
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -199,13 +198,6 @@ def blocked_decoder(app) -> Iterator[tuple[threading.Event, list[int]]]:
         batcher._run_fn = original
 
 
-def wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 def test_deadline_cancellation_and_overload(models_dir, settings_for):
     limits = dict(
         max_latents_per_request=4, max_images_per_request=4, max_sample_n=4, max_interpolate_steps=4,
@@ -220,16 +212,16 @@ def test_deadline_cancellation_and_overload(models_dir, settings_for):
 
         with blocked_decoder(app) as (release, runs):
             first = stub.ModelInfer.future(decode_request(z))  # runs, and blocks the decoder
-            wait_for(lambda: runs == [4])
+            wait_until(lambda: runs == [4])
             # A deadline that passes while queued: DEADLINE_EXCEEDED, and the job is dropped.
             code, _ = code_of(stub.ModelInfer, decode_request(z[:2]), timeout=0.3)
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-            wait_for(lambda: batcher.queued_items == 2 and abandoned())
+            wait_until(lambda: batcher.queued_items == 2 and abandoned())
             # A call the client cancels while queued: dropped too.
             cancelled = stub.ModelInfer.future(decode_request(z[:2]))
-            wait_for(lambda: batcher.queued_items == 4)
+            wait_until(lambda: batcher.queued_items == 4)
             cancelled.cancel()
-            wait_for(abandoned)
+            wait_until(abandoned)
             # The queue holds 4 items (max_queue): one more is refused at once.
             code, details = code_of(stub.ModelInfer, decode_request(z[:1]))
             assert code == grpc.StatusCode.UNAVAILABLE and "overloaded" in details
@@ -314,7 +306,7 @@ def test_pinned_versions_across_a_live_reload(tmp_path, live):
         np.testing.assert_allclose(g1, v1, rtol=1e-5)  # one model, two transports
 
         publish(models, 2)
-        wait_for(lambda: embeddings(client, "lin")[0] == "lin@2", timeout_s=30)
+        wait_until(lambda: embeddings(client, "lin")[0] == "lin@2", timeout_s=30)
 
         _, v2 = embeddings(client, "lin")
         np.testing.assert_array_equal(v2, 2 * v1)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from onnx_models import write_model
 from PIL import Image
+from serving import until
 
 from service.config import Settings
 from service.imaging import encode_png
@@ -150,14 +151,6 @@ class _Gate:
         self._event.set()
 
 
-async def _until(predicate: Any) -> None:
-    for _ in range(10_000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
-
-
 def _run(settings: Settings, pool: ImagePool, scenario: Any) -> Any:
     async def main() -> Any:
         app = create_app(settings)
@@ -177,7 +170,7 @@ def test_a_full_decoding_queue_answers_503_with_retry_after(onnx_models_dir):
 
     async def scenario(app: Any, client: httpx.AsyncClient) -> Any:
         first = asyncio.create_task(client.post("/v1/encode", files=files))
-        await _until(lambda: pool.pending == 2)  # its header pass and its image hold 2 of 3 slots
+        await until(lambda: pool.pending == 2)  # its header pass and its image hold 2 of 3 slots
         second = await client.post("/v1/encode", files=files)
         gate.open()
         return second, await first
@@ -258,7 +251,7 @@ def test_a_client_that_disconnects_takes_its_queued_images_with_it(onnx_models_d
         }  # fmt: skip
         async with app.router.lifespan_context(app):
             call = asyncio.create_task(app(scope, receive, send))
-            await _until(lambda: pool.pending == 9)  # the header pass and 8 images, all queued
+            await until(lambda: pool.pending == 9)  # the header pass and 8 images, all queued
             gone.set()  # the client goes away
             await call
             pending = pool.pending
