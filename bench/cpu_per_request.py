@@ -55,7 +55,7 @@ def _service(name: str, source: Path, args: argparse.Namespace, model: str) -> S
     argv += ["--models-dir", str(args.models_dir.resolve())]
     if args.workers:
         argv += ["--workers", str(args.workers)]
-    env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": "cpu", "VAE_LOG_LEVEL": "warning"}
+    env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": "cpu"}  # otherwise the defaults, access log included
     server = _CheckoutServer(name, argv, env, args.out / f"{name}.log")
     server.source = source.resolve()
     return server

@@ -43,11 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = ModelRegistry(settings, metrics)
 
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(models.router)
+    # Inference routes first: FastAPI matches a request against the routers in order (twice for the one that
+    # matches), and no two routers share a path, so the order decides only how much matching a request costs.
     app.include_router(v1.router)
     app.include_router(embeddings.router)
     app.include_router(v2.router)
+    app.include_router(health.router)
+    app.include_router(models.router)
     if STATIC_DIR.is_dir():  # the web page; mounted last so it never shadows an API route
         app.router.routes.append(page_mount(STATIC_DIR))
 

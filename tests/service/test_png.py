@@ -26,3 +26,15 @@ def test_encode_png_rounds_model_outputs_to_the_nearest_level():
     assert np.asarray(img).tolist() == [[0, 128, 255, 254, 1, 0, 255]]  # clip(x * 255 + 0.5)
     scaled = encode_png(np.array([[[-1.0, 0.0, 1.0]]], dtype=np.float32), pixel_range=(-1.0, 1.0))
     assert np.asarray(Image.open(io.BytesIO(scaled))).tolist() == [[0, 128, 255]]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_bytes_is_bit_exact_for_every_square_size_up_to_64(channels):
+    rng = np.random.default_rng(channels)
+    for side in range(1, 65):
+        shape = (side, side) if channels == 1 else (side, side, 3)
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        img = Image.open(io.BytesIO(png_bytes(pixels)), formats=["PNG"])
+        img.load()
+        assert img.mode == ("L" if channels == 1 else "RGB"), side
+        assert np.array_equal(np.asarray(img), pixels), side
