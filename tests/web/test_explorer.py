@@ -569,7 +569,7 @@ def _shrink_png(path: Path) -> None:
 
 
 # --- class picker and colour models, on the committed models ------------------------------------------------
-# `fashion` (10 Fashion-MNIST classes), `emoji` (RGB 32x32, emoji categories) and `mnist` (no classes).
+# `fashion` (10 Fashion-MNIST classes), `emoji` (RGB 32x32, emoji categories) and `mnist-2d` (no classes).
 
 EMOJI_FIXTURES = ROOT / "tests" / "fixtures" / "emoji"
 COLOUR_SCREENSHOT = ROOT / "docs" / "explorer-colour.png"
@@ -623,8 +623,8 @@ def test_label_picker_samples_the_class(browser, committed_url: str, artifacts_d
         assert srcs == [f"data:image/png;base64,{b64}" for b64 in want["images"]]
 
         # A model without classes hides the picker and samples the prior.
-        page.select_option("#model-select", "mnist")
-        page.wait_for_function("() => document.getElementById('samples').dataset.model === 'mnist'")
+        page.select_option("#model-select", "mnist-2d")
+        page.wait_for_function("() => document.getElementById('samples').dataset.model === 'mnist-2d'")
         assert not page.locator("#label-field").is_visible()
         assert page.locator("#samples").get_attribute("data-label") == ""
         page.screenshot(path=str(artifacts_dir / "explorer-classes.png"), full_page=True)
