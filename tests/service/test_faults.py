@@ -359,7 +359,7 @@ def test_soak_memory_then_sigterm_drains_in_flight_requests(models_dir, tmp_path
     env = {
         **os.environ, "VAE_MODELS_DIR": str(models_dir), "VAE_PROVIDER": "cpu", "VAE_PORT": str(port),
         "VAE_HOST": "127.0.0.1", "VAE_DRAIN_S": "1", "VAE_RELOAD_INTERVAL_S": "0",
-        "VAE_INTRA_OP_THREADS": "1",
+        "VAE_INTRA_OP_THREADS": "1", "VAE_WORKERS": "1",  # one process: the server whose RSS is measured
     }  # fmt: skip
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log_file:
