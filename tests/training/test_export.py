@@ -23,7 +23,9 @@ def exported(models_dir):
 
 def test_layout_and_no_external_data(exported):
     names = sorted(p.name for p in exported.iterdir())
-    assert names == ["decoder.onnx", "encoder.onnx", "model.json", "preview.png"]
+    # MNIST's classes are the digits, so the export also ships their latent Gaussians for label sampling.
+    assert names == ["classes.npz", "decoder.onnx", "encoder.onnx", "model.json", "preview.png"]
+    assert verify_model_dir(exported).conditional.classes == list("0123456789")
     for graph in ("encoder.onnx", "decoder.onnx"):
         model = onnx.load(exported / graph)
         onnx.checker.check_model(model, full_check=True)
