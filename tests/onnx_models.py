@@ -101,12 +101,34 @@ def write_model(
     folder.mkdir(parents=True)
     (folder / "encoder.onnx").write_bytes(encoder)
     (folder / "decoder.onnx").write_bytes(decoder)
+    dataset = DatasetSpec(name="none", source="onnx.helper", train_examples=0, test_examples=0)
+    write_manifest(
+        folder,
+        _bernoulli_manifest(
+            folder, name, version, latent_dim, (c, h, w), "linear test model built with onnx.helper", dataset
+        ),
+    )
+    return folder
+
+
+def _bernoulli_manifest(
+    folder: Path,
+    name: str,
+    version: int,
+    latent_dim: int,
+    shape: tuple[int, int, int],
+    description: str,
+    dataset: DatasetSpec,
+    metrics: Any = None,
+) -> Manifest:
+    """The manifest of `folder`'s encoder.onnx (x -> mean, log_var) and decoder.onnx (z -> x), Bernoulli."""
+    c, h, w = shape
     img = ["batch", c, h, w]
-    manifest = Manifest(
+    return Manifest(
         name=name,
         version=version,
         created=datetime(2026, 1, 1, tzinfo=UTC),
-        description="linear test model built with onnx.helper",
+        description=description,
         latent_dim=latent_dim,
         image={"channels": c, "height": h, "width": w},
         likelihood="bernoulli",
@@ -126,12 +148,11 @@ def write_model(
             outputs=[TensorSpec(name="x", shape=img)],
         ),
         training={},
-        dataset=DatasetSpec(name="none", source="onnx.helper", train_examples=0, test_examples=0),
+        dataset=dataset,
+        metrics=metrics,
         opset=OPSET,
         exporters={"onnx": onnx.__version__},
     )
-    write_manifest(folder, manifest)
-    return folder
 
 
 @dataclass(frozen=True)
@@ -211,36 +232,7 @@ def write_linear_vae(
     samples = 1 / (1 + np.exp(-(z @ consts["w_dec"] + consts["b_dec"])))
     grid = make_grid(samples.reshape(64, c, h, w), columns=8)
     (folder / PREVIEW_FILE).write_bytes(encode_png(grid, compress_level=9))
-    img = ["batch", c, h, w]
-    manifest = Manifest(
-        name=name,
-        version=version,
-        created=datetime(2026, 1, 1, tzinfo=UTC),
-        description=description,
-        latent_dim=d,
-        image={"channels": c, "height": h, "width": w},
-        likelihood="bernoulli",
-        encoder=GraphSpec(
-            file="encoder.onnx",
-            sha256=sha256_file(folder / "encoder.onnx"),
-            inputs=[TensorSpec(name="x", shape=img)],
-            outputs=[
-                TensorSpec(name="mean", shape=["batch", d]),
-                TensorSpec(name="log_var", shape=["batch", d]),
-            ],
-        ),
-        decoder=GraphSpec(
-            file="decoder.onnx",
-            sha256=sha256_file(folder / "decoder.onnx"),
-            inputs=[TensorSpec(name="z", shape=["batch", d])],
-            outputs=[TensorSpec(name="x", shape=img)],
-        ),
-        training={},
-        dataset=dataset,
-        metrics=metrics,
-        opset=OPSET,
-        exporters={"onnx": onnx.__version__},
-    )
+    manifest = _bernoulli_manifest(folder, name, version, d, (c, h, w), description, dataset, metrics)
     write_manifest(folder, manifest)
     verify_model_dir(folder)
     return folder
