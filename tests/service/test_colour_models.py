@@ -10,6 +10,7 @@ import pytest
 
 from service.inference.likelihoods import discretized_logistic_nll
 from service.inference.model import kl_to_prior
+from tests.emoji_models import train_and_export
 
 pytestmark = pytest.mark.timeout(240)
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "emoji"
@@ -17,35 +18,7 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "emoji"
 
 @pytest.fixture(scope="module")
 def colour_models(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
-    from training.config import TrainConfig
-    from training.data import ImageDataset
-    from training.datasets.emoji import CATEGORIES, composite_rgb, resize
-    from training.export import export_run
-    from training.train import train
-
-    images = np.stack([composite_rgb(p.read_bytes()) for p in sorted(FIXTURES.glob("*.png"))])
-    x = resize(images, 16)
-    labels = np.array([3, 1, 1, 0] * 2)
-    dataset = ImageDataset(
-        "emoji-16", "tests/fixtures/emoji", x[2:], labels[2:], x[:2], labels[:2], CATEGORIES
-    )
-    config = TrainConfig(
-        dataset="emoji",
-        image_size=16,
-        arch="conv",
-        hidden_dims=(32,),
-        latent_dim=4,
-        likelihood="discretized_logistic",
-        mixture_components=2,
-        epochs=2,
-        batch_size=4,
-        threads=1,
-    )
-    root = tmp_path_factory.mktemp("colour-models")
-    result = train(config, tmp_path_factory.mktemp("colour-run"), dataset=dataset, progress=False)
-    export_run(result.model, dataset, result.final, root, "emoji-tiny", measured_with="test")
-    return root
+    return train_and_export(tmp_path_factory, "emoji-tiny")[0]
 
 
 def test_manifest_states_the_likelihood_and_baselines(colour_models):

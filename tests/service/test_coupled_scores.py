@@ -5,8 +5,9 @@ layout, and the reconstruct score equals the code length plus KL that training c
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from tests.emoji_models import train_and_export
 
 pytestmark = pytest.mark.timeout(240)
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "emoji"
@@ -14,38 +15,9 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "emoji"
 
 @pytest.fixture(scope="module")
 def coupled_model(tmp_path_factory):
-    pytest.importorskip("torch")
-    from training.config import TrainConfig
-    from training.data import ImageDataset
-    from training.datasets.emoji import CATEGORIES, composite_rgb, resize
-    from training.export import export_run
-    from training.train import train
-
-    images = np.stack([composite_rgb(p.read_bytes()) for p in sorted(FIXTURES.glob("*.png"))])
-    x = resize(images, 16)
-    labels = np.array([3, 1, 1, 0] * 2)
-    dataset = ImageDataset(
-        "emoji-16", "tests/fixtures/emoji", x[2:], labels[2:], x[:2], labels[:2], CATEGORIES
+    return train_and_export(
+        tmp_path_factory, "coupled", conv_channels=(8, 16), channel_coupling=True, res_blocks=1
     )
-    config = TrainConfig(
-        dataset="emoji",
-        image_size=16,
-        arch="conv",
-        conv_channels=(8, 16),
-        hidden_dims=(32,),
-        latent_dim=4,
-        likelihood="discretized_logistic",
-        mixture_components=2,
-        channel_coupling=True,
-        res_blocks=1,
-        epochs=2,
-        batch_size=4,
-        threads=1,
-    )
-    root = tmp_path_factory.mktemp("coupled-models")
-    result = train(config, tmp_path_factory.mktemp("coupled-run"), dataset=dataset, progress=False)
-    export_run(result.model, dataset, result.final, root, "coupled", measured_with="test")
-    return root, result.model
 
 
 def test_manifest_states_the_coupled_layout(coupled_model):
