@@ -63,4 +63,14 @@ FORCE_FLAG=()
   --version 1 --k "${EVAL_K_EMOJI:-100}" --data-dir "$DATA_DIR" "${FORCE_FLAG[@]}" \
   --description "Convolutional VAE, 64-D latent, 32x32 RGB emoji (Noto + Twemoji), discretized logistic mixture"
 
+# models/emoji/2 (the served emoji default): emoji/1's network with PixelCNN++'s linear coupling of the colour
+# channels (G and B locations depend on the preceding channels), 80 epochs: about 17 minutes on 2 quiet cores.
+"$PY" -m training train --run-dir runs/models/emoji-2 --data-dir "$DATA_DIR" --no-progress \
+  --dataset emoji --image-size 32 --channels 3 --arch conv --conv-channels 32 64 128 --hidden-dims 512 \
+  --latent-dim 64 --activation elu --likelihood discretized_logistic --channel-coupling --epochs 80 \
+  --lr-schedule cosine --kl-warmup-epochs 2 --eval-every 5 --threads 2 --seed 1
+"$PY" -m training export --checkpoint runs/models/emoji-2/last.pt --models-dir "$OUT_DIR" --name emoji \
+  --version 2 --k "${EVAL_K_EMOJI:-100}" --data-dir "$DATA_DIR" "${FORCE_FLAG[@]}" \
+  --description "Convolutional VAE, 64-D latent, 32x32 RGB emoji, discretized logistic mixture with channel coupling"
+
 "$PY" scripts/compare_models.py "$OUT_DIR" models
