@@ -32,33 +32,14 @@ from bench.wrk import available as wrk_available
 from bench.wrk import run_wrk
 
 
-class _CheckoutServer(Server):
-    """`vae-serve` run from another checkout's source tree (its cwd and PYTHONPATH), same interpreter."""
-
-    source: Path = ROOT
-
-    def launch(self) -> None:
-        import subprocess
-
-        argv = [a.replace("{port}", str(self.port)) for a in self.argv]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**__import__("os").environ, **self.env, "PYTHONPATH": str(self.source)}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                argv, cwd=self.source, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-
-
 def _service(name: str, source: Path, args: argparse.Namespace, model: str) -> Server:
     argv = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", "{port}"]
     argv += ["--models-dir", str(args.models_dir.resolve())]
     if args.workers:
         argv += ["--workers", str(args.workers)]
     env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": "cpu"}  # otherwise the defaults, access log included
-    server = _CheckoutServer(name, argv, env, args.out / f"{name}.log")
-    server.source = source.resolve()
-    return server
+    env["PYTHONPATH"] = str(source.resolve())  # run from that checkout's source tree, same interpreter
+    return Server(name, argv, env, args.out / f"{name}.log", cwd=source.resolve())
 
 
 def _request(target: str, latent_dim: int) -> RequestSpec:

@@ -45,6 +45,7 @@ class Server:
     paused: bool = False
     freezable: bool = False  # it burns CPU while idle: frozen while other targets are measured
     config: str = ""  # how it is configured, in words, for the report
+    cwd: Path = ROOT  # another checkout's tree to run from (put it on PYTHONPATH in `env` too)
 
     @property
     def url(self) -> str:
@@ -59,7 +60,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the server
             self.proc = subprocess.Popen(
-                argv, cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                argv, cwd=self.cwd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
 

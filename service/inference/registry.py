@@ -37,9 +37,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.conditional import ClassFileError, ClassGaussians, read_class_gaussians
 from service.config import Settings
@@ -60,6 +61,7 @@ from service.metrics import Metrics
 from service.priors import MixturePrior, PriorFileError, read_mixture
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFERRED_DEFAULT = "mnist"
 
@@ -194,22 +196,14 @@ class ModelRegistry:
                 )
             log.warning("model %s v%d: %s %d (allowed by VAE_ALLOW_LATENT_CHANGE)", name, version, change,
                         serving.latent_dim)  # fmt: skip
+        d, prior_spec, cond = manifest.latent_dim, manifest.prior, manifest.conditional
         prior: MixturePrior | None = None
-        if manifest.prior is not None:
-            spec = manifest.prior
-            self._check_inside(path / spec.file)
-            try:
-                prior = read_mixture(path / spec.file, spec.components, manifest.latent_dim)
-            except PriorFileError as exc:
-                raise ModelLoadError(str(exc)) from exc
+        if prior_spec is not None:
+            k = prior_spec.components
+            prior = self._side_file(path / prior_spec.file, lambda f: read_mixture(f, k, d))
         classes: ClassGaussians | None = None
-        if manifest.conditional is not None:
-            cond = manifest.conditional
-            self._check_inside(path / cond.file)
-            try:
-                classes = read_class_gaussians(path / cond.file, cond.classes, manifest.latent_dim)
-            except ClassFileError as exc:
-                raise ModelLoadError(str(exc)) from exc
+        if cond is not None:
+            classes = self._side_file(path / cond.file, lambda f: read_class_gaussians(f, cond.classes, d))
         options = session_options(s.intra_op_threads, s.inter_op_threads)
         encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
         decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
@@ -222,6 +216,15 @@ class ModelRegistry:
         except Exception as exc:
             raise ModelLoadError(f"{path}: warm-up failed ({type(exc).__name__}: {exc})") from exc
         return model
+
+    def _side_file(self, file: Path, read: Callable[[Path], T]) -> T:
+        """A side file beside the graphs (prior, class statistics), inside models/ and read by `read`, whose
+        own refusal becomes this version's load error."""
+        self._check_inside(file)
+        try:
+            return read(file)
+        except (PriorFileError, ClassFileError) as exc:
+            raise ModelLoadError(str(exc)) from exc
 
     def _check_inside(self, *paths: Path) -> None:
         if self.settings.follow_symlinks:
