@@ -14,10 +14,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Unauthorized
+from service.routes.matching import matched_route
 
 PROTECTED_PREFIXES = ("/v1/", "/v2/")
 # OIP health probes (KServe, Kubernetes) carry no credentials, like /healthz and /readyz.
@@ -59,35 +60,12 @@ class ApiKeyMiddleware:
             and not scope["path"].startswith(OPEN_PREFIXES)
             and not key_matches(offered_key(Headers(scope=scope)), self.keys)
         ):
-            if (route := _match(scope, self.routes)) is not None:
+            if (route := matched_route(scope, self.routes)) is not None:
                 scope["route"] = route
             err = Unauthorized()
             await JSONResponse(err.body(), status_code=err.status, headers=err.headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-def _match(scope: Scope, routes: list[BaseRoute]) -> BaseRoute | None:
-    """The route the router would pick (a path match with the wrong method counts, as Starlette's does)."""
-    return _search(scope, routes)[1]
-
-
-def _search(scope: Scope, routes: list[BaseRoute]) -> tuple[Match, BaseRoute | None]:
-    partial: BaseRoute | None = None
-    for route in routes:
-        match, _ = route.matches(scope)
-        if match is Match.NONE:
-            continue
-        found: BaseRoute | None = route
-        included = getattr(getattr(route, "original_router", None), "routes", None)
-        if included is not None:  # FastAPI's wrapper of an included router: the route is one of its own
-            match, found = _search(scope, included)
-        if found is None:
-            continue
-        if match is Match.FULL:
-            return match, found
-        partial = partial or found
-    return (Match.PARTIAL if partial is not None else Match.NONE), partial
 
 
 def document_api_keys(app: FastAPI) -> None:

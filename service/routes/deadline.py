@@ -61,6 +61,12 @@ def _returns_response(call: Callable[..., Any]) -> bool:
 
 
 class DeadlineRoute(APIRoute):
+    # The route's handler (deadline included) as FastAPI's request_response calls it, and whether a request
+    # without a query string reaches the endpoint with nothing of FastAPI's in between: then service.hot_path
+    # may call `handler` itself instead of going through the router.
+    handler: Handler
+    direct: bool
+
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
         defaults = direct_defaults(self.dependant)
@@ -82,4 +88,5 @@ class DeadlineRoute(APIRoute):
             except TimeoutError:
                 raise Timeout(f"the request did not finish within {timeout_s:g} s") from None
 
+        self.handler, self.direct = bounded, defaults is not None
         return bounded
