@@ -1,8 +1,9 @@
 """The `models/` contract: the manifest schema and the on-disk layout, in one place for both halves.
 
-Layout: `models/<name>/<version>/{encoder.onnx, decoder.onnx, model.json, preview.png}`. Training writes it
-(`training.export`), the service reads it; both validate with the same `Manifest` model so they can never
-disagree on what a field means.
+Layout: `models/<name>/<version>/{encoder.onnx, decoder.onnx, model.json, preview.png}`, plus the files a
+manifest names and hashes (a learned prior's parameters, per-class Gaussians, a pixel-group model's
+scorer.onnx). Training writes it (`training.export`), the service reads it; both validate with the same
+`Manifest` model so they can never disagree on what a field means.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from service.priors import MAX_COMPONENTS, PRIOR_KINDS
 MANIFEST_FILE = "model.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+SCORER_FILE = "scorer.onnx"
 PREVIEW_FILE = "preview.png"
 SCHEMA_VERSION: Literal[1] = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -152,9 +154,17 @@ class Manifest(_Strict):
     # PixelCNN++'s linear coupling of the channels (only with the mixture): `params` then appends K*C(C-1)/2
     # coefficient maps, (batch, K(1 + 2C + C(C-1)/2), H, W). Absent, as in every older manifest: no coupling.
     channel_coupling: bool = False
+    # Pixel groups (training/pixel_groups.py): 4 decodes the pixels of each 2x2 cell one group after another,
+    # each conditioned on z and the groups before it, so an image's likelihood needs its own pixels, not only
+    # z. The decoder graph then outputs the image `x` alone (decoded group by group), and the `scorer` graph
+    # gives the reconstruct score's first term: x (batch, C, H, W) -> `nll` (batch,), -log p(x | z = the
+    # encoder's mean of x) in nats under the mixture (and its neighbour anchors, if the training config has
+    # them). Absent: 1 and no scorer, the factorised decoder of every older manifest.
+    pixel_groups: Literal[1, 4] = 1
     conditional: ConditionalSpec | None = None
     encoder: GraphSpec
     decoder: GraphSpec
+    scorer: GraphSpec | None = None
     prior: PriorSpec | None = None  # None: N(0, I)
     training: dict[str, Any]
     dataset: DatasetSpec
@@ -177,14 +187,20 @@ class Manifest(_Strict):
             raise ManifestError("mixture_components is given exactly when likelihood is discretized_logistic")
         if self.channel_coupling and self.mixture_components is None:
             raise ManifestError("channel_coupling needs likelihood discretized_logistic")
-        if self.mixture_components is not None:
+        if self.mixture_components is not None and self.pixel_groups == 1:
             c, h, w = self.image.shape
             pairs = c * (c - 1) // 2 if self.channel_coupling else 0
             decoded.append(["batch", self.mixture_components * (1 + 2 * c + pairs), h, w])
+        if (self.pixel_groups > 1) != (self.scorer is not None):
+            raise ManifestError("a scorer graph is given exactly when pixel_groups is above 1")
+        if self.pixel_groups > 1 and self.mixture_components is None:
+            raise ManifestError("pixel_groups needs likelihood discretized_logistic")
         want = {
             "encoder": ([["batch", *img]], [["batch", self.latent_dim], ["batch", self.latent_dim]]),
             "decoder": ([["batch", self.latent_dim]], decoded),
         }
+        if self.scorer is not None:
+            want["scorer"] = ([["batch", *img]], [["batch"]])
         for role, (ins, outs) in want.items():
             graph: GraphSpec = getattr(self, role)
             got = ([t.shape for t in graph.inputs], [t.shape for t in graph.outputs])
@@ -256,6 +272,8 @@ def verify_model_dir(model_dir: Path) -> Manifest:
         ("encoder graph", manifest.encoder),
         ("decoder graph", manifest.decoder),
     ]
+    if manifest.scorer is not None:
+        hashed.append(("scorer graph", manifest.scorer))
     if manifest.prior is not None:
         hashed.append(("prior parameter file", manifest.prior))
     if manifest.conditional is not None:

@@ -21,6 +21,7 @@ Prior = Literal["standard", "vamp"]
 LrSchedule = Literal["none", "cosine"]
 Device = Literal["cpu", "cuda", "auto"]
 Channels = Literal[1, 3]
+PixelGroups = Literal[1, 4]
 
 
 def option(default: Any, reason: str) -> Any:
@@ -81,6 +82,22 @@ class TrainConfig:
         False,
         "discretized_logistic: PixelCNN++'s linear coupling, G's mean shifted by R and B's by R and G per "
         "component (3 more maps per component for RGB)",
+    )
+    pixel_groups: PixelGroups = option(
+        1,
+        "4: decode each 2x2 cell's pixels one group at a time, each conditioned on the earlier ones (exact "
+        "autoregressive likelihood); 1: factorised",
+    )
+    neighbour_anchors: bool = option(
+        False,
+        "pixel_groups 4: five more mixture components per pixel located at its decoded neighbours' colours "
+        "and their average, as lossless codecs predict flat regions",
+    )
+    context_width: int = option(
+        64, "pixel_groups 4: channels of the small conv net that reads the decoded groups"
+    )
+    context_layers: int = option(
+        3, "pixel_groups 4: its 3x3 layers at half resolution (receptive field 2L+1 cells)"
     )
     beta: float = option(1.0, "weight on KL; 1 is the true ELBO, other values give beta-VAE trade-offs")
     kl_warmup_epochs: float = option(
@@ -170,6 +187,12 @@ class TrainConfig:
             raise ValueError("res_blocks needs arch=conv")
         if self.channel_coupling and self.likelihood != "discretized_logistic":
             raise ValueError("channel_coupling needs likelihood=discretized_logistic")
+        if self.pixel_groups > 1 and (self.likelihood != "discretized_logistic" or self.arch != "conv"):
+            raise ValueError("pixel_groups 4 needs likelihood=discretized_logistic and arch=conv")
+        if self.neighbour_anchors and self.pixel_groups == 1:
+            raise ValueError("neighbour_anchors needs pixel_groups 4")
+        if self.context_width < 1 or self.context_layers < 1:
+            raise ValueError("context_width and context_layers must be >= 1")
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0 (0 turns clipping off)")
         if self.prior != "standard" and not self.variational:

@@ -27,6 +27,7 @@ from service.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
     PREVIEW_FILE,
+    SCORER_FILE,
     ConditionalSpec,
     DatasetSpec,
     GraphSpec,
@@ -44,6 +45,7 @@ from service.priors import MIXTURE_KIND, PRIOR_FILE, MixturePrior, read_mixture,
 from training.data import ImageDataset
 from training.errors import ExportError
 from training.likelihoods import bits_per_dim, mean_image, param_channels
+from training.losses import model_nll
 from training.models import VAE
 
 log = logging.getLogger(__name__)
@@ -76,16 +78,32 @@ class DecoderGraph(nn.Module):
         self.vae = vae
 
     def forward(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self.vae.config.likelihood == "discretized_logistic":
+        if self.vae.config.likelihood == "discretized_logistic" and self.vae.pixel_decoder is None:
             params = self.vae.decode_logits(z)
             coupled = self.vae.config.channel_coupling
             return mean_image(params, self.vae.image_shape[0], coupled), params
         return self.vae.decode(z)
 
 
+class ScorerGraph(nn.Module):
+    """x (B, C, H, W) -> -log p(x | z = encoder mean of x) per image in nats, for pixel-group decoders,
+    whose likelihood reads x's own pixels (the reconstruct score's first term)."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, _ = self.vae.encode(x)
+        return model_nll(self.vae, self.vae.decode_logits(mean, x), x)
+
+
 def decoder_outputs(vae: VAE) -> list[str]:
-    """The decoder graph's output names: `x`, and `params` where the likelihood needs more than a mean."""
-    return ["x", "params"] if vae.config.likelihood == "discretized_logistic" else ["x"]
+    """The decoder graph's output names: `x`, and `params` where the likelihood needs more than a mean and
+    z alone determines it (a pixel-group decoder's likelihood is the scorer graph's)."""
+    if vae.config.likelihood == "discretized_logistic" and vae.pixel_decoder is None:
+        return ["x", "params"]
+    return ["x"]
 
 
 def _export_graph(
@@ -169,6 +187,26 @@ def check_parity(
         if not diff <= PARITY_TOLERANCE:
             raise ExportError(f"{role}: onnxruntime differs from PyTorch by {diff:.3g} > {PARITY_TOLERANCE}")
     return {f"{role}_max_abs_diff": float(f"{diff:.3g}") for role, diff in worst.items()}
+
+
+@torch.no_grad()
+def check_scorer_parity(vae: VAE, scorer_path: Path, real_images: np.ndarray | None, seed: int = 0) -> float:
+    """Max relative |onnxruntime - torch| of the scorer's code lengths (thousands of nats, summed in float32)
+    on random and real images; ExportError past 1e-4."""
+    rng = np.random.default_rng(seed)
+    scorer = _ort_session(scorer_path)
+    c, h, w = vae.image_shape
+    inputs = [rng.integers(0, 256, (b, c, h, w)).astype(np.float32) / 255 for b in PARITY_BATCHES]
+    if real_images is not None and len(real_images):
+        inputs += [np.ascontiguousarray(real_images[:b], dtype=np.float32) for b in PARITY_BATCHES]
+    worst = 0.0
+    for x in inputs:
+        (nll,) = scorer.run(None, {"x": x})
+        ref = ScorerGraph(vae)(torch.from_numpy(x)).numpy()
+        worst = max(worst, _max_abs_diff("scorer", nll / np.abs(ref), ref / np.abs(ref)))
+    if not worst <= PARITY_TOLERANCE:
+        raise ExportError(f"scorer: onnxruntime differs from PyTorch by {worst:.3g} > {PARITY_TOLERANCE}")
+    return float(f"{worst:.3g}")
 
 
 def dataset_spec(dataset: ImageDataset) -> DatasetSpec:
@@ -370,6 +408,17 @@ def _assemble(
     outputs = decoder_outputs(vae)
     _export_graph(DecoderGraph(vae).eval(), torch.zeros(2, vae.latent_dim), "z", outputs, dec_path)
     parity = check_parity(vae, enc_path, dec_path, real_images)
+    scorer_spec = None
+    if vae.pixel_decoder is not None:
+        scorer_path = staging / SCORER_FILE
+        _export_graph(ScorerGraph(vae).eval(), torch.zeros(2, c, h, w), "x", ["nll"], scorer_path)
+        parity["scorer_max_abs_diff"] = check_scorer_parity(vae, scorer_path, real_images)
+        scorer_spec = GraphSpec(
+            file=SCORER_FILE,
+            sha256=sha256_file(scorer_path),
+            inputs=[TensorSpec(name="x", shape=["batch", c, h, w])],  # type: ignore[list-item]
+            outputs=[TensorSpec(name="nll", shape=["batch"])],  # type: ignore[list-item]
+        )
     prior_spec, prior = _export_prior(vae, staging, enc_path, parity)
     _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE, prior)
     latent = ["batch", vae.latent_dim]
@@ -395,6 +444,7 @@ def _assemble(
             inputs=[TensorSpec(name="z", shape=latent)],  # type: ignore[arg-type]
             outputs=[TensorSpec(name="x", shape=image), *_params_specs(vae, outputs)],  # type: ignore[arg-type]
         ),
+        scorer=scorer_spec,
         prior=prior_spec,
         training=training_config if training_config is not None else vae.config.to_dict(),
         dataset=dataset,
@@ -441,6 +491,7 @@ def _likelihood_fields(vae: VAE) -> dict[str, Any]:
         return {
             "mixture_components": vae.config.mixture_components,
             "channel_coupling": vae.config.channel_coupling,
+            "pixel_groups": vae.config.pixel_groups,
         }
     return {}
 

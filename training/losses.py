@@ -52,6 +52,14 @@ def reconstruction_nll(
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
+def model_nll(model: VAE, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x|z) per image under the model's own likelihood (the pixel-group decoder's anchors included)."""
+    cfg = model.config
+    if model.pixel_decoder is not None:
+        return model.pixel_decoder.nll(logits, x, cfg.channel_coupling)
+    return reconstruction_nll(logits, x, cfg.likelihood, cfg.gaussian_sigma, cfg.channel_coupling)
+
+
 def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """log N(z; mean, exp(log_var)) summed over the last axis."""
     return -0.5 * torch.sum(LOG_2PI + log_var + (z - mean).pow(2) / log_var.exp(), dim=-1)
@@ -63,7 +71,7 @@ def elbo_terms(
     """Per-image reconstruction and KL terms from one posterior sample; neg_elbo = reconstruction + kl."""
     logits, mean, log_var, z = model(x, generator)
     cfg = model.config
-    recon = reconstruction_nll(logits, x, cfg.likelihood, cfg.gaussian_sigma, cfg.channel_coupling)
+    recon = model_nll(model, logits, x)
     # Closed form against N(0, I); log q(z|x) - log p(z) at the sample z under a learned prior.
     kl = kl_estimate(model, mean, log_var, z) if cfg.variational else torch.zeros_like(recon)
     return {"reconstruction": recon, "kl": kl, "neg_elbo": recon + kl}
@@ -81,12 +89,9 @@ def log_importance_weights(
     b, d = mean.shape
     eps = torch.randn((k, b, d), generator=generator, device=mean.device, dtype=mean.dtype)
     z = mean + torch.exp(0.5 * log_var) * eps  # (k, B, D)
-    logits = model.decode_logits(z.reshape(k * b, d))  # (k*B, C, H, W)
     x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
-    cfg = model.config
-    log_px_z = -reconstruction_nll(
-        logits, x_rep, cfg.likelihood, cfg.gaussian_sigma, cfg.channel_coupling
-    ).view(k, b)
+    logits = model.decode_logits(z.reshape(k * b, d), x_rep)  # (k*B, C, H, W)
+    log_px_z = -model_nll(model, logits, x_rep).view(k, b)
     log_pz = log_prior(model, z)  # the model's own prior: N(0, I) or a learned mixture
     log_qz_x = -0.5 * torch.sum(LOG_2PI + log_var + eps.pow(2), dim=-1)  # (z - mean)^2 / var == eps^2
     return log_px_z + log_pz - log_qz_x

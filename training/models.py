@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig
+from training.pixel_groups import FEATURES, PixelGroupDecoder
 from training.priors import VampPrior
 
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -65,10 +66,17 @@ class VAE(nn.Module):
         act = _ACTIVATIONS[config.activation]
         c, h, w = image_shape
         out_c = c
+        self.pixel_decoder: PixelGroupDecoder | None = None
         if config.likelihood == "discretized_logistic":  # mixture weights, means and log-scales per pixel
             from training.likelihoods import param_channels
 
             out_c = param_channels(c, config.mixture_components, config.channel_coupling)
+            if config.pixel_groups > 1:  # the decoder emits features; the group net emits the maps
+                self.pixel_decoder = PixelGroupDecoder(
+                    FEATURES, c, out_c, config.context_width, config.context_layers, act,
+                    config.neighbour_anchors,
+                )  # fmt: skip
+                out_c = FEATURES
         if config.arch == "mlp":
             pixels = c * h * w
             hidden = list(config.hidden_dims)
@@ -104,7 +112,7 @@ class VAE(nn.Module):
                 up += [ResBlock(fan_out, act) for _ in range(blocks)]
             if blocks:
                 up += [act(), nn.Conv2d(chans[0], out_c, 1)]
-            else:
+            elif self.pixel_decoder is None:
                 up.pop()  # the last layer emits logits
             self.decoder_body = nn.Sequential(
                 _mlp([config.latent_dim, *hidden, flat], act),
@@ -129,11 +137,21 @@ class VAE(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + torch.exp(0.5 * log_var) * eps
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder_body(z)  # (B, C, H, W); (B, K(1+2C), H, W) for discretized_logistic
+    def decode_logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) logits; (B, K(1+2C), H, W) maps for discretized_logistic. With pixel groups the maps
+        of later groups depend on earlier pixels: those of x when given (the likelihood of x), else those the
+        decoder decoded itself."""
+        out = self.decoder_body(z)
+        if self.pixel_decoder is None:
+            return out
+        if x is None:
+            return self.pixel_decoder.decode(out, self.config.channel_coupling)[1]
+        return self.pixel_decoder.params(out, x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean image in [0, 1]."""
+        """The decoder's mean image in [0, 1] (pixel groups: each group at its mean given those before)."""
+        if self.pixel_decoder is not None:
+            return self.pixel_decoder.decode(self.decoder_body(z), self.config.channel_coupling)[0]
         out = self.decode_logits(z)
         if self.config.likelihood == "discretized_logistic":
             from training.likelihoods import mean_image
@@ -146,7 +164,7 @@ class VAE(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, log_var = self.encode(x)
         z = self.reparameterize(mean, log_var, generator) if self.config.variational else mean
-        return self.decode_logits(z), mean, log_var, z
+        return self.decode_logits(z, x), mean, log_var, z
 
 
 def build_model(config: TrainConfig, image_shape: tuple[int, int, int]) -> VAE:

@@ -101,6 +101,7 @@ class VAEModel:
         decoder_batcher: Batcher,
         prior: MixturePrior | None = None,
         classes: ClassGaussians | None = None,
+        scorer: tuple[Graph, Batcher] | None = None,
     ):
         self.manifest = manifest
         self.path = path
@@ -110,6 +111,9 @@ class VAEModel:
         self.decoder_batcher = decoder_batcher
         self.prior = prior  # None: N(0, I); else the manifest's mixture, read and checked at load
         self.classes = classes  # the per-class Gaussians of the manifest's `conditional` section, if any
+        # The manifest's scorer graph (pixel groups): x -> -log p(x | z = encoder mean), nats per image.
+        self.scorer: Graph | None = scorer[0] if scorer is not None else None
+        self.scorer_batcher: Batcher | None = scorer[1] if scorer is not None else None
 
     @property
     def name(self) -> str:
@@ -152,10 +156,14 @@ class VAEModel:
         for n in batch_sizes:
             self.encoder.run(np.zeros((n, c, h, w), dtype=np.float32))
             self.decoder.run(np.zeros((n, self.latent_dim), dtype=np.float32))
+            if self.scorer is not None:
+                self.scorer.run(np.zeros((n, c, h, w), dtype=np.float32))
 
     async def close(self) -> None:
         await self.encoder_batcher.close()
         await self.decoder_batcher.close()
+        if self.scorer_batcher is not None:
+            await self.scorer_batcher.close()
 
     # --- operations ----------------------------------------------------------------------------------------
 
@@ -214,7 +222,11 @@ class VAEModel:
         """
         encoding = await self.encode(images)
         mean, log_var = encoding.mean, encoding.log_var
-        if self.manifest.likelihood == "discretized_logistic":
+        if self.scorer_batcher is not None:  # pixel groups: the likelihood reads the image's own pixels
+            recon = await self.decode(mean)
+            nll = (await self.scorer_batcher.submit(images))[0].astype(np.float64)
+            check_finite_outputs("scorer", nll)
+        elif self.manifest.likelihood == "discretized_logistic":
             recon, params = await self.decoder_batcher.submit(mean)
             low, high = self.manifest.image.pixel_range
             recon = np.clip(recon, low, high, out=recon)

@@ -180,7 +180,8 @@ class ModelRegistry:
         path = s.models_dir / name / str(version)
         self._check_inside(path, path / MANIFEST_FILE)
         manifest = verify_model_dir(path)
-        self._check_inside(path / manifest.encoder.file, path / manifest.decoder.file)
+        graph_files = [path / g.file for g in (manifest.encoder, manifest.decoder, manifest.scorer) if g]
+        self._check_inside(*graph_files)
         if manifest.name != name:
             raise ModelLoadError(f"{path}: manifest names the model {manifest.name!r}, folder says {name!r}")
         if manifest.version != version:
@@ -207,9 +208,13 @@ class ModelRegistry:
         options = session_options(s.intra_op_threads, s.inter_op_threads)
         encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
         decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
+        scorer: tuple[Graph, Batcher] | None = None
+        if manifest.scorer is not None:
+            graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider)
+            scorer = (graph, self._batcher(name, version, "scorer", graph))
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
-            self._batcher(name, version, "decoder", decoder), prior, classes,
+            self._batcher(name, version, "decoder", decoder), prior, classes, scorer,
         )  # fmt: skip
         try:
             model.warm_up(tuple(sorted({1, s.max_batch_size})))

@@ -57,12 +57,14 @@ class _ConstantDecoderVAE(nn.Module):
         self.pixels = pixels
         self.logit = logit
         self.latent_dim = 2
+        self.prior = None
+        self.pixel_decoder = None  # a factorised decoder
 
     def encode(self, x):
         zeros = torch.zeros(x.shape[0], self.latent_dim)
         return zeros, zeros
 
-    def decode_logits(self, z):
+    def decode_logits(self, z, x=None):
         return torch.full((z.shape[0], 1, 1, self.pixels), self.logit)
 
     def forward(self, x, generator=None):

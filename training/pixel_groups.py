@@ -1,0 +1,237 @@
+"""An autoregressive decoder over four pixel groups: p(x|z) = prod_g p(x_g | z, x_<g).
+
+A factorised decoder p(x|z) = prod_i p(x_i|z) must code every pixel from z alone, so each edge costs the
+uncertainty of where exactly it runs. Conditioning on pixels already decoded removes most of that: this is
+the PixelCNN idea (van den Oord et al. 2016) that PixelVAE (Gulrajani et al. 2017) puts under a VAE, here
+with the coarse ordering of Reed et al. (2017, "Parallel multiscale autoregressive density estimation"):
+the pixels of each 2x2 cell form four groups, decoded in the order
+
+    (0, 0), (1, 1), (0, 1), (1, 0)      (row and column offset inside the cell)
+
+so the first group is a quarter-resolution image coded from z alone, the second sits between four decoded
+diagonal neighbours and the last two between four decoded direct neighbours. Within a group the pixels are
+independent given z and the earlier groups, so sampling takes four network passes, not one per pixel.
+
+Every group's distribution is the discretized logistic mixture of `training.likelihoods` (with channel
+coupling inside a pixel if configured), so each factor is normalised over the 256^C values of a pixel and the
+product is an exact likelihood: -log p(x|z) is still a code length. The parameters of all groups assemble
+into the usual (B, maps, H, W) layout, so the likelihood code is unchanged; only the maps of group g depend
+on the pixels of groups < g.
+
+Neighbour anchors (an option): lossless image codecs predict a pixel from its neighbours (WebP's predictors:
+left, top, their average, ...), because flat regions repeat a colour exactly. A learned logistic can only
+approach an exact value; so with anchors each pixel of groups 1-3 gets A = 5 more mixture components whose
+locations are not learned but are the colours of its four decoded neighbours (diagonal ones for group (1, 1),
+left/right/up/down for the others; reflected at the border, which keeps a neighbour's group) and their
+average. The net emits each anchor's mixture logit and per-channel log-scale, A (1 + C) maps after the
+mixture's; the logits share one softmax with the learned components, so the mixture stays normalised. Group
+(0, 0) has no decoded neighbours: its anchors get no weight.
+
+Networks: the VAE's decoder turns z into `features` maps at full resolution; a small conv net at half
+resolution reads, for group g, those features (space-to-depth: 4 cells' worth per position), the decoded
+pixels of groups < g (zero elsewhere) and four constant planes flagging which groups are decoded, and emits
+group g's mixture maps. One net serves all four steps (the flags tell it which step it is in). Training and
+scoring run the four steps on the true pixels at once (teacher forcing); decoding an image runs them in
+order, each group at its mixture's mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.likelihoods import (
+    MIN_LOG_SCALE,
+    coupled_locations,
+    coupling_coefficients,
+    discretized_logistic_log_prob,
+    discretized_logistic_nll,
+    mean_image,
+    split_params,
+)
+
+# Maps the VAE's decoder hands to the group net per full-resolution pixel (64 per cell after space-to-depth).
+FEATURES = 16
+CELL = 2  # pixel groups are the positions of a CELL x CELL cell
+# Decoding order of the positions (row, column) inside a cell, and each one's index in pixel_unshuffle's
+# channel layout (channel c * 4 + row * 2 + column).
+ORDER = ((0, 0), (1, 1), (0, 1), (1, 0))
+POSITIONS = tuple(row * CELL + column for row, column in ORDER)
+GROUPS = len(ORDER)
+# Neighbour anchors: the four decoded neighbours and their average.
+ANCHORS = 5
+DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+CROSS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+# A logit that gives an anchor no weight (finite, so the softmax and its gradient stay defined).
+NO_WEIGHT = -1e4
+
+
+def anchor_maps(channels: int) -> int:
+    """Maps per pixel the anchors add: a mixture logit and a log-scale per channel for each."""
+    return ANCHORS * (1 + channels)
+
+
+def neighbour_anchors(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, A, C, H, W): each pixel's anchor colours, the neighbours its group conditions on
+    (diagonal at (1, 1), the cross at (0, 1) and (1, 0); meaningless at (0, 0), whose anchors get no
+    weight) and their average. Reflection at the border maps an index -1 to 1 and H to H - 2, keeping its
+    parity, so a border pixel's reflected neighbour is in the same, decoded, group as the missing one."""
+    _, _, h, w = x.shape
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+
+    def shifted(offsets: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        return torch.stack([padded[:, :, 1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w] for dr, dc in offsets], 1)
+
+    rows, columns = torch.arange(h, device=x.device) % 2, torch.arange(w, device=x.device) % 2
+    diagonal_here = (rows[:, None] * columns[None, :]).to(x.dtype).view(1, 1, 1, h, w)  # the (1, 1) positions
+    neighbours = diagonal_here * shifted(DIAGONAL) + (1 - diagonal_here) * shifted(CROSS)
+    return torch.cat([neighbours, neighbours.mean(dim=1, keepdim=True)], dim=1)
+
+
+def first_group(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, H, W) bool: the (0, 0) positions, decoded from z alone."""
+    rows = torch.arange(h, device=device) % 2 == 0
+    columns = torch.arange(w, device=device) % 2 == 0
+    return (rows[:, None] & columns[None, :]).view(1, 1, h, w)
+
+
+def _weights_and_locations(
+    params: torch.Tensor, channels: int, coupled: bool, no_anchors: torch.Tensor, x: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log-weights of the K + A components (B, K + A, H, W), the learned components' locations and
+    log-scales (B, K, C, H, W) given x's earlier channels (their means when x is None), and the anchors'
+    log-scales (B, A, C, H, W)."""
+    b, _, h, w = params.shape
+    extra = anchor_maps(channels)
+    mixture, anchor = params[:, :-extra], params[:, -extra:]
+    log_pi, means, log_scales = split_params(mixture, channels, coupled)
+    k = log_pi.shape[1]
+    if coupled:
+        means = coupled_locations(
+            means, coupling_coefficients(mixture, channels), None if x is None else x.unsqueeze(1)
+        )
+    anchor_logits = anchor[:, :ANCHORS].masked_fill(no_anchors, NO_WEIGHT)
+    log_weights = F.log_softmax(torch.cat([mixture[:, :k], anchor_logits], dim=1), dim=1)
+    anchor_scales = torch.clamp(anchor[:, ANCHORS:].reshape(b, ANCHORS, channels, h, w), min=MIN_LOG_SCALE)
+    return log_weights, means, log_scales, anchor_scales  # type: ignore[return-value]
+
+
+def anchored_log_prob(
+    params: torch.Tensor, x: torch.Tensor, coupled: bool, anchors: torch.Tensor, no_anchors: torch.Tensor
+) -> torch.Tensor:
+    """log p(pixel) (B, H, W) under the mixture plus anchors: params hold the mixture's maps, then A logits
+    and A*C log-scales; anchors (B, A, C, H, W) are the anchor colours, no_anchors (bool) where they get no
+    weight."""
+    c = x.shape[1]
+    log_weights, locations, log_scales, anchor_scales = _weights_and_locations(
+        params, c, coupled, no_anchors, x
+    )
+    xs = x.unsqueeze(1)
+    learned = discretized_logistic_log_prob(xs, locations, log_scales).sum(dim=2)  # (B, K, H, W)
+    fixed = discretized_logistic_log_prob(xs, anchors, anchor_scales).sum(dim=2)  # (B, A, H, W)
+    return torch.logsumexp(log_weights + torch.cat([learned, fixed], dim=1), dim=1)
+
+
+def anchored_mean(
+    params: torch.Tensor, channels: int, coupled: bool, anchors: torch.Tensor, no_anchors: torch.Tensor
+) -> torch.Tensor:
+    """The mean image (B, C, H, W) of the mixture plus anchors (each learned component at its mean,
+    clamped to [0, 1] like `mean_image`)."""
+    log_weights, locations, _, _ = _weights_and_locations(params, channels, coupled, no_anchors, None)
+    weights = log_weights.exp().unsqueeze(2)  # (B, K + A, 1, H, W)
+    return (weights * torch.cat([locations, anchors], dim=1)).sum(dim=1)
+
+
+def anchored_nll(params: torch.Tensor, x: torch.Tensor, coupled: bool) -> torch.Tensor:
+    """-log p(x|z) per image in nats, teacher forced: every pixel's anchors are its neighbours in x."""
+    h, w = x.shape[2:]
+    log_p = anchored_log_prob(params, x, coupled, neighbour_anchors(x), first_group(h, w, x.device))
+    return -log_p.flatten(1).sum(dim=1)
+
+
+def known_flags(step: int) -> torch.Tensor:
+    """(GROUPS,) 1.0 at the cell positions decoded before `step`, in pixel_unshuffle order."""
+    flags = torch.zeros(GROUPS)
+    for position in POSITIONS[:step]:
+        flags[position] = 1.0
+    return flags
+
+
+class PixelGroupDecoder(nn.Module):
+    def __init__(
+        self,
+        features: int,
+        channels: int,
+        mixture_maps: int,
+        width: int,
+        layers: int,
+        activation: type[nn.Module],
+        anchored: bool = False,
+    ):
+        super().__init__()
+        self.channels = channels
+        self.anchored = anchored
+        self.param_maps = mixture_maps + (anchor_maps(channels) if anchored else 0)
+        fan_in = features * GROUPS + channels * GROUPS + GROUPS
+        body: list[nn.Module] = [nn.Conv2d(fan_in, width, 3, padding=1), activation()]
+        for _ in range(layers - 1):
+            body += [nn.Conv2d(width, width, 3, padding=1), activation()]
+        self.body = nn.Sequential(*body, nn.Conv2d(width, self.param_maps, 1))
+        self.register_buffer("flags", torch.stack([known_flags(s) for s in range(GROUPS)]), persistent=False)
+        self.register_buffer("onehots", torch.eye(GROUPS), persistent=False)
+
+    def _step_input(self, features: torch.Tensor, cells: torch.Tensor, step: int) -> torch.Tensor:
+        """features (B, 4F, h, w); cells (B, C, 4, h, w), the pixels by cell position (any values where not
+        decoded: they are zeroed here)."""
+        b, c, _, h, w = cells.shape
+        flags = self.flags[step]  # type: ignore[index]
+        known = (cells * flags.view(1, 1, GROUPS, 1, 1)).reshape(b, c * GROUPS, h, w)
+        planes = flags.view(1, GROUPS, 1, 1).expand(b, GROUPS, h, w)
+        return torch.cat([features, known, planes], dim=1)
+
+    @staticmethod
+    def _assemble(per_position: list[torch.Tensor]) -> torch.Tensor:
+        """GROUPS maps (B, P, h, w) in pixel_unshuffle position order -> (B, P, 2h, 2w)."""
+        stacked = torch.stack(per_position, dim=2)  # (B, P, 4, h, w): channel p * 4 + position
+        b, p, _, h, w = stacked.shape
+        return F.pixel_shuffle(stacked.reshape(b, p * GROUPS, h, w), CELL)
+
+    def params(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: every group's maps given the true pixels of the groups before it, (B, P, H, W)."""
+        b, c, _, _ = x.shape
+        low = F.pixel_unshuffle(features, CELL)
+        cells = F.pixel_unshuffle(x, CELL).reshape(b, c, GROUPS, *low.shape[2:])
+        steps = torch.cat([self._step_input(low, cells, s) for s in range(GROUPS)], dim=0)
+        out = self.body(steps).reshape(GROUPS, b, self.param_maps, *low.shape[2:])  # by step
+        by_position = [out[POSITIONS.index(p)] for p in range(GROUPS)]
+        return self._assemble(by_position)
+
+    def decode(self, features: torch.Tensor, coupled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group by group, each at its mixture mean given the groups before: the image (B, C, H, W) and the
+        maps each group was decoded with (B, P, H, W)."""
+        low = F.pixel_unshuffle(features, CELL)
+        b, _, h, w = low.shape
+        cells = torch.zeros(b, self.channels, GROUPS, h, w, dtype=low.dtype, device=low.device)
+        maps: list[torch.Tensor | None] = [None] * GROUPS
+        for step, position in enumerate(POSITIONS):
+            out = self.body(self._step_input(low, cells, step))
+            maps[position] = out
+            if self.anchored:  # the anchors are the neighbours decoded so far
+                row, column = ORDER[step]
+                decoded = F.pixel_shuffle(cells.reshape(b, self.channels * GROUPS, h, w), CELL)
+                anchors = neighbour_anchors(decoded)[..., row::CELL, column::CELL]
+                no_anchors = torch.full((1, 1, h, w), step == 0, device=low.device)
+                group_mean = anchored_mean(out, self.channels, coupled, anchors, no_anchors)
+            else:
+                group_mean = mean_image(out, self.channels, coupled)  # (B, C, h, w)
+            onehot = self.onehots[position].view(1, 1, GROUPS, 1, 1)  # type: ignore[index]
+            cells = cells + group_mean.unsqueeze(2) * onehot
+        image = F.pixel_shuffle(cells.reshape(b, self.channels * GROUPS, h, w), CELL)
+        return image, self._assemble([m for m in maps if m is not None])
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor, coupled: bool) -> torch.Tensor:
+        """-log p(x|z) per image in nats from the teacher-forced maps `params(features, x)`."""
+        if self.anchored:
+            return anchored_nll(params, x, coupled)
+        return discretized_logistic_nll(params, x, coupled)
