@@ -106,9 +106,7 @@ def test_decoding_runs_the_chain_with_each_group_at_its_mean():
 def test_training_and_the_importance_weighted_bound_score_the_true_pixels():
     model = grouped()
     x = pixels((4, 3, 8, 8), 5)
-    loss, _ = training_loss(
-        model.float(), x.float(), beta=1.0, generator=torch.Generator().manual_seed(0)
-    )
+    loss, _ = training_loss(model.float(), x.float(), beta=1.0, generator=torch.Generator().manual_seed(0))
     assert math.isfinite(loss.item()) and loss.requires_grad
     loss.backward()
     assert model.pixel_decoder is not None
