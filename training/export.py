@@ -416,8 +416,8 @@ def _assemble(
         scorer_spec = GraphSpec(
             file=SCORER_FILE,
             sha256=sha256_file(scorer_path),
-            inputs=[TensorSpec(name="x", shape=["batch", c, h, w])],  # type: ignore[list-item]
-            outputs=[TensorSpec(name="nll", shape=["batch"])],  # type: ignore[list-item]
+            inputs=[TensorSpec(name="x", shape=["batch", c, h, w])],
+            outputs=[TensorSpec(name="nll", shape=["batch"])],
         )
     prior_spec, prior = _export_prior(vae, staging, enc_path, parity)
     _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE, prior)

@@ -98,7 +98,7 @@ def first_group(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 def _weights_and_locations(
     params: torch.Tensor, channels: int, coupled: bool, no_anchors: torch.Tensor, x: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """log-weights of the K + A components (B, K + A, H, W), the learned components' locations and
     log-scales (B, K, C, H, W) given x's earlier channels (their means when x is None), and the anchors'
     log-scales (B, A, C, H, W)."""
@@ -114,7 +114,7 @@ def _weights_and_locations(
     anchor_logits = anchor[:, :ANCHORS].masked_fill(no_anchors, NO_WEIGHT)
     log_weights = F.log_softmax(torch.cat([mixture[:, :k], anchor_logits], dim=1), dim=1)
     anchor_scales = torch.clamp(anchor[:, ANCHORS:].reshape(b, ANCHORS, channels, h, w), min=MIN_LOG_SCALE)
-    return log_weights, means, log_scales, anchor_scales  # type: ignore[return-value]
+    return log_weights, means, log_scales, anchor_scales
 
 
 def anchored_log_prob(
