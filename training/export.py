@@ -78,7 +78,7 @@ class DecoderGraph(nn.Module):
         self.vae = vae
 
     def forward(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self.vae.config.likelihood == "discretized_logistic" and self.vae.pixel_decoder is None:
+        if "params" in decoder_outputs(self.vae):
             params = self.vae.decode_logits(z)
             coupled = self.vae.config.channel_coupling
             return mean_image(params, self.vae.image_shape[0], coupled), params

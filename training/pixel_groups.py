@@ -83,16 +83,20 @@ def neighbour_anchors(x: torch.Tensor) -> torch.Tensor:
     def shifted(offsets: tuple[tuple[int, int], ...]) -> torch.Tensor:
         return torch.stack([padded[:, :, 1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w] for dr, dc in offsets], 1)
 
-    rows, columns = torch.arange(h, device=x.device) % 2, torch.arange(w, device=x.device) % 2
-    diagonal_here = (rows[:, None] * columns[None, :]).to(x.dtype).view(1, 1, 1, h, w)  # the (1, 1) positions
+    diagonal_here = _positions(h, w, (1, 1), x.device).to(x.dtype).unsqueeze(1)  # (1, 1, 1, H, W)
     neighbours = diagonal_here * shifted(DIAGONAL) + (1 - diagonal_here) * shifted(CROSS)
     return torch.cat([neighbours, neighbours.mean(dim=1, keepdim=True)], dim=1)
 
 
 def first_group(h: int, w: int, device: torch.device) -> torch.Tensor:
     """(1, 1, H, W) bool: the (0, 0) positions, decoded from z alone."""
-    rows = torch.arange(h, device=device) % 2 == 0
-    columns = torch.arange(w, device=device) % 2 == 0
+    return _positions(h, w, ORDER[0], device)
+
+
+def _positions(h: int, w: int, position: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(1, 1, H, W) bool: the pixels at `position` (row, column) of their cell."""
+    rows = torch.arange(h, device=device) % CELL == position[0]
+    columns = torch.arange(w, device=device) % CELL == position[1]
     return (rows[:, None] & columns[None, :]).view(1, 1, h, w)
 
 
@@ -191,11 +195,10 @@ class PixelGroupDecoder(nn.Module):
         return torch.cat([features, known, planes], dim=1)
 
     @staticmethod
-    def _assemble(per_position: list[torch.Tensor]) -> torch.Tensor:
-        """GROUPS maps (B, P, h, w) in pixel_unshuffle position order -> (B, P, 2h, 2w)."""
-        stacked = torch.stack(per_position, dim=2)  # (B, P, 4, h, w): channel p * 4 + position
-        b, p, _, h, w = stacked.shape
-        return F.pixel_shuffle(stacked.reshape(b, p * GROUPS, h, w), CELL)
+    def _full(cells: torch.Tensor) -> torch.Tensor:
+        """(B, P, 4, h, w), maps or pixels by cell position in pixel_unshuffle order -> (B, P, 2h, 2w)."""
+        b, p, _, h, w = cells.shape
+        return F.pixel_shuffle(cells.reshape(b, p * GROUPS, h, w), CELL)
 
     def params(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: every group's maps given the true pixels of the groups before it, (B, P, H, W)."""
@@ -205,7 +208,7 @@ class PixelGroupDecoder(nn.Module):
         steps = torch.cat([self._step_input(low, cells, s) for s in range(GROUPS)], dim=0)
         out = self.body(steps).reshape(GROUPS, b, self.param_maps, *low.shape[2:])  # by step
         by_position = [out[POSITIONS.index(p)] for p in range(GROUPS)]
-        return self._assemble(by_position)
+        return self._full(torch.stack(by_position, dim=2))
 
     def decode(self, features: torch.Tensor, coupled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Group by group, each at its mixture mean given the groups before: the image (B, C, H, W) and the
@@ -213,22 +216,20 @@ class PixelGroupDecoder(nn.Module):
         low = F.pixel_unshuffle(features, CELL)
         b, _, h, w = low.shape
         cells = torch.zeros(b, self.channels, GROUPS, h, w, dtype=low.dtype, device=low.device)
-        maps: list[torch.Tensor | None] = [None] * GROUPS
+        maps: dict[int, torch.Tensor] = {}
         for step, position in enumerate(POSITIONS):
             out = self.body(self._step_input(low, cells, step))
             maps[position] = out
             if self.anchored:  # the anchors are the neighbours decoded so far
                 row, column = ORDER[step]
-                decoded = F.pixel_shuffle(cells.reshape(b, self.channels * GROUPS, h, w), CELL)
-                anchors = neighbour_anchors(decoded)[..., row::CELL, column::CELL]
+                anchors = neighbour_anchors(self._full(cells))[..., row::CELL, column::CELL]
                 no_anchors = torch.full((1, 1, h, w), step == 0, device=low.device)
                 group_mean = anchored_mean(out, self.channels, coupled, anchors, no_anchors)
             else:
                 group_mean = mean_image(out, self.channels, coupled)  # (B, C, h, w)
             onehot = self.onehots[position].view(1, 1, GROUPS, 1, 1)  # type: ignore[index]
             cells = cells + group_mean.unsqueeze(2) * onehot
-        image = F.pixel_shuffle(cells.reshape(b, self.channels * GROUPS, h, w), CELL)
-        return image, self._assemble([m for m in maps if m is not None])
+        return self._full(cells), self._full(torch.stack([maps[p] for p in range(GROUPS)], dim=2))
 
     def nll(self, params: torch.Tensor, x: torch.Tensor, coupled: bool) -> torch.Tensor:
         """-log p(x|z) per image in nats from the teacher-forced maps `params(features, x)`."""
