@@ -155,12 +155,13 @@ class Manifest(_Strict):
     # coefficient maps, (batch, K(1 + 2C + C(C-1)/2), H, W). Absent, as in every older manifest: no coupling.
     channel_coupling: bool = False
     # Pixel groups (training/pixel_groups.py): 4 decodes the pixels of each 2x2 cell one group after another,
-    # each conditioned on z and the groups before it, so an image's likelihood needs its own pixels, not only
-    # z. The decoder graph then outputs the image `x` alone (decoded group by group), and the `scorer` graph
-    # gives the reconstruct score's first term: x (batch, C, H, W) -> `nll` (batch,), -log p(x | z = the
-    # encoder's mean of x) in nats under the mixture (and its neighbour anchors, if the training config has
-    # them). Absent: 1 and no scorer, the factorised decoder of every older manifest.
-    pixel_groups: Literal[1, 4] = 1
+    # each conditioned on z and the groups before it (7: the first group split the same way again), so an
+    # image's likelihood needs its own pixels, not only z. The decoder graph then outputs the image `x` alone
+    # (decoded group by group), and the `scorer` graph gives the reconstruct score's first term: x (batch, C,
+    # H, W) -> `nll` (batch,), -log p(x | z = the encoder's mean of x) in nats under the mixture (and its
+    # neighbour anchors, if the training config has them). Absent: 1 and no scorer, the factorised decoder of
+    # every older manifest.
+    pixel_groups: Literal[1, 4, 7] = 1
     conditional: ConditionalSpec | None = None
     encoder: GraphSpec
     decoder: GraphSpec

@@ -21,7 +21,7 @@ Prior = Literal["standard", "vamp"]
 LrSchedule = Literal["none", "cosine"]
 Device = Literal["cpu", "cuda", "auto"]
 Channels = Literal[1, 3]
-PixelGroups = Literal[1, 4]
+PixelGroups = Literal[1, 4, 7]
 
 
 def option(default: Any, reason: str) -> Any:
@@ -86,7 +86,8 @@ class TrainConfig:
     pixel_groups: PixelGroups = option(
         1,
         "4: decode each 2x2 cell's pixels one group at a time, each conditioned on the earlier ones (exact "
-        "autoregressive likelihood); 1: factorised",
+        "autoregressive likelihood); 7: the same two levels deep, only each 4x4 cell's (0, 0) pixel coded "
+        "from z alone; 1: factorised",
     )
     neighbour_anchors: bool = option(
         False,
@@ -188,9 +189,9 @@ class TrainConfig:
         if self.channel_coupling and self.likelihood != "discretized_logistic":
             raise ValueError("channel_coupling needs likelihood=discretized_logistic")
         if self.pixel_groups > 1 and (self.likelihood != "discretized_logistic" or self.arch != "conv"):
-            raise ValueError("pixel_groups 4 needs likelihood=discretized_logistic and arch=conv")
+            raise ValueError("pixel_groups 4 and 7 need likelihood=discretized_logistic and arch=conv")
         if self.neighbour_anchors and self.pixel_groups == 1:
-            raise ValueError("neighbour_anchors needs pixel_groups 4")
+            raise ValueError("neighbour_anchors needs pixel_groups 4 or 7")
         if self.context_width < 1 or self.context_layers < 1:
             raise ValueError("context_width and context_layers must be >= 1")
         if self.grad_clip < 0:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig
-from training.pixel_groups import FEATURES, PixelGroupDecoder
+from training.pixel_groups import FEATURES, PIXEL_LEVELS, PixelGroupDecoder
 from training.priors import VampPrior
 
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -74,7 +74,7 @@ class VAE(nn.Module):
             if config.pixel_groups > 1:  # the decoder emits features; the group net emits the maps
                 self.pixel_decoder = PixelGroupDecoder(
                     FEATURES, c, out_c, config.context_width, config.context_layers, act,
-                    config.neighbour_anchors,
+                    config.neighbour_anchors, levels=PIXEL_LEVELS[config.pixel_groups],
                 )  # fmt: skip
                 out_c = FEATURES
         if config.arch == "mlp":

@@ -27,6 +27,12 @@ average. The net emits each anchor's mixture logit and per-channel log-scale, A 
 mixture's; the logits share one softmax with the learned components, so the mixture stays normalised. Group
 (0, 0) has no decoded neighbours: its anchors get no weight.
 
+Levels (an option): with two levels the first group, itself a half-resolution image, is decoded in the
+same four groups by an inner decoder one level down, so only the (0, 0) pixel of each 4x4 cell is coded from
+z alone and seven groups follow one another: Reed et al.'s multiscale recursion. The inner decoder reads
+this level's half-resolution features (all four cells' worth) and its anchors are neighbours in the
+half-resolution image, two pixels apart in the full one.
+
 Networks: the VAE's decoder turns z into `features` maps at full resolution; a small conv net at half
 resolution reads, for group g, those features (space-to-depth: 4 cells' worth per position), the decoded
 pixels of groups < g (zero elsewhere) and four constant planes flagging which groups are decoded, and emits
@@ -59,6 +65,8 @@ CELL = 2  # pixel groups are the positions of a CELL x CELL cell
 ORDER = ((0, 0), (1, 1), (0, 1), (1, 0))
 POSITIONS = tuple(row * CELL + column for row, column in ORDER)
 GROUPS = len(ORDER)
+# The `pixel_groups` option: the groups of one level (4), or of two (the first group split again: 1 + 3 + 3).
+PIXEL_LEVELS = {4: 1, 7: 2}
 # Neighbour anchors: the four decoded neighbours and their average.
 ANCHORS = 5
 DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -147,13 +155,6 @@ def anchored_mean(
     return (weights * torch.cat([locations, anchors], dim=1)).sum(dim=1)
 
 
-def anchored_nll(params: torch.Tensor, x: torch.Tensor, coupled: bool) -> torch.Tensor:
-    """-log p(x|z) per image in nats, teacher forced: every pixel's anchors are its neighbours in x."""
-    h, w = x.shape[2:]
-    log_p = anchored_log_prob(params, x, coupled, neighbour_anchors(x), first_group(h, w, x.device))
-    return -log_p.flatten(1).sum(dim=1)
-
-
 def known_flags(step: int) -> torch.Tensor:
     """(GROUPS,) 1.0 at the cell positions decoded before `step`, in pixel_unshuffle order."""
     flags = torch.zeros(GROUPS)
@@ -172,10 +173,20 @@ class PixelGroupDecoder(nn.Module):
         layers: int,
         activation: type[nn.Module],
         anchored: bool = False,
+        levels: int = 1,
     ):
         super().__init__()
         self.channels = channels
         self.anchored = anchored
+        self.levels = levels
+        # With levels > 1 the first group is decoded by a decoder of its own instead of this level's net.
+        self.inner = (
+            PixelGroupDecoder(
+                features * GROUPS, channels, mixture_maps, width, layers, activation, anchored, levels - 1
+            )
+            if levels > 1
+            else None
+        )
         self.param_maps = mixture_maps + (anchor_maps(channels) if anchored else 0)
         fan_in = features * GROUPS + channels * GROUPS + GROUPS
         body: list[nn.Module] = [nn.Conv2d(fan_in, width, 3, padding=1), activation()]
@@ -205,9 +216,13 @@ class PixelGroupDecoder(nn.Module):
         b, c, _, _ = x.shape
         low = F.pixel_unshuffle(features, CELL)
         cells = F.pixel_unshuffle(x, CELL).reshape(b, c, GROUPS, *low.shape[2:])
-        steps = torch.cat([self._step_input(low, cells, s) for s in range(GROUPS)], dim=0)
-        out = self.body(steps).reshape(GROUPS, b, self.param_maps, *low.shape[2:])  # by step
-        by_position = [out[POSITIONS.index(p)] for p in range(GROUPS)]
+        first = 0 if self.inner is None else 1  # the inner decoder's maps stand for this level's first step
+        steps = torch.cat([self._step_input(low, cells, s) for s in range(first, GROUPS)], dim=0)
+        out = self.body(steps).reshape(GROUPS - first, b, self.param_maps, *low.shape[2:])
+        by_step = list(out.unbind(0))
+        if self.inner is not None:
+            by_step.insert(0, self.inner.params(low, cells[:, :, POSITIONS[0]]))
+        by_position = [by_step[POSITIONS.index(p)] for p in range(GROUPS)]
         return self._full(torch.stack(by_position, dim=2))
 
     def decode(self, features: torch.Tensor, coupled: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,21 +233,38 @@ class PixelGroupDecoder(nn.Module):
         cells = torch.zeros(b, self.channels, GROUPS, h, w, dtype=low.dtype, device=low.device)
         maps: dict[int, torch.Tensor] = {}
         for step, position in enumerate(POSITIONS):
-            out = self.body(self._step_input(low, cells, step))
-            maps[position] = out
-            if self.anchored:  # the anchors are the neighbours decoded so far
-                row, column = ORDER[step]
-                anchors = neighbour_anchors(self._full(cells))[..., row::CELL, column::CELL]
-                no_anchors = torch.full((1, 1, h, w), step == 0, device=low.device)
-                group_mean = anchored_mean(out, self.channels, coupled, anchors, no_anchors)
+            if step == 0 and self.inner is not None:
+                group_mean, maps[position] = self.inner.decode(low, coupled)
             else:
-                group_mean = mean_image(out, self.channels, coupled)  # (B, C, h, w)
+                maps[position] = out = self.body(self._step_input(low, cells, step))
+                group_mean = self._group_mean(out, cells, step, coupled)
             onehot = self.onehots[position].view(1, 1, GROUPS, 1, 1)  # type: ignore[index]
             cells = cells + group_mean.unsqueeze(2) * onehot
         return self._full(cells), self._full(torch.stack([maps[p] for p in range(GROUPS)], dim=2))
 
+    def _group_mean(self, out: torch.Tensor, cells: torch.Tensor, step: int, coupled: bool) -> torch.Tensor:
+        """The mean (B, C, h, w) of group `step` under its maps `out`, given the cells decoded so far."""
+        if not self.anchored:
+            return mean_image(out, self.channels, coupled)
+        row, column = ORDER[step]  # the anchors are the neighbours decoded so far
+        anchors = neighbour_anchors(self._full(cells))[..., row::CELL, column::CELL]
+        no_anchors = torch.full((1, 1, *cells.shape[3:]), step == 0, device=cells.device)
+        return anchored_mean(out, self.channels, coupled, anchors, no_anchors)
+
     def nll(self, params: torch.Tensor, x: torch.Tensor, coupled: bool) -> torch.Tensor:
         """-log p(x|z) per image in nats from the teacher-forced maps `params(features, x)`."""
-        if self.anchored:
-            return anchored_nll(params, x, coupled)
-        return discretized_logistic_nll(params, x, coupled)
+        if not self.anchored:  # every pixel's factor is read off its maps alone, at any level
+            return discretized_logistic_nll(params, x, coupled)
+        return -self.log_probs(params, x, coupled).flatten(1).sum(dim=1)
+
+    def log_probs(self, params: torch.Tensor, x: torch.Tensor, coupled: bool) -> torch.Tensor:
+        """Anchored decoders: log p of every pixel (B, H, W) given z and the pixels of earlier groups,
+        teacher forced (every pixel's anchors are its neighbours in x)."""
+        h, w = x.shape[2:]
+        log_p = anchored_log_prob(params, x, coupled, neighbour_anchors(x), first_group(h, w, x.device))
+        if self.inner is None:
+            return log_p
+        # The first group's anchors are its neighbours in the half-resolution image: the inner decoder's.
+        inner = self.inner.log_probs(params[..., ::CELL, ::CELL], x[..., ::CELL, ::CELL], coupled)
+        cells = F.pixel_unshuffle(log_p.unsqueeze(1), CELL)  # (B, 4, h, w); channel 0 is the (0, 0) group
+        return F.pixel_shuffle(torch.cat([inner.unsqueeze(1), cells[:, 1:]], dim=1), CELL)[:, 0]

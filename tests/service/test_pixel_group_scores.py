@@ -16,10 +16,10 @@ pytestmark = pytest.mark.timeout(300)
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "emoji"
 
 
-@pytest.fixture(scope="module")
-def grouped_model(tmp_path_factory):
+@pytest.fixture(scope="module", params=[4, 7])  # one level of groups, and two
+def grouped_model(tmp_path_factory, request):
     return train_and_export(
-        tmp_path_factory, "grouped", conv_channels=(8, 16), channel_coupling=True, pixel_groups=4,
+        tmp_path_factory, "grouped", conv_channels=(8, 16), channel_coupling=True, pixel_groups=request.param,
         neighbour_anchors=True, context_width=8, context_layers=2,
     )  # fmt: skip
 
@@ -28,9 +28,9 @@ def test_manifest_states_the_groups_and_the_scorer(grouped_model):
     from service.manifest import read_manifest
     from training.export import PARITY_TOLERANCE
 
-    root, _ = grouped_model
+    root, model = grouped_model
     manifest = read_manifest(root / "grouped" / "1")
-    assert manifest.pixel_groups == 4 and manifest.channel_coupling
+    assert manifest.pixel_groups == model.config.pixel_groups and manifest.channel_coupling
     assert [t.name for t in manifest.decoder.outputs] == ["x"]  # z alone does not give the likelihood
     assert manifest.scorer is not None and manifest.scorer.file == "scorer.onnx"
     assert [t.shape for t in manifest.scorer.outputs] == [["batch"]]

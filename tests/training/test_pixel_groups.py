@@ -1,4 +1,5 @@
-"""The pixel-group decoder: an exact autoregressive likelihood over the four pixels of each 2x2 cell.
+"""The pixel-group decoder: an exact autoregressive likelihood over the four pixels of each 2x2 cell (and,
+two levels deep, over seven groups of each 4x4 cell).
 
 What makes -log p(x|z) a code length is that group g's maps depend only on z and the pixels of earlier
 groups, and that each factor is normalised; these tests check both on an untrained network (any weights must
@@ -23,14 +24,31 @@ from training.pixel_groups import (  # noqa: E402
 )
 
 
-def grouped(channels=3, side=8, coupled=True, anchored=False, **options):
+def grouped(channels=3, side=8, coupled=True, anchored=False, groups=4, **options):
     torch.manual_seed(0)
     config = TrainConfig(
         dataset="folder", channels=channels, arch="conv", conv_channels=(8,), hidden_dims=(16,), latent_dim=3,
-        likelihood="discretized_logistic", mixture_components=2, channel_coupling=coupled, pixel_groups=4,
-        context_width=8, context_layers=2, neighbour_anchors=anchored, **options,
+        likelihood="discretized_logistic", mixture_components=2, channel_coupling=coupled,
+        pixel_groups=groups, context_width=8, context_layers=2, neighbour_anchors=anchored, **options,
     ).validated()  # fmt: skip
     return build_model(config, (channels, side, side)).double().eval()
+
+
+def steps(side, groups):
+    """(side, side): the step that decodes each pixel, written out from the order. Two levels deep (7 groups)
+    the (0, 0) pixels of the 2x2 cells form a half-size image decoded in the same order first."""
+
+    def step(row, column, levels):
+        if (row % 2, column % 2) == (0, 0) and levels > 1:
+            return step(row // 2, column // 2, levels - 1)
+        return 3 * (levels - 1) + ORDER.index((row % 2, column % 2))
+
+    levels = {4: 1, 7: 2}[groups]
+    return torch.tensor([[step(r, c, levels) for c in range(side)] for r in range(side)])
+
+
+def test_the_seven_groups_order_of_a_4x4_cell():
+    assert steps(4, 7).tolist() == [[0, 5, 2, 5], [6, 4, 6, 4], [3, 5, 1, 5], [6, 4, 6, 4]]
 
 
 def group(t, position):
@@ -51,21 +69,21 @@ def test_the_order_and_the_flags():
     assert known_flags(4).tolist() == [1, 1, 1, 1]
 
 
-def test_each_groups_maps_depend_only_on_the_groups_before_it():
-    model = grouped()
+@pytest.mark.parametrize("groups", [4, 7])
+def test_each_groups_maps_depend_only_on_the_groups_before_it(groups):
+    model = grouped(groups=groups)
     x, z = pixels((2, 3, 8, 8), 1), torch.randn(2, 3, dtype=torch.float64)
+    order = steps(8, groups)
     with torch.no_grad():
         base = model.decode_logits(z, x)
-        for changed, where in enumerate(ORDER):
-            other = x.clone()
-            group(other, where)[:] = pixels(group(other, where).shape, 2 + changed)
-            maps = model.decode_logits(z, other)
-            for step, position in enumerate(ORDER):
-                moved = (group(maps, position) - group(base, position)).abs().max().item()
+        for changed in range(groups):
+            other = torch.where(order == changed, pixels(x.shape, 2 + changed), x)
+            moved = (model.decode_logits(z, other) - base).abs().amax(dim=(0, 1))  # (H, W)
+            for step in range(groups):
                 if step <= changed:
-                    assert moved == 0.0, (changed, step)
-                else:
-                    assert moved > 0.0, (changed, step)  # later groups do read the earlier pixels
+                    assert moved[order == step].max().item() == 0.0, (changed, step)
+                else:  # later groups do read the earlier pixels
+                    assert moved[order == step].min().item() > 0.0, (changed, step)
 
 
 def test_the_last_groups_factor_sums_to_one_over_a_pixels_256_values():
@@ -90,8 +108,9 @@ def test_the_last_groups_factor_sums_to_one_over_a_pixels_256_values():
     assert torch.logsumexp(log_joint, dim=0).item() == pytest.approx(rest[0].item(), abs=1e-9)
 
 
-def test_decoding_runs_the_chain_with_each_group_at_its_mean():
-    model = grouped()
+@pytest.mark.parametrize("groups", [4, 7])
+def test_decoding_runs_the_chain_with_each_group_at_its_mean(groups):
+    model = grouped(groups=groups)
     z = torch.randn(3, 3, dtype=torch.float64)
     with torch.no_grad():
         image = model.decode(z)
@@ -99,12 +118,22 @@ def test_decoding_runs_the_chain_with_each_group_at_its_mean():
         forced = model.decode_logits(z, image)  # the teacher-forced maps given that image
     assert image.shape == (3, 3, 8, 8) and image.min() >= 0.0 and image.max() <= 1.0
     assert torch.equal(maps, forced)
-    for position in ORDER:  # every group is its own maps' mixture mean
-        assert torch.allclose(group(image, position), mean_image(group(maps, position), 3, True), atol=1e-12)
+    # every group is its own maps' mixture mean
+    assert torch.allclose(image, mean_image(maps, 3, True), atol=1e-12)
 
 
-def test_training_and_the_importance_weighted_bound_score_the_true_pixels():
-    model = grouped()
+@pytest.mark.parametrize("groups", [4, 7])
+def test_with_anchors_decoding_runs_the_same_chain(groups):
+    model = grouped(anchored=True, groups=groups)
+    z = torch.randn(2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        image = model.decode(z)
+        assert torch.equal(model.decode_logits(z), model.decode_logits(z, image))
+
+
+@pytest.mark.parametrize("groups", [4, 7])
+def test_training_and_the_importance_weighted_bound_score_the_true_pixels(groups):
+    model = grouped(anchored=groups == 7, groups=groups)
     x = pixels((4, 3, 8, 8), 5)
     loss, _ = training_loss(model.float(), x.float(), beta=1.0, generator=torch.Generator().manual_seed(0))
     assert math.isfinite(loss.item()) and loss.requires_grad
@@ -117,18 +146,16 @@ def test_training_and_the_importance_weighted_bound_score_the_true_pixels():
 
 
 def test_the_option_needs_the_mixture_and_the_conv_network():
-    with pytest.raises(ValueError, match="pixel_groups 4 needs likelihood=discretized_logistic"):
+    with pytest.raises(ValueError, match="pixel_groups 4 and 7 need likelihood=discretized_logistic"):
         TrainConfig(pixel_groups=4, likelihood="bernoulli", arch="conv").validated()
-    with pytest.raises(ValueError, match="pixel_groups must be one of 1, 4"):
+    with pytest.raises(ValueError, match="pixel_groups must be one of 1, 4, 7"):
         TrainConfig(pixel_groups=2).validated()
 
 
-def pixel_log_probs(model, z, x):
+def pixel_log_probs(model, z, x, coupled=True):
     """log p of every pixel (B, H, W) given z and the pixels of earlier groups (anchors included)."""
-    h, w = x.shape[2:]
     with torch.no_grad():
-        maps = model.decode_logits(z, x)
-    return anchored_log_prob(maps, x, True, neighbour_anchors(x), first_group(h, w, x.device))
+        return model.pixel_decoder.log_probs(model.decode_logits(z, x), x, coupled)
 
 
 def test_neighbour_anchors_are_the_decoded_neighbours_reflected_at_the_border():
@@ -143,36 +170,38 @@ def test_neighbour_anchors_are_the_decoded_neighbours_reflected_at_the_border():
     assert anchors[:, 3, 2].tolist() == [10.0, 10.0, 13.0, 15.0, 12.0]
 
 
-@pytest.mark.parametrize("where", [(1, 1), (0, 1), (1, 0), (3, 2), (0, 0)])
-def test_with_anchors_a_pixel_moves_only_its_own_and_later_groups_probabilities(where):
+@pytest.mark.parametrize(
+    ("groups", "where"),
+    [(4, w) for w in [(1, 1), (0, 1), (1, 0), (3, 2), (0, 0)]]
+    + [(7, w) for w in [(0, 0), (2, 2), (0, 2), (6, 4), (1, 1), (7, 6), (4, 4)]],
+)
+def test_with_anchors_a_pixel_moves_only_its_own_and_later_groups_probabilities(groups, where):
     """No pixel's probability may read a pixel of its own group or a later one: changing one pixel changes
     only itself and the groups after its own (through the maps and through the anchors)."""
-    model = grouped(anchored=True)
+    model = grouped(anchored=True, groups=groups)
     x, z = pixels((1, 3, 8, 8), 7), torch.randn(1, 3, dtype=torch.float64)
     other = x.clone()
     other[0, :, where[0], where[1]] = 1.0 - other[0, :, where[0], where[1]]
     moved = (pixel_log_probs(model, z, other) - pixel_log_probs(model, z, x)).abs()[0]
-    own = ORDER.index((where[0] % 2, where[1] % 2))
-    for step, (row, column) in enumerate(ORDER):
-        block = moved[row::2, column::2].clone()
-        if step == own:
-            block[where[0] // 2, where[1] // 2] = 0.0  # the pixel itself
-        if step <= own:
-            assert block.max().item() == 0.0, step
+    order = steps(8, groups)
+    own = order[where].item()
+    assert moved[where].item() > 0.0  # the pixel's own probability
+    moved[where] = 0.0
+    assert moved[order <= own].max().item() == 0.0
+    if own < groups - 1:
+        assert moved[order > own].max().item() > 0.0  # some later pixel reads it
 
 
-def test_with_anchors_each_pixels_factor_sums_to_one():
-    model = grouped(channels=1, side=4, coupled=False, anchored=True)
+@pytest.mark.parametrize("groups", [4, 7])
+def test_with_anchors_each_pixels_factor_sums_to_one(groups):
+    model = grouped(channels=1, side=4, coupled=False, anchored=True, groups=groups)
     x, z = pixels((1, 1, 4, 4), 8), torch.randn(1, 3, dtype=torch.float64)
-    for row, column in ORDER:
-        batch = x.repeat(256, 1, 1, 1)
-        batch[:, 0, row, column] = torch.arange(256, dtype=torch.float64) / 255
-        with torch.no_grad():
-            maps = model.decode_logits(z.repeat(256, 1), batch)
-        log_p = anchored_log_prob(
-            maps, batch, False, neighbour_anchors(batch), first_group(4, 4, batch.device)
-        )
-        assert torch.logsumexp(log_p[:, row, column], dim=0).item() == pytest.approx(0.0, abs=1e-9)
+    for row in range(4):
+        for column in range(4):
+            batch = x.repeat(256, 1, 1, 1)
+            batch[:, 0, row, column] = torch.arange(256, dtype=torch.float64) / 255
+            log_p = pixel_log_probs(model, z.repeat(256, 1), batch, coupled=False)
+            assert torch.logsumexp(log_p[:, row, column], dim=0).item() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_with_anchors_a_flat_image_can_cost_almost_nothing():
