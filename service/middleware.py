@@ -45,6 +45,11 @@ class RequestContextMiddleware:
     Client disconnects: one that happens while the body is read (Starlette's `ClientDisconnect`) ends the
     request quietly as 499; one that happens after the body was read, while the request waits for inference,
     cancels the handler, which cancels its queued batcher jobs so they never run.
+
+    The task that listens for that disconnect is started from the event loop's next round after the body,
+    not at once: a request that never waits (a lone decode run on the event loop, answered in the same step)
+    is over before that round and pays for a cancelled callback instead of a task made, scheduled and
+    cancelled. A request that waits lets the loop run that round first, so the listener is up while it waits.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
@@ -64,6 +69,7 @@ class RequestContextMiddleware:
         gone = False
         task = asyncio.current_task()
         watcher: asyncio.Task[Message] | None = None
+        starting: asyncio.Handle | None = None  # the watcher's start, due in the loop's next round
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, responding
@@ -82,15 +88,25 @@ class RequestContextMiddleware:
                 task.cancel()
             return message
 
+        def start_watching() -> None:
+            nonlocal watcher, starting
+            if starting is not None:
+                starting.cancel()
+                starting = None
+                watcher = asyncio.get_running_loop().create_task(watch())
+
         async def receive_watched() -> Message:
-            nonlocal watcher, gone
-            if watcher is not None:  # the app listens for a disconnect itself: share the watcher's answer
+            nonlocal gone, starting
+            if starting is not None or watcher is not None:
+                # The app listens for a disconnect itself: share the watcher's answer (one receive at a time).
+                start_watching()
+                assert watcher is not None
                 return await asyncio.shield(watcher)
             message = await receive()
             if message["type"] == "http.disconnect":
                 gone = True
             elif not message.get("more_body", False):
-                watcher = asyncio.get_running_loop().create_task(watch())
+                starting = asyncio.get_running_loop().call_soon(start_watching)
             return message
 
         try:
@@ -103,6 +119,8 @@ class RequestContextMiddleware:
             task.uncancel()  # our own cancellation: the request is over, the server is not
             status = CLIENT_CLOSED
         finally:
+            if starting is not None:
+                starting.cancel()
             if watcher is not None and not watcher.done():
                 watcher.cancel()
             if gone and not responding:
