@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -36,7 +37,20 @@ PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 class PlainFormatter(logging.Formatter):
-    """Plain lines, one per record whatever the message holds; only a traceback spans several lines."""
+    """Plain lines, one per record whatever the message holds; only a traceback spans several lines.
+
+    The time's date and clock part is formatted once a second, not per line (every request logs one)."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None or not self.default_msec_format:
+            return super().formatTime(record, datefmt)
+        second, stamp = self._second
+        if int(record.created) != second:  # localtime() truncates to the second as int() does
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (int(record.created), stamp)  # one assignment: threads see a matching pair
+        return self.default_msec_format % (stamp, record.msecs)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message.rstrip("\r\n"))  # a final newline is not content

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from serving import ROOT, committed_model, vae_serve
 
 from service.config import Settings
-from service.logs import escape_controls
+from service.logs import PLAIN_FORMAT, PlainFormatter, escape_controls
 from service.main import create_app
 
 with warnings.catch_warnings():
@@ -158,3 +159,13 @@ def test_nothing_a_client_sends_can_forge_a_log_line(tmp_path, json_lines):
 def test_escape_controls():
     assert escape_controls("plain text, é ü 東京") == "plain text, é ü 東京"
     assert escape_controls("a\r\nb\tc\x00\x7f\x9b\u2028") == "a\\x0d\\x0ab\\x09c\\x00\\x7f\\x9b\\u2028"
+
+
+def test_plain_lines_carry_the_time_as_logging_formats_it():
+    ours, logging_own = PlainFormatter(PLAIN_FORMAT), logging.Formatter(PLAIN_FORMAT)
+    # Within a second, across a second's edge, and back: the per-second part must follow each record.
+    for created in (1700000000.0, 1700000000.999, 1700000001.0005, 1700000001.5, 1700000000.25, 1799999999.9):
+        record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "line", None, None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert ours.formatTime(record) == logging_own.formatTime(record)
+        assert ours.formatTime(record, "%H:%M") == logging_own.formatTime(record, "%H:%M")
