@@ -10,7 +10,8 @@ Guarantees, each tested in tests/service/test_batcher.py:
 - a request larger than `max_batch_size` is split into chunks that run in order and are joined again;
 - the queue is bounded in items: a request that does not fit fails at once with `Overloaded` (503);
 - a request waits at most `timeout_s` (queue and run) and then gets `Timeout` (504); a job whose caller has
-  gone (timeout, client disconnect) is dropped before it runs;
+  gone (timeout, client disconnect) is dropped before it runs (a lone call on the event loop, which nothing
+  can interrupt, arms no timer);
 - a failing batch of several requests is retried one request at a time, so a bad input fails only its own
   request, and an error never stops the worker.
 
@@ -30,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,15 +133,18 @@ class Batcher:
         # A lone request on an idle graph runs in its own task: no queue, no wake-up of the worker task and
         # back, so batching costs a lone client nothing. Anything arriving meanwhile queues as usual.
         direct = self.max_delay_s == 0 and len(jobs) == 1 and not self._running and not self._queue
+        limit = self._inline_limit(activity.alone()) if direct else self.inline_below_s
         if not direct:
             self._queue.extend(jobs)
             self._queued_items += n
             self._stats.on_queue(self._queued_items)
             self._wake.set()
+        # A lone call on the event loop cannot be interrupted before it returns, so it arms no timer.
+        timer = nullcontext() if direct and self._runs_here(n, limit) else asyncio.timeout(self.timeout_s)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with timer:
                 if direct:
-                    await self._run_alone(jobs[0])
+                    await self._run_alone(jobs[0], limit)
                 parts = [await job.future for job in jobs]
         except TimeoutError:
             raise Timeout(f"{self.name} did not answer within {self.timeout_s:g} s") from None
@@ -156,12 +161,19 @@ class Batcher:
             return parts[0]
         return tuple(np.concatenate(rows) for rows in zip(*parts, strict=True))
 
-    async def _run_alone(self, job: _Job) -> None:
+    def _inline_limit(self, alone: bool) -> float:
+        # The only open connection in the process: nothing could join a batch, so skip the thread hop for
+        # calls up to ALONE_INLINE_S; otherwise the usual rule, so arrivals during the call can queue.
+        return max(ALONE_INLINE_S, self.inline_below_s) if alone else self.inline_below_s
+
+    def _runs_here(self, items: int, limit: float) -> bool:
+        """Whether a call of `items` runs on the event loop: expected to cost less than a thread hop."""
+        return self._seconds_per_item * items < limit
+
+    async def _run_alone(self, job: _Job, limit: float) -> None:
         self._running = True
         try:
-            # The only open connection in the process: nothing could join a batch, so skip the thread hop for
-            # calls up to ALONE_INLINE_S; otherwise the usual rule, so arrivals during the call can queue.
-            await self._run([job], ALONE_INLINE_S if activity.alone() else None)
+            await self._run([job], limit)
         finally:
             self._running = False
             if self._queue and self._wake is not None:
@@ -237,11 +249,10 @@ class Batcher:
         self._stats.on_queue(self._queued_items)
         return batch
 
-    async def _run(self, batch: list[_Job], inline_below_s: float | None = None) -> None:
+    async def _run(self, batch: list[_Job], limit: float | None = None) -> None:
         x = batch[0].x if len(batch) == 1 else np.concatenate([job.x for job in batch])
-        limit = self.inline_below_s if inline_below_s is None else max(inline_below_s, self.inline_below_s)
         try:
-            if self._seconds_per_item * len(x) < limit:
+            if self._runs_here(len(x), self.inline_below_s if limit is None else limit):
                 # Cheaper than the thread hop around it (a tiny MLP decodes one latent in ~20 us): run here.
                 outputs, elapsed = _timed(self._run_fn, x)
             else:
