@@ -1,5 +1,6 @@
-"""RequestContextMiddleware on its own: the disconnect listener is up while a request waits, is shared with an
-app that listens itself, and is never left behind (a request that never waits makes none)."""
+"""The service's ASGI middlewares on their own. RequestContextMiddleware: the request id, and the disconnect
+listener, which is up while a request waits, is shared with an app that listens itself, and is never left
+behind (a request that never waits makes none). BodyLimitMiddleware: the declared length."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 from typing import Any
 
 from service.metrics import Metrics
-from service.middleware import CLIENT_CLOSED, RequestContextMiddleware
+from service.middleware import CLIENT_CLOSED, BodyLimitMiddleware, RequestContextMiddleware
 
 SCOPE = {"type": "http", "method": "POST", "path": "/x", "headers": []}
 
@@ -126,3 +127,46 @@ def test_an_app_that_listens_for_the_disconnect_shares_the_one_listener() -> Non
     for asgi in (app, app_at_once):
         most_receiving, left = asyncio.run(main(asgi))
         assert most_receiving == 1 and left == set()
+
+
+def _call(middleware: Any, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(middleware({**SCOPE, "headers": headers}, receive, send))
+    return sent
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_sane_request_id_is_kept_and_anything_else_replaced() -> None:
+    def ids(given: bytes | None) -> list[bytes]:
+        headers = [(b"x-request-id", given)] if given is not None else []
+        start = _call(RequestContextMiddleware(_ok, Metrics()), [(b"host", b"t"), *headers])[0]
+        assert (b"content-type", b"text/plain") in start["headers"]
+        return [v for k, v in start["headers"] if k == b"x-request-id"]
+
+    assert ids(b"client-id.1:2") == [b"client-id.1:2"]
+    for bad in (None, b"", b"a b", b"id\n", b"\xb2", b"x" * 129):
+        (made,) = ids(bad)
+        assert made != bad and len(made) == 32 and int(made, 16) >= 0
+
+
+def test_the_declared_length_is_checked_as_digits_only() -> None:
+    def status(declared: bytes) -> int:
+        sent = _call(BodyLimitMiddleware(_ok, max_bytes=10), [(b"content-length", declared)])
+        return int(sent[0]["status"])
+
+    assert status(b"2") == 200 and status(b"10") == 200
+    # Over the cap, not a number, or a latin-1 superscript two (a digit to str.isdigit, not to int()): 413.
+    for declared in (b"11", b"-1", b"1e3", b" 2", b"\xb2"):
+        assert status(declared) == 413, declared
