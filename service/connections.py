@@ -231,6 +231,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._body_pending = False  # headers complete, body not yet
         self._deadline: asyncio.TimerHandle | None = None
+        # While the parser runs, a deadline is noted here and armed once the bytes in hand are parsed: a
+        # request that arrives in one read sets and cancels its header and body deadlines without a timer.
+        self._parsing = False
+        self._due: tuple[float, Any] | None = None
         self._send_deadline: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         self._idle_since = 0.0
@@ -267,9 +271,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self.guard.mark_busy(self)
         self._last_read = self.loop.time()
-        super().data_received(data)  # parser callbacks below run from here
+        self._parsing = True
+        try:
+            super().data_received(data)  # parser callbacks below run from here
+        finally:
+            self._parsing = False
+            due, self._due = self._due, None
         if self.transport.is_closing():
             return
+        if due is not None:
+            self._deadline = self.loop.call_later(*due)
         if self._in_headers:
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_header_bytes:
@@ -365,9 +376,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm(self, delay: float, callback: Any) -> None:
         self._cancel_deadline()
-        self._deadline = self.loop.call_later(delay, callback)
+        if self._parsing:
+            self._due = (delay, callback)  # armed by data_received, unless the parser cancels it first
+        else:
+            self._deadline = self.loop.call_later(delay, callback)
 
     def _cancel_deadline(self) -> None:
+        self._due = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
