@@ -72,19 +72,16 @@ class DeadlineRoute(APIRoute):
         defaults = direct_defaults(self.dependant)
         endpoint, request_param = self.dependant.call, self.dependant.request_param_name
 
-        async def run(request: Request) -> Response:
-            if defaults is None or request.scope.get("query_string"):
-                return await handler(request)
-            assert endpoint is not None
-            kwargs = {request_param: request, **defaults} if request_param else defaults
-            response: Response = await endpoint(**kwargs)
-            return response
-
         async def bounded(request: Request) -> Response:
             timeout_s: float = request.app.state.settings.request_timeout_s
             try:
                 async with asyncio.timeout(timeout_s):
-                    return await run(request)
+                    if defaults is None or request.scope.get("query_string"):
+                        return await handler(request)
+                    assert endpoint is not None
+                    kwargs = {request_param: request, **defaults} if request_param else defaults
+                    response: Response = await endpoint(**kwargs)
+                    return response
             except TimeoutError:
                 raise Timeout(f"the request did not finish within {timeout_s:g} s") from None
 
