@@ -131,6 +131,7 @@ class Graph:
 
     def __init__(self, path: Path, spec: GraphSpec, options: ort.SessionOptions, mode: str):
         self.path = path
+        self.name = path.stem  # what error messages call it; pathlib recomputes a stem on every access
         self.spec = spec
         available = ort.get_available_providers()
         requested = requested_providers(mode, available)
@@ -189,7 +190,7 @@ class Graph:
                 raise InferenceFailed()
             # Inputs are checked finite and bounded, yet inputs inside the limits can still overflow a layer:
             # the request is outside the model's range, a client error (never NaN sent as an answer).
-            check_finite_outputs(self.path.stem, out)
+            check_finite_outputs(self.name, out)
         return result
 
     def _run_bound(self, x: np.ndarray, device: str) -> list[np.ndarray]:
