@@ -280,3 +280,55 @@ def test_a_request_alone_in_the_process_runs_on_the_event_loop():
     loop_thread = threading.main_thread().name
     assert all(name != loop_thread for name in threads[:3])
     assert threads[3:] == [loop_thread] * 3
+
+
+def test_a_request_alone_in_the_process_runs_on_the_lone_session():
+    """run_alone (the graph's session with the idle cores) serves a request only when it is the only open
+    connection and finds the graph idle; with two connections, or queued behind a running call, `run`."""
+    from service import activity
+
+    calls: list[str] = []
+    release = threading.Event()
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        calls.append("run")
+        return (x * 2,)
+
+    def run_alone(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        calls.append("alone")
+        release.wait(5)  # holds the graph busy until the second request has queued
+        return (x * 2,)
+
+    batcher = make(run, max_delay_s=0.0, run_alone=run_alone)
+
+    async def one_by_one(connections: list[object]) -> None:
+        activity.watch(connections)
+        for i in range(2):
+            (out,) = await batcher.submit(rows(i, 1))
+            np.testing.assert_array_equal(out, rows(i, 1) * 2)
+
+    async def overlapping() -> None:
+        activity.watch([object()])
+        fresh = make(
+            run, max_delay_s=0.0, run_alone=run_alone
+        )  # no run measured: the first goes to the thread
+        first = asyncio.ensure_future(fresh.submit(rows(0, 1)))
+        await asyncio.sleep(0)  # the first is running
+        second = asyncio.ensure_future(fresh.submit(rows(1, 1)))
+        await asyncio.sleep(0)
+        release.set()
+        outs = await asyncio.gather(first, second)
+        for i, (out,) in enumerate(outs):
+            np.testing.assert_array_equal(out, rows(i, 1) * 2)
+
+    try:
+        release.set()
+        asyncio.run(one_by_one([object(), object()]))
+        asyncio.run(one_by_one([object()]))
+        assert calls == ["run", "run", "alone", "alone"]
+        calls.clear()
+        release.clear()
+        asyncio.run(overlapping())
+    finally:
+        activity.watch(None)
+    assert calls == ["alone", "run"]
