@@ -166,15 +166,6 @@ class Settings(BaseSettings):
         "physical core). Left unset, `vae-serve` sets it with its worker plan (service/workers.py: 1 per "
         "worker process on a CPU host, one worker per core).",
     )
-    alone_threads: int = Field(
-        default=1,
-        ge=1,
-        le=256,
-        description="Intra-op threads of a second CPU session per graph, used for a request alone in its "
-        "worker process (the only open connection), whose threads spin only while a call runs; 1: no second "
-        "session. Left unset, `vae-serve` sets it with its worker plan (the usable cores on a CPU host, "
-        "where each worker otherwise runs one thread, so a lone client gets the idle cores).",
-    )
     inter_op_threads: int = Field(
         default=1,
         ge=0,

@@ -226,10 +226,6 @@ class ServingPlan(BaseModel):
 
     workers: int = Field(description="Worker processes serving this port.")
     intra_op_threads: int = Field(description="onnxruntime intra-op threads per session (0: its default).")
-    alone_threads: int = Field(
-        1,
-        description="Threads of the session that runs a request alone in its worker (1: there is none).",
-    )
     device: Literal["cpu", "cuda"]
     reason: str = Field(description="Why this plan: the cores or GPUs found, or the flags given.")
     pid: int = Field(description="The worker process that answered.")

@@ -47,18 +47,13 @@ class Plan:
     intra_op_threads: int  # 0: onnxruntime's default (one per physical core)
     device: Literal["cpu", "cuda"]
     reason: str
-    alone_threads: int = 1  # a lone request's session (service.inference.runtime.Graph.run_alone); 1: none
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
 
     def environment(self) -> dict[str, str]:
         """What every worker must read from its environment: its thread count and the plan."""
-        return {
-            "VAE_INTRA_OP_THREADS": str(self.intra_op_threads),
-            "VAE_ALONE_THREADS": str(self.alone_threads),
-            PLAN_ENV: self.to_env(),
-        }
+        return {"VAE_INTRA_OP_THREADS": str(self.intra_op_threads), PLAN_ENV: self.to_env()}
 
     @classmethod
     def from_env(cls) -> Plan | None:
@@ -127,11 +122,9 @@ def choose(
         why = (
             f"CPU host with {cores} usable core(s): {cores} worker process(es) x 1 onnxruntime thread (a "
             "request's HTTP, JSON and PNG work runs in Python, one core per process; a small decode gains "
-            "next to nothing from a second sleeping thread)"
+            "next to nothing from a second thread)"
         )
-        if cores > 1:
-            why += f"; a request alone in its worker runs on {cores} threads that spin only during the call"
-        return Plan(cores, 1, "cpu", why, alone_threads=cores)
+        return Plan(cores, 1, "cpu", why)
     # VAE_INTRA_OP_THREADS given: fill the cores with workers of that many threads (0 is onnxruntime's own
     # default, every core for one session: then one process).
     chosen = 1 if intra_op_threads == 0 else max(1, cores // intra_op_threads)

@@ -85,12 +85,9 @@ class Batcher:
         retry_after_s: int = 1,
         inline_below_s: float = 0.0,
         stats: BatchStats | None = None,
-        run_alone: RunFn | None = None,
     ):
         self.name = name
         self._run_fn = run
-        # For a request alone in its process (service.activity): the same graph, free to use the idle cores.
-        self._run_alone_fn = run_alone or run
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -136,8 +133,7 @@ class Batcher:
         # A lone request on an idle graph runs in its own task: no queue, no wake-up of the worker task and
         # back, so batching costs a lone client nothing. Anything arriving meanwhile queues as usual.
         direct = self.max_delay_s == 0 and len(jobs) == 1 and not self._running and not self._queue
-        alone = direct and activity.alone()
-        limit = self._inline_limit(alone) if direct else self.inline_below_s
+        limit = self._inline_limit(activity.alone()) if direct else self.inline_below_s
         if not direct:
             self._queue.extend(jobs)
             self._queued_items += n
@@ -148,7 +144,7 @@ class Batcher:
         try:
             async with timer:
                 if direct:
-                    await self._run_direct(jobs[0], limit, alone)
+                    await self._run_alone(jobs[0], limit)
                 parts = [await job.future for job in jobs]
         except TimeoutError:
             raise Timeout(f"{self.name} did not answer within {self.timeout_s:g} s") from None
@@ -174,10 +170,10 @@ class Batcher:
         """Whether a call of `items` runs on the event loop: expected to cost less than a thread hop."""
         return self._seconds_per_item * items < limit
 
-    async def _run_direct(self, job: _Job, limit: float, alone: bool) -> None:
+    async def _run_alone(self, job: _Job, limit: float) -> None:
         self._running = True
         try:
-            await self._run([job], limit, self._run_alone_fn if alone else self._run_fn)
+            await self._run([job], limit)
         finally:
             self._running = False
             if self._queue and self._wake is not None:
@@ -253,16 +249,15 @@ class Batcher:
         self._stats.on_queue(self._queued_items)
         return batch
 
-    async def _run(self, batch: list[_Job], limit: float | None = None, fn: RunFn | None = None) -> None:
+    async def _run(self, batch: list[_Job], limit: float | None = None) -> None:
         x = batch[0].x if len(batch) == 1 else np.concatenate([job.x for job in batch])
-        fn = fn or self._run_fn
         try:
             if self._runs_here(len(x), self.inline_below_s if limit is None else limit):
                 # Cheaper than the thread hop around it (a tiny MLP decodes one latent in ~20 us): run here.
-                outputs, elapsed = _timed(fn, x)
+                outputs, elapsed = _timed(self._run_fn, x)
             else:
                 loop = asyncio.get_running_loop()
-                outputs, elapsed = await loop.run_in_executor(self._executor, _timed, fn, x)
+                outputs, elapsed = await loop.run_in_executor(self._executor, _timed, self._run_fn, x)
         except Exception as exc:
             if len(batch) > 1:
                 # Isolate the culprit: rerun each request alone, so only those that fail by themselves fail.

@@ -158,11 +158,6 @@ class VAEModel:
             self.decoder.run(np.zeros((n, self.latent_dim), dtype=np.float32))
             if self.scorer is not None:
                 self.scorer.run(np.zeros((n, c, h, w), dtype=np.float32))
-        # A lone request's sessions (one item: what a lone client sends most)
-        self.encoder.run_alone(np.zeros((1, c, h, w), dtype=np.float32))
-        self.decoder.run_alone(np.zeros((1, self.latent_dim), dtype=np.float32))
-        if self.scorer is not None:
-            self.scorer.run_alone(np.zeros((1, c, h, w), dtype=np.float32))
 
     async def close(self) -> None:
         await self.encoder_batcher.close()

@@ -206,14 +206,11 @@ class ModelRegistry:
         if cond is not None:
             classes = self._side_file(path / cond.file, lambda f: read_class_gaussians(f, cond.classes, d))
         options = session_options(s.intra_op_threads, s.inter_op_threads)
-        alone = None
-        if s.alone_threads > 1:
-            alone = session_options(s.alone_threads, s.inter_op_threads, spin_within_run=True)
-        encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider, alone)
-        decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider, alone)
+        encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
+        decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
         scorer: tuple[Graph, Batcher] | None = None
         if manifest.scorer is not None:
-            graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider, alone)
+            graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider)
             scorer = (graph, self._batcher(name, version, "scorer", graph))
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
@@ -270,7 +267,6 @@ class ModelRegistry:
             retry_after_s=s.retry_after_s,
             inline_below_s=s.inline_run_us / 1e6,
             stats=stats,
-            run_alone=graph.run_alone if graph.alone_session is not None else None,
         )
 
     # --- state ---------------------------------------------------------------------------------------------

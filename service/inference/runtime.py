@@ -38,9 +38,7 @@ class ModelLoadError(Exception):
     """A model that cannot be served; the message says why and is logged and shown on /readyz."""
 
 
-def session_options(
-    intra_op_threads: int, inter_op_threads: int, spin_within_run: bool = False
-) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     # Constant folding, node fusion and layout changes; the exported graphs are fixed, so optimise them fully.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -53,16 +51,9 @@ def session_options(
     # per input shape (the batcher produces few distinct batch sizes under steady load).
     opts.enable_cpu_mem_arena = True
     opts.enable_mem_pattern = True
-    if spin_within_run:
-        # A lone request's session (Graph.run_alone): its threads spin between the operators of one run,
-        # which is what lets a second thread pay on a batch-1 call (waking a sleeping thread for each small
-        # operator costs about what the operator does), and stop when the run returns.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
-    else:
-        # Idle intra-op threads otherwise spin for a while after each run, burning the cores that the event
-        # loop needs for HTTP, JSON and PNG work between batches.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Idle intra-op threads otherwise spin for a while after each run, burning the cores that the event loop
+    # needs for HTTP, JSON and PNG work between batches.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # errors only; our own log line reports the providers in use
     return opts
 
@@ -138,14 +129,7 @@ def _dims_match(manifest_shape: Sequence[int | str], ort_shape: Sequence[Any]) -
 class Graph:
     """One exported graph in one session: a single input, outputs returned in the manifest's order."""
 
-    def __init__(
-        self,
-        path: Path,
-        spec: GraphSpec,
-        options: ort.SessionOptions,
-        mode: str,
-        alone_options: ort.SessionOptions | None = None,
-    ):
+    def __init__(self, path: Path, spec: GraphSpec, options: ort.SessionOptions, mode: str):
         self.path = path
         self.name = path.stem  # what error messages call it; pathlib recomputes a stem on every access
         self.spec = spec
@@ -173,12 +157,6 @@ class Graph:
         self.output_names = [t.name for t in spec.outputs]
         # Where I/O binding places inputs and outputs; None: plain run() (on CPU binding gains nothing).
         self.bind_device: str | None = "cuda" if self.on_cuda else None
-        # A second CPU session with more threads, for a request alone in its process (run_alone): the
-        # process's one thread per worker is the right plan under load, while a lone client leaves the other
-        # cores idle. On CUDA the device does the work, so there is none.
-        self.alone_session: ort.InferenceSession | None = None
-        if alone_options is not None and not self.on_cuda:
-            self.alone_session = ort.InferenceSession(str(path), sess_options=alone_options, providers=[CPU])
 
     def _check_signature(self) -> None:
         for kind, got, want in (
@@ -203,17 +181,9 @@ class Graph:
         """One onnxruntime call on a batch; safe to call from several threads (sessions are thread-safe)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.bind_device is not None:
-            return self._checked(x, self._run_bound(x, self.bind_device))
-        return self._checked(x, self.session.run(self.output_names, {self.input_name: x}))
-
-    def run_alone(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        """`run` on the lone-request session when there is one (the same graph, so the same answer)."""
-        if self.alone_session is None:
-            return self.run(x)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return self._checked(x, self.alone_session.run(self.output_names, {self.input_name: x}))
-
-    def _checked(self, x: np.ndarray, outputs: Sequence[Any]) -> tuple[np.ndarray, ...]:
+            outputs = self._run_bound(x, self.bind_device)
+        else:
+            outputs = self.session.run(self.output_names, {self.input_name: x})
         result = tuple(np.asarray(o) for o in outputs)
         for out in result:
             if out.shape[:1] != x.shape[:1]:

@@ -157,30 +157,6 @@ def test_session_options_are_explicit():
     assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
     assert opts.enable_cpu_mem_arena and opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    # a lone request's session: its threads spin during a call and stop when it returns
-    lone = runtime.session_options(intra_op_threads=2, inter_op_threads=1, spin_within_run=True)
-    assert lone.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-    assert lone.get_session_config_entry("session.force_spinning_stop") == "1"
-
-
-def test_the_lone_request_session_gives_the_same_outputs(models_dir, settings_for):
-    registry = load(settings_for(models_dir, models="tiny", alone_threads=2))
-    try:
-        model = registry.models["tiny"]
-        for graph in (model.encoder, model.decoder):
-            assert graph.alone_session is not None
-            assert graph.alone_session.get_session_options().intra_op_num_threads == 2
-        z = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
-        np.testing.assert_allclose(
-            model.decoder.run_alone(z)[0], model.decoder.run(z)[0], rtol=1e-6, atol=1e-7
-        )
-    finally:
-        close(registry)
-    registry = load(settings_for(models_dir, models="tiny"))  # the setting's default: no second session
-    try:
-        assert registry.models["tiny"].decoder.alone_session is None
-    finally:
-        close(registry)
 
 
 # --- maths -------------------------------------------------------------------------------------------------

@@ -25,10 +25,6 @@ def test_cpu_host_runs_one_single_threaded_worker_per_core():
     assert "2 usable core(s)" in plan.reason
     many = choose(None, "cpu", None, cores=8, gpus=2)  # cpu asked for: the GPUs do not count
     assert (many.workers, many.intra_op_threads, many.device) == (8, 1, "cpu")
-    # a request alone in its worker gets every core; on one core there is nothing to gain
-    assert (plan.alone_threads, many.alone_threads) == (2, 8)
-    assert "alone in its worker runs on 2 threads" in plan.reason
-    assert choose(None, "cpu", None, cores=1, gpus=0).alone_threads == 1
 
 
 def test_gpu_host_runs_one_worker_per_gpu():
@@ -43,9 +39,6 @@ def test_flags_override_the_choice():
     )
     assert choose(None, "cpu", 2, cores=8, gpus=0).workers == 4  # VAE_INTRA_OP_THREADS=2 on 8 cores
     assert choose(None, "cpu", 0, cores=8, gpus=0).workers == 1  # onnxruntime's default uses every core
-    # threads given, or GPUs: no lone-request session
-    plans = [choose(3, "cpu", None, 6, 0), choose(None, "cpu", 2, 8, 0), choose(None, "auto", None, 16, 4)]
-    assert [p.alone_threads for p in plans] == [1, 1, 1]
 
 
 def _all_started(log: Path, workers: int = 2):
@@ -116,7 +109,7 @@ def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(tmp_path: Path):
 def test_the_plan_reaches_every_worker_through_the_environment():
     plan = choose(None, "cpu", None, cores=2, gpus=0)
     env = plan.environment()
-    assert env["VAE_INTRA_OP_THREADS"] == "1" and env["VAE_ALONE_THREADS"] == "2"
+    assert env["VAE_INTRA_OP_THREADS"] == "1"
     assert Plan(**json.loads(env["VAE_SERVING_PLAN"])) == plan
 
 
