@@ -189,12 +189,34 @@ def test_empty_requests_are_a_programming_error():
         asyncio.run(make(Recorder()).submit(np.zeros((0, 3), dtype=np.float32)))
 
 
-def test_fast_runs_go_inline_and_slow_ones_to_the_thread():
+class RunClock:
+    """The batcher's clock for timing runs, advanced only by the runs themselves: a run "takes" exactly what
+    it says, however busy the host is, so the inline rule's decisions are deterministic."""
+
+    monotonic = staticmethod(time.monotonic)  # deadlines keep real time
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def run_clock(monkeypatch: pytest.MonkeyPatch) -> RunClock:
+    from service.inference import batcher as batcher_module
+
+    clock = RunClock()
+    monkeypatch.setattr(batcher_module, "time", clock)
+    return clock
+
+
+def test_fast_runs_go_inline_and_slow_ones_to_the_thread(run_clock):
     threads: list[str] = []
 
     def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
         threads.append(threading.current_thread().name)
-        time.sleep(float(x[0, 0]))
+        run_clock.now += float(x[0, 0])
         return (x,)
 
     batcher = make(run, inline_below_s=0.005)
@@ -253,7 +275,7 @@ def test_a_lone_request_runs_in_its_own_task_and_what_arrives_meanwhile_forms_th
     assert most[0] == 1  # never two calls at once
 
 
-def test_a_request_alone_in_the_process_runs_on_the_event_loop():
+def test_a_request_alone_in_the_process_runs_on_the_event_loop(run_clock):
     """With one open connection nothing can join a batch, so the call skips the thread hop; with two, the
     usual rule (here: the thread, since the measured run is slower than inline_below_s)."""
     from service import activity
@@ -262,7 +284,7 @@ def test_a_request_alone_in_the_process_runs_on_the_event_loop():
 
     def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
         threads.append(threading.current_thread().name)
-        time.sleep(0.001)  # slower than inline_below_s below, far below the alone limit
+        run_clock.now += 0.001  # slower than inline_below_s below, far below the alone limit
         return (x,)
 
     batcher = make(run, max_delay_s=0.0, inline_below_s=0.0001)
