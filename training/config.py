@@ -86,8 +86,7 @@ class TrainConfig:
     pixel_groups: PixelGroups = option(
         1,
         "4: decode each 2x2 cell's pixels one group at a time, each conditioned on the earlier ones (exact "
-        "autoregressive likelihood); 7: the same two levels deep, only each 4x4 cell's (0, 0) pixel coded "
-        "from z alone; 1: factorised",
+        "likelihood); 7: two levels deep; 1: factorised",
     )
     neighbour_anchors: bool = option(
         False,
