@@ -178,7 +178,6 @@ class PixelGroupDecoder(nn.Module):
         super().__init__()
         self.channels = channels
         self.anchored = anchored
-        self.levels = levels
         # With levels > 1 the first group is decoded by a decoder of its own instead of this level's net.
         self.inner = (
             PixelGroupDecoder(
