@@ -103,6 +103,11 @@ class TrainConfig:
     kl_warmup_epochs: float = option(
         0.0, "ramp beta from 0 over this many epochs (avoids early posterior collapse)"
     )
+    free_bits: float = option(
+        0.0,
+        ">0: each latent unit's batch-mean KL counts at least this many nats in the loss (Kingma et al. 2016), "
+        "so a strong decoder cannot switch z off; elbo objective, standard prior",
+    )
     objective: Objective = option("elbo", "elbo, or iwae (importance-weighted bound, Burda et al. 2016)")
     train_k: int = option(1, "samples per image for the objective; iwae needs k > 1 to differ from the ELBO")
     prior: Prior = option(
@@ -193,6 +198,10 @@ class TrainConfig:
             raise ValueError("neighbour_anchors needs pixel_groups 4 or 7")
         if self.context_width < 1 or self.context_layers < 1:
             raise ValueError("context_width and context_layers must be >= 1")
+        if self.free_bits < 0:
+            raise ValueError("free_bits must be >= 0 (0 turns the floor off)")
+        if self.free_bits and (self.objective != "elbo" or self.prior != "standard" or not self.variational):
+            raise ValueError("free_bits needs objective=elbo and prior=standard (a per-unit closed-form KL)")
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0 (0 turns clipping off)")
         if self.prior != "standard" and not self.variational:

@@ -18,9 +18,14 @@ from training.priors import kl_estimate, log_prior
 LOG_2PI = math.log(2 * math.pi)
 
 
+def kl_per_unit(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """(B, D) KL(N(mean_j, exp(log_var_j)) || N(0, 1)) for each latent unit: -1/2 (1 + log_var - mean^2 - var)."""
+    return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp())
+
+
 def kl_divergence(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(log_var)) || N(0, I)) in closed form: -1/2 sum(1 + log_var - mean^2 - exp(log_var))."""
-    return -0.5 * torch.sum(1 + log_var - mean.pow(2) - log_var.exp(), dim=1)
+    """KL(N(mean, exp(log_var)) || N(0, I)) in closed form, summed over the latent units."""
+    return kl_per_unit(mean, log_var).sum(dim=1)
 
 
 def reconstruction_nll(
@@ -68,13 +73,14 @@ def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Ten
 def elbo_terms(
     model: VAE, x: torch.Tensor, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
-    """Per-image reconstruction and KL terms from one posterior sample; neg_elbo = reconstruction + kl."""
+    """Per-image reconstruction and KL terms from one posterior sample; neg_elbo = reconstruction + kl. The
+    posterior's mean and log_var come with them."""
     logits, mean, log_var, z = model(x, generator)
     cfg = model.config
     recon = model_nll(model, logits, x)
     # Closed form against N(0, I); log q(z|x) - log p(z) at the sample z under a learned prior.
     kl = kl_estimate(model, mean, log_var, z) if cfg.variational else torch.zeros_like(recon)
-    return {"reconstruction": recon, "kl": kl, "neg_elbo": recon + kl}
+    return {"reconstruction": recon, "kl": kl, "neg_elbo": recon + kl, "mean": mean, "log_var": log_var}
 
 
 def log_importance_weights(
@@ -145,5 +151,12 @@ def training_loss(
         }
         return -bound.mean(), terms
     terms = elbo_terms(model, x, generator)
-    loss = (terms["reconstruction"] + beta * terms["kl"]).mean()
-    return loss, {key: value.detach() for key, value in terms.items()}
+    kl_loss = terms["kl"].mean()
+    if cfg.free_bits > 0:
+        # Kingma et al. 2016, "free bits": each unit's batch-mean KL counts as at least the floor, so below it
+        # the unit's KL has no gradient and a strong decoder gains nothing by closing it. Only the loss sees
+        # the floor: the logged and evaluated KL stays the true one.
+        per_unit = kl_per_unit(terms.pop("mean"), terms.pop("log_var"))
+        kl_loss = torch.clamp(per_unit.mean(dim=0), min=cfg.free_bits).sum()
+    loss = terms["reconstruction"].mean() + beta * kl_loss
+    return loss, {key: terms[key].detach() for key in ("neg_elbo", "reconstruction", "kl")}

@@ -149,3 +149,42 @@ def test_beta_weights_only_the_kl(mnist_digits):
     assert loss2.detach().item() == pytest.approx(
         float((terms["reconstruction"] + 2 * terms["kl"]).mean()), rel=1e-6
     )
+
+
+class _FixedPosteriorVAE(_ConstantDecoderVAE):
+    """Its encoder returns learnable means for two images and two units, so each unit's KL is m^2 / 2."""
+
+    def __init__(self, config, means):
+        super().__init__(config)
+        self.means = nn.Parameter(torch.tensor(means))
+
+    def encode(self, x):
+        return self.means, torch.zeros_like(self.means)
+
+
+def test_free_bits_floor_each_units_batch_mean_kl_and_stop_its_gradient():
+    # Unit 0: means 0.2 and 0.4, batch-mean KL (0.02 + 0.08) / 2 = 0.05, under the 0.5 floor;
+    # unit 1: means 2 and 0, batch-mean KL (2 + 0) / 2 = 1.0, above it.
+    config = TrainConfig(free_bits=0.5)
+    model = _FixedPosteriorVAE(config, [[0.2, 2.0], [0.4, 0.0]])
+    x = torch.tensor([[[[1.0, 0.0, 1.0, 1.0]]], [[[0.0, 0.0, 1.0, 0.0]]]])
+    loss, terms = training_loss(model, x, beta=1.0, generator=torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(4 * math.log(2) + 0.5 + 1.0, rel=1e-6)
+    # The logged KL is the true one, image by image: (0.02 + 2) and (0.08 + 0).
+    assert terms["kl"].tolist() == pytest.approx([2.02, 0.08], rel=1e-5)
+    loss.backward()
+    # d/dm of the batch-mean m^2/2 is m / 2: nothing for the unit under the floor.
+    assert model.means.grad.flatten().tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0], abs=1e-6)
+    without = TrainConfig()
+    plain = _FixedPosteriorVAE(without, [[0.2, 2.0], [0.4, 0.0]])
+    plain_loss, _ = training_loss(plain, x, beta=1.0, generator=torch.Generator().manual_seed(0))
+    assert plain_loss.item() == pytest.approx(4 * math.log(2) + 1.05, rel=1e-6)
+
+
+def test_free_bits_need_the_elbo_with_a_standard_prior():
+    with pytest.raises(ValueError, match="free_bits needs objective=elbo and prior=standard"):
+        TrainConfig(free_bits=0.5, objective="iwae", train_k=5).validated()
+    with pytest.raises(ValueError, match="free_bits needs"):
+        TrainConfig(free_bits=0.5, prior="vamp").validated()
+    with pytest.raises(ValueError, match="free_bits must be >= 0"):
+        TrainConfig(free_bits=-1.0).validated()
