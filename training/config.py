@@ -45,6 +45,11 @@ class TrainConfig:
     binarize: bool = option(
         False, "dynamic binarization (a fresh Bernoulli draw per batch), the likelihood papers' MNIST"
     )
+    hflip: bool = option(
+        False,
+        "mirror each training image left to right with probability 1/2 (the test images are never touched): "
+        "twice the images, the same pixel statistics",
+    )
     train_limit: int = option(0, ">0: use only the first N training images (quick experiments, tests)")
     test_limit: int = option(0, ">0: evaluate on the first N test images only")
 

@@ -313,12 +313,17 @@ def iterate_batches(
     shuffle: bool,
     generator: torch.Generator | None = None,
     binarize: bool = False,
+    hflip: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Slices of a float tensor already in memory; with `binarize`, each batch is a fresh Bernoulli draw."""
+    """Slices of a float tensor already in memory; with `binarize`, each batch is a fresh Bernoulli draw;
+    with `hflip`, each image is mirrored left to right with probability 1/2."""
     n = x.shape[0]
     order = torch.randperm(n, generator=generator, device=x.device) if shuffle else None
     for start in range(0, n, batch_size):
         batch = x[order[start : start + batch_size]] if order is not None else x[start : start + batch_size]
+        if hflip:
+            mirror = torch.rand(batch.shape[0], generator=generator, device=x.device) < 0.5
+            batch = torch.where(mirror[:, None, None, None], batch.flip(-1), batch)
         yield torch.bernoulli(batch, generator=generator) if binarize else batch
 
 

