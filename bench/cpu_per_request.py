@@ -7,10 +7,14 @@ it is the number to compare two builds with on a shared machine. Targets take tu
 - `ours`: `vae-serve` from this checkout (its default worker plan unless `--workers`);
 - `base`: `vae-serve` from another checkout (`--base DIR`, e.g. a `git worktree` of the previous commit),
   for an A/B of a change;
-- `naive`: bench/naive_app.py (one `run()` per request under uvicorn).
+- `naive`: bench/naive_app.py (one `run()` per request under uvicorn);
+- `floor-http` and `floor-work`: bench/floor_app.py, no framework: uvicorn answering a fixed body of the
+  answer's size, and uvicorn doing just the request's work (parse, one run, PNG, base64). What a framework,
+  limits and metrics can never win back.
 
     python -m bench.cpu_per_request                       # ours at c=1 and c=64, 3 rounds of 4 s
     python -m bench.cpu_per_request --targets ours naive --workers 1
+    python -m bench.cpu_per_request --targets ours floor-work floor-http --workers 1
     git worktree add /tmp/base HEAD~1 && python -m bench.cpu_per_request --targets ours base --base /tmp/base
 
 Load comes from wrk when it is installed (it costs the shared cores least), else the harness's raw client.
@@ -27,9 +31,11 @@ from pathlib import Path
 
 from bench.load import LoadResult, RequestSpec, run_load_sync
 from bench.scenarios import default_model, json_body
-from bench.servers import ROOT, Server, naive_server
+from bench.servers import ROOT, Server, floor_server, naive_server
 from bench.wrk import available as wrk_available
 from bench.wrk import run_wrk
+
+TARGETS = ["ours", "base", "naive", "floor-http", "floor-work"]
 
 
 def _service(name: str, source: Path, args: argparse.Namespace, model: str) -> Server:
@@ -68,7 +74,7 @@ def _level(server: Server, spec: RequestSpec, concurrency: int, args: argparse.N
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--targets", nargs="+", default=["ours"], choices=["ours", "base", "naive"])
+    p.add_argument("--targets", nargs="+", default=["ours"], choices=TARGETS)
     p.add_argument("--base", type=Path, help="checkout to run as target 'base'")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 64])
     p.add_argument("--rounds", type=int, default=3)
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         if target == "naive":
             ns = argparse.Namespace(provider="cpu")
             servers[target] = naive_server(ns, path, args.out)
+        elif target.startswith("floor-"):
+            servers[target] = floor_server(target.removeprefix("floor-"), path, args.out)
         else:
             servers[target] = _service(target, ROOT if target == "ours" else args.base, args, model)
     rows: list[dict] = []

@@ -191,6 +191,19 @@ def naive_server(args: argparse.Namespace, model_path: Path, out: Path) -> Serve
     return server
 
 
+def floor_server(mode: str, model_path: Path, out: Path) -> Server:
+    """bench/floor_app.py in `mode` (http or work): no framework, the floor under the CPU per request."""
+    argv = [
+        sys.executable, "-m", "uvicorn", "--factory", "bench.floor_app:app", "--host", "127.0.0.1",
+        "--port", "{port}", "--no-access-log", "--log-level", "warning", "--http", "httptools",
+        "--loop", "uvloop",
+    ]  # fmt: skip
+    env = {"BENCH_FLOOR_MODE": mode, "BENCH_FLOOR_MODEL_DIR": str(model_path)}
+    server = Server(f"floor-{mode}", argv, env, out / f"floor-{mode}.log")
+    server.config = f"a bare ASGI callable under uvicorn (httptools, uvloop), 1 worker, mode {mode}"
+    return server
+
+
 def describe_ours(listing: dict | None, args: argparse.Namespace) -> str:
     """How the service ran: its own account of the workers and threads (on /v1/models), else the flags."""
     chosen = (listing or {}).get("serving") or {}

@@ -6,12 +6,14 @@ Throughput is measured by `make bench` (bench/run.py), never asserted here (docs
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 import time
 from importlib.util import find_spec
 
 import httpx
+import numpy as np
 import pytest
 
 from bench import run as bench_run
@@ -20,6 +22,7 @@ from bench.naive_app import create_app
 from bench.raw import RawModel, measure
 from bench.scenarios import SCENARIOS, model_info
 from bench.servers import Server
+from service.imaging import encode_png
 
 
 def test_summarize_counts_errors_and_orders_percentiles():
@@ -184,3 +187,23 @@ def test_a_paused_server_uses_no_cpu_and_stops_cleanly(tmp_path):
     finally:
         server.stop()  # continues the paused group first, so its SIGTERM lands
     assert server.proc.returncode is not None and not server.paused
+
+
+def test_floor_app_does_the_requests_work_and_its_http_mode_gives_the_same_answer_without_it(tiny):
+    from bench import floor_app
+    from bench.cpu_per_request import _request
+
+    info, raw = tiny
+    spec = _request("floor-work", info.latent_dim)
+
+    async def ask(mode: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=floor_app.create_app(mode, info.path))
+        async with httpx.AsyncClient(transport=transport, base_url="http://floor") as client:
+            return await client.post(spec.path, content=spec.content, headers=spec.headers)
+
+    work, fixed = asyncio.run(ask("work")), asyncio.run(ask("http"))
+    assert work.status_code == fixed.status_code == 200
+    assert SCENARIOS["decode1_b64"].check(work, info) is None  # one base64 PNG of the model's size
+    (images,) = raw.decoder.run(None, {"z": np.asarray(json.loads(spec.content)["latents"], np.float32)})
+    assert base64.b64decode(work.json()["images"][0]) == encode_png(images[0])  # the service's own PNG
+    assert fixed.content == work.content  # http mode answers the benchmark's request without the work
