@@ -110,8 +110,8 @@ class TrainConfig:
     )
     free_bits: float = option(
         0.0,
-        ">0: each latent unit's batch-mean KL counts at least this many nats in the loss (Kingma et al. 2016), "
-        "so a strong decoder cannot switch z off; elbo objective, standard prior",
+        ">0: free bits (Kingma et al. 2016): each latent unit's batch-mean KL counts as at least this many "
+        "nats in the loss; elbo, standard prior",
     )
     objective: Objective = option("elbo", "elbo, or iwae (importance-weighted bound, Burda et al. 2016)")
     train_k: int = option(1, "samples per image for the objective; iwae needs k > 1 to differ from the ELBO")

@@ -19,7 +19,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def kl_per_unit(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """(B, D) KL(N(mean_j, exp(log_var_j)) || N(0, 1)) for each latent unit: -1/2 (1 + log_var - mean^2 - var)."""
+    """(B, D) KL(N(mean_j, var_j) || N(0, 1)) of each latent unit: -(1 + log_var - mean^2 - var) / 2."""
     return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp())
 
 

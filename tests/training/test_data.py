@@ -163,6 +163,7 @@ def test_hflip_mirrors_about_half_the_images_and_nothing_else(mnist):
     kept = [torch.equal(b, a) for a, b in zip(x, batch, strict=True)]
     assert all(m or k for m, k in zip(mirrored, kept, strict=True))  # each image is itself or its mirror
     assert 160 < sum(mirrored) < 240  # Binomial(400, 1/2): mean 200, sd 10
-    again = next(iterate_batches(x, 400, shuffle=False, generator=torch.Generator().manual_seed(0), hflip=True))
+    same_seed = torch.Generator().manual_seed(0)
+    again = next(iterate_batches(x, 400, shuffle=False, generator=same_seed, hflip=True))
     torch.testing.assert_close(again, batch)  # the seed fixes which
     assert torch.equal(next(iterate_batches(x, 400, shuffle=False)), x)  # off by default
