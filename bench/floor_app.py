@@ -30,7 +30,7 @@ from service.imaging import encode_png
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-HEADERS = [(b"content-type", b"application/json")]
+JSON = (b"content-type", b"application/json")
 
 
 async def _body(receive: Receive) -> bytes:
@@ -77,7 +77,9 @@ def create_app(mode: str, model_dir: Path) -> Callable[[dict, Receive, Send], Aw
             answer = b'{"status":"ready"}'
         else:
             answer = decode(body) if mode == "work" else fixed
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        # A declared length, as every framework sends it (uvicorn would otherwise chunk the body).
+        headers = [JSON, (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
     return app
