@@ -214,9 +214,7 @@ def _train(
         model.train()
         sums = {"neg_elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
         seen, tic = 0, time.perf_counter()
-        batches = iterate_batches(
-            x_train, config.batch_size, True, generator, config.binarize, config.hflip
-        )
+        batches = iterate_batches(x_train, config.batch_size, True, generator, config.binarize, config.hflip)
         bar = tqdm(
             batches,
             total=steps_per_epoch,
