@@ -8,8 +8,8 @@ it is the number to compare two builds with on a shared machine. Targets take tu
 - `base`: `vae-serve` from another checkout (`--base DIR`, e.g. a `git worktree` of the previous commit),
   for an A/B of a change;
 - `naive`: bench/naive_app.py (one `run()` per request under uvicorn);
-- `floor-http` and `floor-work`: bench/floor_app.py, no framework: uvicorn answering a fixed body of the
-  answer's size, and uvicorn doing just the request's work (parse, one run, PNG, base64). What a framework,
+- `floor-http` and `floor-work`: bench/floor_app.py, no framework: uvicorn answering a stored copy of the
+  answer, and uvicorn doing just the request's work (parse, one run, PNG, base64). What a framework,
   limits and metrics can never win back.
 
     python -m bench.cpu_per_request                       # ours at c=1 and c=64, 3 rounds of 4 s

@@ -47,7 +47,7 @@ def evaluate(
         terms = elbo_terms(model, batch, generator)
         for key in ("neg_elbo", "reconstruction", "kl"):
             totals[key] += float(terms[key].sum())
-        mean, _ = model.encode(batch)
+        mean = terms["mean"]  # the encoder's, already computed for the ELBO
         means.append(mean)
         totals["mse"] += float((model.decode(mean) - batch).pow(2).flatten(1).mean(1).sum())
         if iwae_k > 0:

@@ -154,8 +154,8 @@ def training_loss(
     kl_loss = terms["kl"].mean()
     if cfg.free_bits > 0:
         # Kingma et al. 2016, "free bits": each unit's batch-mean KL counts as at least the floor, so below it
-        # the unit's KL has no gradient and a strong decoder gains nothing by closing it. Only the loss sees
-        # the floor: the logged and evaluated KL stays the true one.
+        # the unit's KL has no gradient and nothing pushes the encoder to close it. Only the loss sees the
+        # floor: the logged and evaluated KL stays the true one.
         per_unit = kl_per_unit(terms.pop("mean"), terms.pop("log_var"))
         kl_loss = torch.clamp(per_unit.mean(dim=0), min=cfg.free_bits).sum()
     loss = terms["reconstruction"].mean() + beta * kl_loss
