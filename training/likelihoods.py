@@ -70,26 +70,39 @@ def _components(params: torch.Tensor, channels: int, coupled: bool) -> int:
     return p // per_component
 
 
+def mixture_parts(
+    params: torch.Tensor, channels: int, coupled: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(B, maps, H, W) -> the K mixture logits (B, K, H, W), means in [0, 1] and clamped log-scales, each
+    (B, K, C, H, W), and, coupled, the coefficients tanh(maps) (B, K, C(C-1)/2, H, W) (else None).
+
+    One split, not a slice per piece: a slice's gradient is a zero tensor of the whole layout's size, a
+    split's is one concatenation, and in training that difference was a tenth of a step."""
+    b, _, h, w = params.shape
+    k = _components(params, channels, coupled)
+    sizes = [k, k * channels, k * channels] + ([k * coupling_maps(channels)] if coupled else [])
+    logits, means, log_scales, *coupling = params.split(sizes, dim=1)
+    means = torch.sigmoid(means).reshape(b, k, channels, h, w)
+    log_scales = torch.clamp(log_scales.reshape(b, k, channels, h, w), min=MIN_LOG_SCALE)
+    coefficients = torch.tanh(coupling[0]).reshape(b, k, -1, h, w) if coupled else None
+    return logits, means, log_scales, coefficients
+
+
 def split_params(
     params: torch.Tensor, channels: int, coupled: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, maps, H, W) -> log mixture weights (B, K, 1, H, W), means in [0, 1] and clamped log-scales,
     each (B, K, C, H, W) (before any coupling: `coupling_coefficients` has the rest of a coupled layout)."""
-    b, _, h, w = params.shape
-    k = _components(params, channels, coupled)
-    log_pi = F.log_softmax(params[:, :k], dim=1).unsqueeze(2)
-    means = torch.sigmoid(params[:, k : k + k * channels]).reshape(b, k, channels, h, w)
-    log_scales = params[:, k + k * channels : k + 2 * k * channels].reshape(b, k, channels, h, w)
-    return log_pi, means, torch.clamp(log_scales, min=MIN_LOG_SCALE)
+    logits, means, log_scales, _ = mixture_parts(params, channels, coupled)
+    return F.log_softmax(logits, dim=1).unsqueeze(2), means, log_scales
 
 
 def coupling_coefficients(params: torch.Tensor, channels: int) -> torch.Tensor:
     """The coupled layout's coefficients tanh(maps), (B, K, C(C-1)/2, H, W), pairs ordered (1,0), (2,0),
     (2,1): a, b, c for RGB."""
-    b, _, h, w = params.shape
-    k = _components(params, channels, coupled=True)
-    start = k * (1 + 2 * channels)
-    return torch.tanh(params[:, start:]).reshape(b, k, coupling_maps(channels), h, w)
+    coefficients = mixture_parts(params, channels, coupled=True)[3]
+    assert coefficients is not None
+    return coefficients
 
 
 def coupled_locations(

@@ -17,6 +17,7 @@ from training.losses import iwae_bound, training_loss  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.pixel_groups import (  # noqa: E402
     ORDER,
+    PaddedOutputConv,
     anchored_log_prob,
     first_group,
     known_flags,
@@ -218,3 +219,22 @@ def test_with_anchors_a_flat_image_can_cost_almost_nothing():
     assert (-later / math.log(2)).max().item() < 0.05  # bits per pixel, all 3 channels
     first = log_p[0::2, 0::2]  # no decoded neighbours: the learned mixture alone
     assert (-first).min().item() > 1.0
+
+
+@pytest.mark.parametrize("maps", [70, 72])
+def test_the_padded_output_conv_is_a_plain_conv_with_the_same_parameters(maps):
+    torch.manual_seed(0)
+    padded = PaddedOutputConv(16, maps, 1).double()
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(16, maps, 1).double()
+    assert padded.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(padded.state_dict()[k], plain.state_dict()[k]) for k in plain.state_dict())
+    x = torch.randn(3, 16, 5, 5, dtype=torch.float64)
+    out, expected = padded(x), plain(x)
+    assert out.shape == (3, maps, 5, 5)
+    assert torch.allclose(out, expected, atol=1e-12)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(padded.weight.grad, plain.weight.grad, atol=1e-10)
+    assert torch.allclose(padded.bias.grad, plain.bias.grad, atol=1e-10)
