@@ -100,8 +100,8 @@ def photo_folder(tmp_path_factory):
 
 
 def test_gaussian_rgb_vae_on_real_photos_trains_and_exports(photo_folder, tmp_path):
-    from service.manifest import DatasetSpec, verify_model_dir
     from training.export import export_vae
+    from vae_contract.manifest import DatasetSpec, verify_model_dir
 
     config = TrainConfig(
         dataset="folder",
