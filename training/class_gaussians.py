@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
+    from training.checkpoints import load_checkpoint
     from training.data import load_dataset, to_float
-    from training.train import load_checkpoint
 
     parser = argparse.ArgumentParser(prog="python -m training.class_gaussians", description=main.__doc__)
     parser.add_argument("--checkpoint", required=True)

@@ -293,7 +293,7 @@ def export_run(
     `dataset` is the data as trained and evaluated (limits applied); its first 16 test images join the
     random inputs of the parity check.
     """
-    from training.train import eval_tensor
+    from training.evaluate import eval_tensor
 
     metrics = manifest_metrics(evaluation, vae, measured_with)
     extra = code_length_metrics(evaluation, vae, dataset)

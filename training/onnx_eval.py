@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from training.config import TrainConfig
-    from training.evaluate import evaluation_data
-    from training.train import eval_tensor
+    from training.evaluate import eval_tensor, evaluation_data
 
     parser = argparse.ArgumentParser(prog="python -m training.onnx_eval", description=main.__doc__)
     parser.add_argument("model_dir", type=Path)

@@ -190,7 +190,7 @@ def test_non_finite_outputs_are_refused_not_skipped_by_the_parity_max(tmp_path):
 
 
 def _checkpoint(tmp_path, data_dir):
-    from training.train import save_checkpoint
+    from training.checkpoints import save_checkpoint
 
     model = _random_vae(data_dir=str(data_dir))
     path = tmp_path / "last.pt"

@@ -158,7 +158,7 @@ def trained_vamp(tmp_path_factory):
 
 
 def test_training_moves_the_pseudo_inputs_and_checkpoints_them(trained_vamp):
-    from training.train import LAST_CHECKPOINT, load_checkpoint
+    from training.checkpoints import LAST_CHECKPOINT, load_checkpoint
 
     torch.manual_seed(trained_vamp.model.config.seed)
     fresh = build_model(trained_vamp.model.config, SHAPE)
