@@ -26,9 +26,9 @@ from onnx import TensorProto, helper, numpy_helper
 from vae_contract.manifest import (
     PREVIEW_FILE,
     DatasetSpec,
+    EvaluationMetrics,
     GraphSpec,
     Manifest,
-    Metrics,
     TensorSpec,
     sha256_file,
     verify_model_dir,
@@ -178,7 +178,7 @@ def write_linear_vae(
     *,
     image: tuple[int, int, int],
     dataset: DatasetSpec,
-    metrics: Metrics | None = None,
+    metrics: EvaluationMetrics | None = None,
     description: str = "",
     version: int = 1,
 ) -> Path:

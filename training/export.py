@@ -35,10 +35,10 @@ from vae_contract.manifest import (
     SCORER_FILE,
     ConditionalSpec,
     DatasetSpec,
+    EvaluationMetrics,
     GraphSpec,
     ImageSpec,
     Manifest,
-    Metrics,
     PriorSpec,
     TensorSpec,
     latest_version,
@@ -240,13 +240,15 @@ def code_length_metrics(evaluation: dict[str, Any], vae: VAE, dataset: ImageData
     }
 
 
-def manifest_metrics(evaluation: dict[str, Any], model: VAE, measured_with: str | None = None) -> Metrics:
+def manifest_metrics(
+    evaluation: dict[str, Any], model: VAE, measured_with: str | None = None
+) -> EvaluationMetrics:
     """The manifest's test-set numbers from `training.evaluate.evaluate` output (plus `device`, `seconds`)."""
     config = model.config
     if measured_with is None:
         measured_with = f"python -m training eval on {evaluation['device']} in {evaluation['seconds']}s"
     examples = evaluation["examples"]
-    return Metrics(
+    return EvaluationMetrics(
         split=f"test[:{examples}]" if config.test_limit else "test",
         examples=examples,
         binarized=config.binarize,
@@ -287,7 +289,7 @@ def export_run(
     version: int | None = None,
     description: str = "",
     force: bool = False,
-) -> tuple[Path, Metrics]:
+) -> tuple[Path, EvaluationMetrics]:
     """Export a trained model with its test-set evaluation and data record; the CLI and the test fixtures.
 
     `dataset` is the data as trained and evaluated (limits applied); its first 16 test images join the
@@ -298,7 +300,7 @@ def export_run(
     metrics = manifest_metrics(evaluation, vae, measured_with)
     extra = code_length_metrics(evaluation, vae, dataset)
     if extra:
-        metrics = Metrics.model_validate({**metrics.model_dump(), **extra})
+        metrics = EvaluationMetrics.model_validate({**metrics.model_dump(), **extra})
     real = eval_tensor(dataset, vae.config)[:16].numpy()
     target = export_vae(
         vae,
@@ -336,7 +338,7 @@ def export_vae(
     name: str,
     *,
     dataset: DatasetSpec,
-    metrics: Metrics | None = None,
+    metrics: EvaluationMetrics | None = None,
     training_config: dict[str, Any] | None = None,
     version: int | None = None,
     real_images: np.ndarray | None = None,
@@ -391,7 +393,7 @@ def _assemble(
     name: str,
     version: int,
     dataset: DatasetSpec,
-    metrics: Metrics | None,
+    metrics: EvaluationMetrics | None,
     training_config: dict[str, Any] | None,
     real_images: np.ndarray | None,
     description: str,
@@ -526,7 +528,7 @@ def check_finite_weights(vae: VAE) -> None:
         raise ExportError(f"non-finite weights in {shown}; export a checkpoint from before training diverged")
 
 
-def check_finite_metrics(metrics: Metrics) -> None:
+def check_finite_metrics(metrics: EvaluationMetrics) -> None:
     values = metrics.model_dump()
     bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:

@@ -106,7 +106,7 @@ class PriorSpec(_Strict):
         return value
 
 
-class Metrics(_Strict):
+class EvaluationMetrics(_Strict):
     """Test-set numbers measured by `training.evaluate`, in nats per image (lower is better)."""
 
     split: str
@@ -169,7 +169,7 @@ class Manifest(_Strict):
     prior: PriorSpec | None = None  # None: N(0, I)
     training: dict[str, Any]
     dataset: DatasetSpec
-    metrics: Metrics | None = None
+    metrics: EvaluationMetrics | None = None
     opset: int = Field(ge=7)
     exporters: dict[str, str]
     # Largest |onnxruntime - PyTorch| seen when the export was verified, per graph.

@@ -12,7 +12,7 @@ from PIL import Image
 from service.config import Settings
 from service.errors import InvalidInput, Overloaded
 from service.inference import limits
-from service.inference.images import ImagePool
+from service.inference.decode_pool import ImagePool
 from vae_contract.imaging import ImageDecodeError, ImageHeader, read_header
 from vae_contract.manifest import ImageSpec
 

@@ -168,9 +168,9 @@ def test_non_finite_weights_are_refused_before_any_work(tmp_path):
 
 
 def test_non_finite_metrics_are_refused(tmp_path):
-    from vae_contract.manifest import Metrics
+    from vae_contract.manifest import EvaluationMetrics
 
-    metrics = Metrics(
+    metrics = EvaluationMetrics(
         split="test", examples=32, binarized=False, neg_elbo=float("nan"), reconstruction=1.0, kl=1.0,
         active_units=2, measured_with="hand",
     )  # fmt: skip
