@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from serving import until
 
-from service import connections, lifecycle
+from service import lifecycle
 from service.config import Settings
+from service.server import connections
 
 pytestmark = pytest.mark.timeout(30)
 
