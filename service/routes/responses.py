@@ -20,6 +20,7 @@ from starlette.responses import Response
 from service.errors import InvalidInput
 from service.imaging import encode_png, make_grid
 from service.manifest import ImageSpec
+from service.novelty import NoveltyReport
 from service.routes.requests import JSON, NPY, PNG
 from service.tracing import span
 
@@ -118,3 +119,21 @@ def pick_output(name: str | None, arrays: dict[str, np.ndarray | None], default:
     if arr is None:
         raise InvalidInput(f"output {chosen!r} is not part of this response (see the request's options)")
     return arr
+
+
+def novelty_fields(report: NoveltyReport) -> dict[str, Any]:
+    """Reconstruct's novelty fields (ReconstructResponse documents them), per image where they are lists."""
+    terms = report.terms
+    return {
+        "novelty": terms.novelty,
+        "novelty_statistic": report.statistic,
+        "p_values": report.p_values,
+        "novel": report.novel,
+        "alpha": report.alpha,
+        "calibration_images": report.calibration_count,
+        "p_values_reason": report.reason,
+        "kl": terms.kl,
+        "bits_per_dim": terms.bits_per_dim,
+        "codec_bits_per_dim": terms.codec_bits_per_dim,
+        "complexity": terms.complexity,
+    }
