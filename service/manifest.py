@@ -144,7 +144,7 @@ class NoveltySpec(_Strict):
     manifest: reconstruct answers the statistic without p-values. A statistic this service does not compute
     refuses the model: p-values of another statistic would be wrong."""
 
-    statistic: Literal["complexity_zlib", "neg_elbo_bits"]
+    statistic: Literal["complexity_zlib_up", "neg_elbo_bits"]
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     count: int = Field(ge=MIN_CALIBRATION, le=MAX_CALIBRATION)

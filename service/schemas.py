@@ -185,10 +185,10 @@ class ReconstructResponse(_ModelTagged):
     log_var: Latents
     novelty: list[float] = Field(
         description="Per image, higher = more novel (`novelty_statistic`; docs/novelty.md): "
-        "complexity_zlib = bits_per_dim - codec_bits_per_dim (input complexity, Serra et al. 2020) for "
+        "complexity_zlib_up = bits_per_dim - codec_bits_per_dim (input complexity, Serra et al. 2020) for "
         "likelihoods that are code lengths of 8-bit images; neg_elbo_bits = bits_per_dim otherwise."
     )
-    novelty_statistic: Literal["complexity_zlib", "neg_elbo_bits"]
+    novelty_statistic: Literal["complexity_zlib_up", "neg_elbo_bits"]
     p_values: list[float] | None = Field(
         description="Conformal p-value per image, (1 + #{calibration >= novelty}) / (n + 1) over the n "
         "held-out in-distribution images of the version's calibration file; null when it ships none "
@@ -201,7 +201,8 @@ class ReconstructResponse(_ModelTagged):
     kl: list[float] = Field(description="KL(q(z|x) || p(z)) per image in nats, the score's second term.")
     bits_per_dim: list[float] = Field(description="The score in bits per dimension (C H W ln 2).")
     codec_bits_per_dim: list[float] = Field(
-        description="zlib's (level 9) code length of the 8-bit image's raw bytes, bits per dimension."
+        description="zlib's (level 9) code length of the 8-bit image after PNG's Up filter, bits per "
+        "dimension."
     )
     complexity: list[float] = Field(description="bits_per_dim - codec_bits_per_dim.")
 

@@ -1,0 +1,107 @@
+"""The novelty table of docs/novelty.md: for every served model version, AUROC of the old reconstruct score
+(negative ELBO) and of the served novelty statistic, in-distribution test images against real images of other
+kinds; the false-positive rate of `p <= alpha` on the evaluation half of the test split; the extra cost.
+
+    PYTHONPATH=$PWD python -m bench.novelty --data-dir data --ood-dir /tmp/ood [--n 1000] [--n-colour 500]
+
+Everything runs through the service's own code in-process (registry, reconstruct, novelty; training.novelty's
+`measure`), on the images a client would upload. In-distribution: the half of the test split that
+`python -m training.novelty` did not calibrate on (at most --n for AUROC, all of it for the FPR).
+Out-of-distribution (seeded picks): the other grey dataset's test images, emoji as grey 28x28, flat and
+uniform-noise images for the grey models; for the colour model MNIST and Fashion-MNIST as RGB 32x32,
+photographs (CIFAR-10/100 and ImageNet PNGs from foolbox's wheel, crops of scikit-image's photographs), LFW
+faces (scikit-image's lfw_subset), flat and noise images. --ood-dir holds the two wheels unpacked
+(`pip download --no-deps foolbox==3.3.4 scikit-image==0.26.0`, then `unzip` into fb/ and sk/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.novelty_explore import auroc, data, emoji_test, lfw, photos, to_pil
+from service.imaging import prepare_image
+from service.manifest import read_manifest
+from training.novelty import held_out_split, measure, test_images
+
+SERVED = ("mnist/1", "mnist/2", "mnist-2d/1", "fashion/1", "emoji/3", "emoji/4")
+
+
+def out_sets(model_dir: Path, data_dir: Path, ood_dir: Path, n: int) -> dict[str, np.ndarray]:
+    spec = read_manifest(model_dir).image
+    raw = data(data_dir, ood_dir)
+    own = read_manifest(model_dir).dataset.name
+
+    def conv(images: list[Any]) -> np.ndarray:
+        return np.stack([prepare_image(im, spec) for im in images])
+
+    def pick(a: np.ndarray, seed: int) -> np.ndarray:
+        return a[np.sort(np.random.default_rng(seed).permutation(len(a))[:n])]
+
+    c, h, w = spec.shape
+    sets: dict[str, np.ndarray] = {}
+    if c == 1:
+        other = "fashion" if own == "mnist" else "mnist"
+        sets[other] = pick(raw[other], 1).astype(np.float32) / 255
+        sets["emoji-grey"] = conv([to_pil(x) for x in emoji_test(data_dir)[0]])
+    else:
+        sets["mnist-rgb"] = conv([to_pil(x) for x in pick(raw["mnist"], 1)])
+        sets["fashion-rgb"] = conv([to_pil(x) for x in pick(raw["fashion"], 1)])
+        sets["photos"] = conv(photos(ood_dir, np.random.default_rng(0)))
+        sets["lfw"] = conv(lfw(ood_dir))
+    levels = np.random.default_rng(2).integers(0, 256, (n, c, 1, 1))
+    sets["flat"] = np.broadcast_to(levels, (n, c, h, w)).astype(np.float32) / 255
+    sets["noise"] = np.random.default_rng(3).integers(0, 256, (n, c, h, w)).astype(np.float32) / 255
+    return sets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR", "data"))
+    parser.add_argument("--ood-dir", default="/tmp/ood")
+    parser.add_argument("--models", default=",".join(SERVED))
+    parser.add_argument("--n", type=int, default=1000, help="images a side (grey models)")
+    parser.add_argument("--n-colour", type=int, default=500, help="images per set for the colour model")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    data_dir, ood_dir = Path(args.data_dir), Path(args.ood_dir)
+    results = []
+    for ref in args.models.split(","):
+        model_dir = Path("models") / ref
+        images = test_images(model_dir, str(data_dir))
+        _, evaluate = held_out_split(len(images))
+        held = measure(model_dir, images[evaluate])
+        colour = read_manifest(model_dir).image.channels == 3
+        n = args.n_colour if colour else args.n
+        sub = np.sort(np.random.default_rng(5).permutation(len(evaluate))[:n])
+        p = held["p_values"]
+        row: dict[str, Any] = {
+            "model": ref, "statistic": held["statistic"], "in": len(sub), "fpr_n": len(evaluate),
+            "fpr_05": None if p is None else float(np.mean(p <= 0.05)),
+            "fpr_01": None if p is None else float(np.mean(p <= 0.01)),
+            "extra_cost": held["seconds"]["novelty"] / held["seconds"]["reconstruct"],
+            "us_per_image": {k: 1e6 * v / len(evaluate) for k, v in held["seconds"].items()}, "auroc": {},
+        }  # fmt: skip
+        for name, x in out_sets(model_dir, data_dir, ood_dir, n).items():
+            out = measure(model_dir, x)
+            row["auroc"][name] = {
+                "n": len(x),
+                "old": auroc(held["scores"][sub], out["scores"]),
+                "new": auroc(held["novelty"][sub], out["novelty"]),
+                "flagged_05": None if out["p_values"] is None else float(np.mean(out["p_values"] <= 0.05)),
+            }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
