@@ -27,7 +27,7 @@ import numpy as np
 from bench.novelty_explore import auroc, data, emoji_test, lfw, photos, to_pil
 from service.imaging import prepare_image
 from service.manifest import read_manifest
-from training.novelty import held_out_split, measure, test_images
+from training.novelty import held_out_groups, held_out_images, held_out_split, measure
 
 SERVED = ("mnist/1", "mnist/2", "mnist-2d/1", "fashion/1", "emoji/3", "emoji/4")
 
@@ -75,8 +75,8 @@ def main() -> None:
     results = []
     for ref in args.models.split(","):
         model_dir = Path("models") / ref
-        images = test_images(model_dir, str(data_dir))
-        _, evaluate = held_out_split(len(images))
+        images = held_out_images(model_dir, str(data_dir))
+        _, evaluate = held_out_split(len(images), held_out_groups(model_dir, str(data_dir)))
         held = measure(model_dir, images[evaluate])
         colour = read_manifest(model_dir).image.channels == 3
         n = args.n_colour if colour else args.n
