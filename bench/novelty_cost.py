@@ -30,15 +30,17 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from service.config import Settings
-    from service.imaging import encode_png
     from service.main import create_app
+    from vae_contract.imaging import encode_png
 
     with np.load(Path(args.data_dir) / "mnist.npz") as npz:
         x = npz["x_test"][: args.batch].astype(np.float32) / 255
     if args.model.startswith("emoji"):
         x = np.repeat(np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))), 3, axis=1)
     images = [base64.b64encode(encode_png(img)).decode() for img in x]
-    settings = Settings(models_dir=Path(args.models_dir), models=[args.model], provider="cpu", _env_file=None)
+    settings = Settings(
+        models_dir=Path(args.models_dir), models=[args.model], provider="cpu", grpc_port=0, _env_file=None
+    )
     with TestClient(create_app(settings)) as client:
         body = {"images": images, "model": args.model}
         for _ in range(3):

@@ -28,11 +28,10 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.imaging import prepare_image
-from service.inference.likelihoods import discretized_logistic_nll
-from service.inference.model import kl_to_prior, reconstruction_nll
-from service.manifest import Manifest, verify_model_dir
-from service.priors import read_mixture
+from vae_contract.imaging import prepare_image
+from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior, reconstruction_nll
+from vae_contract.manifest import Manifest, verify_model_dir
+from vae_contract.priors import read_mixture
 
 LN2 = math.log(2)
 

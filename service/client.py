@@ -103,7 +103,9 @@ def _image_bytes(image: ImageInput) -> bytes:
         return bytes(image)
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
-        from service.imaging import encode_png  # the service's own float -> 8-bit rule, loaded on first use
+        from vae_contract.imaging import (
+            encode_png,
+        )  # the service's own float -> 8-bit rule, loaded on first use
 
         return encode_png(arr[None] if arr.ndim == 2 else arr)
     from PIL import Image

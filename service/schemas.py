@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.config import Settings
-from service.manifest import NAME_PATTERN
+from vae_contract.manifest import NAME_PATTERN
 
 MAX_SEED = 2**63 - 1
 # `name` or `name@version`: a model name, optionally pinned to one of its loaded versions.

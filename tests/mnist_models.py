@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from onnx_models import LinearVAE, write_linear_vae
 
-from service.manifest import DatasetSpec, Metrics
+from vae_contract.manifest import DatasetSpec, Metrics
 
 IMAGE = (1, 28, 28)
 # Names and latent sizes the service tests address: the default model, and a 2-D one for the manifold.

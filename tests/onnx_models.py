@@ -23,7 +23,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.manifest import (
+from vae_contract.manifest import (
     PREVIEW_FILE,
     DatasetSpec,
     GraphSpec,
@@ -184,7 +184,7 @@ def write_linear_vae(
 ) -> Path:
     """A verified version folder for `vae`: graphs, preview.png and model.json, as training.export lays
     one out."""
-    from service.imaging import encode_png, make_grid
+    from vae_contract.imaging import encode_png, make_grid
 
     c, h, w = image
     d = vae.latent_dim

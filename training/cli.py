@@ -189,9 +189,9 @@ def run(args: argparse.Namespace) -> int:
         _, _, result = measure_checkpoint(args.checkpoint, args.data_dir, args.k, args.limit, args.device)
         print(json.dumps(result, indent=2))
     elif args.command == "export":
+        from training.checkpoints import load_checkpoint
         from training.evaluate import evaluation_data, measure_checkpoint
         from training.export import export_run, read_evaluation
-        from training.train import load_checkpoint
 
         if args.metrics:
             model, _ = load_checkpoint(Path(args.checkpoint))

@@ -253,13 +253,13 @@ def load_idx_dir(folder: Path, name: str | None = None) -> ImageDataset:
 def load_image_folder(
     folder: Path, image_size: int, channels: int, test_fraction: float = 0.1, seed: int = 0
 ) -> ImageDataset:
-    """Every PNG/JPEG below `folder`, prepared exactly as the service prepares uploads (service.imaging).
+    """Every PNG/JPEG below `folder`, prepared exactly as the service prepares uploads (vae_contract.imaging).
 
     Files that fail to decode are skipped with a warning; a folder with no usable image is an error.
     A fixed-seed shuffle splits off `test_fraction` of the images for evaluation.
     """
-    from service.imaging import ImageDecodeError, decode_image, prepare_image
-    from service.manifest import ImageSpec
+    from vae_contract.imaging import ImageDecodeError, decode_image, prepare_image
+    from vae_contract.manifest import ImageSpec
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -14,13 +14,23 @@ from typing import Any
 
 import torch
 
+from training.checkpoints import load_checkpoint
 from training.config import TrainConfig
-from training.data import ImageDataset, iterate_batches, load_dataset
+from training.data import ImageDataset, binarize_once, iterate_batches, load_dataset, to_float
 from training.losses import elbo_terms, iwae_bound
 from training.models import VAE
 
 # Burda et al. (2016), section 5.2: a latent unit is active when Cov_x(E_q[z_u | x]) > 0.01.
 ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+# With --binarize the test set is binarized once with this seed, so every run is scored on the same bits.
+TEST_BINARIZE_SEED = 0
+
+
+def eval_tensor(dataset: ImageDataset, config: TrainConfig) -> torch.Tensor:
+    x = to_float(dataset.x_test)
+    return binarize_once(x, TEST_BINARIZE_SEED) if config.binarize else x
 
 
 @torch.no_grad()
@@ -84,8 +94,6 @@ def measure_checkpoint(
     checkpoint: Path, data_dir: str | None, k: int, limit: int = 0, device: str = "auto"
 ) -> tuple[VAE, ImageDataset, dict[str, Any]]:
     """Evaluate a checkpoint on its test set; the result also says on which device and in how many seconds."""
-    from training.train import eval_tensor, load_checkpoint
-
     model, _ = load_checkpoint(Path(checkpoint))
     dataset = evaluation_data(model.config, data_dir, limit)
     target = resolve_device(device)

@@ -23,7 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.manifest import (
+from training.data import ImageDataset
+from training.errors import ExportError
+from training.likelihoods import bits_per_dim, mean_image, param_channels
+from training.losses import model_nll
+from training.models import VAE
+from vae_contract.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
     PREVIEW_FILE,
@@ -41,12 +46,7 @@ from service.manifest import (
     verify_model_dir,
     write_manifest,
 )
-from service.priors import MIXTURE_KIND, PRIOR_FILE, MixturePrior, read_mixture, write_mixture
-from training.data import ImageDataset
-from training.errors import ExportError
-from training.likelihoods import bits_per_dim, mean_image, param_channels
-from training.losses import model_nll
-from training.models import VAE
+from vae_contract.priors import MIXTURE_KIND, PRIOR_FILE, MixturePrior, read_mixture, write_mixture
 
 log = logging.getLogger(__name__)
 for _chatty in ("onnxscript", "onnx_ir"):  # the exporter logs every optimisation pass at INFO
@@ -293,7 +293,7 @@ def export_run(
     `dataset` is the data as trained and evaluated (limits applied); its first 16 test images join the
     random inputs of the parity check.
     """
-    from training.train import eval_tensor
+    from training.evaluate import eval_tensor
 
     metrics = manifest_metrics(evaluation, vae, measured_with)
     extra = code_length_metrics(evaluation, vae, dataset)
@@ -321,7 +321,7 @@ def _dataset_extras(vae: VAE, dataset: ImageDataset) -> dict[str, Any]:
 
     extras: dict[str, Any] = {"background": image_background(dataset.name)}
     if dataset.classes and len(dataset.x_train):
-        from training.conditional import fit_class_gaussians
+        from training.class_gaussians import fit_class_gaussians
         from training.data import to_float
 
         extras["conditional"] = fit_class_gaussians(
@@ -399,8 +399,9 @@ def _assemble(
 ) -> dict[str, float]:
     """Write and verify the graphs, preview and manifest into `staging`; returns the parity numbers.
 
-    `extras` (optional): `conditional`, per-class latent Gaussians (training.conditional) written to a hashed
-    side file; `background`, the colour transparent pixels were composited onto in the training data."""
+    `extras` (optional): `conditional`, per-class latent Gaussians (training.class_gaussians) written to a
+    hashed side file; `background`, the colour transparent pixels were composited onto in the training
+    data."""
     extras = extras or {}
     c, h, w = vae.image_shape
     enc_path, dec_path = staging / ENCODER_FILE, staging / DECODER_FILE
@@ -478,9 +479,9 @@ def _conditional_fields(extras: dict[str, Any], staging: Path) -> dict[str, Any]
     gaussians = extras.get("conditional")
     if gaussians is None:
         return {}
-    from training.conditional import save_class_gaussians
+    from vae_contract.classes import write_class_gaussians
 
-    path, digest = save_class_gaussians(gaussians, staging)
+    path, digest = write_class_gaussians(gaussians, staging)
     spec = ConditionalSpec(file=path.name, sha256=digest, classes=list(gaussians.names))
     return {"conditional": spec}
 
@@ -539,9 +540,7 @@ def _export_prior(
     """A learned prior as the service's diagonal Gaussian mixture file: the encoder's posteriors at the
     pseudo-inputs, computed here once. The exported encoder must give the same components (recorded in
     `parity` as prior_max_abs_diff), so the file agrees with the graph the service runs."""
-    from training.priors import prior_components
-
-    components = prior_components(vae)
+    components = vae.prior_components()
     if components is None or vae.prior is None:
         return None, None
     means, log_vars, log_weights = (t.cpu().numpy() for t in components)
@@ -578,7 +577,7 @@ def _exporter_versions() -> dict[str, str]:
 def _write_preview(
     decoder_path: Path, latent_dim: int, path: Path, prior: MixturePrior | None = None
 ) -> None:
-    from service.imaging import encode_png, make_grid
+    from vae_contract.imaging import encode_png, make_grid
 
     z = np.random.default_rng(0).standard_normal((64, latent_dim), dtype=np.float32)
     if prior is not None:  # the samples the service would draw with seed 0

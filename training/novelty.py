@@ -8,24 +8,31 @@ split: a numpy default_rng(0) permutation of its images, the first half calibrat
 dataset groups near-duplicates (emoji: an emoji's skin-tone variants and both styles), the permutation is of
 the groups, so that no group is on both sides: the calibration then describes new emoji, as the
 false-positive rate is measured on new emoji, and one atypical family cannot sit on both sides. The images
-are the test images as a client would upload them (8-bit, not binarized), and the statistics are computed by
-the service's own code (registry, reconstruct, novelty), so the calibration is of exactly what is served.
+are the test images as a client would upload them (8-bit, not binarized), and the statistic is computed with
+the exported graphs (onnxruntime) and vae_contract's numpy terms, the code the service's reconstruct runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.manifest import MANIFEST_FILE, read_manifest, sha256_file, verify_model_dir
-from service.novelty import NOVELTY_FILE, write_calibration
+from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior, reconstruction_nll
+from vae_contract.manifest import MANIFEST_FILE, GraphSpec, read_manifest, sha256_file, verify_model_dir
+from vae_contract.novelty import (
+    NOVELTY_FILE,
+    Statistic,
+    default_statistic,
+    novelty_terms,
+    to_uint8,
+    write_calibration,
+)
+from vae_contract.priors import read_mixture
 
 SPLIT_SEED = 0
 CHUNK = 64  # images per reconstruct call, the service's default max_batch_size
@@ -63,9 +70,9 @@ def held_out_images(model_dir: Path, data_dir: str | None = None) -> np.ndarray:
     """The version's test images, float32 (N, C, H, W) in [0, 1], shaped as the manifest's image."""
     from PIL import Image
 
-    from service.imaging import prepare_image
     from training.config import TrainConfig
     from training.evaluate import evaluation_data
+    from vae_contract.imaging import prepare_image
 
     manifest = read_manifest(model_dir)
     config = TrainConfig.from_dict(manifest.training)
@@ -77,47 +84,40 @@ def held_out_images(model_dir: Path, data_dir: str | None = None) -> np.ndarray:
     return np.stack([prepare_image(img, manifest.image) for img in pil])
 
 
-async def _measure(model_dir: Path, images: np.ndarray, calibrated: bool) -> dict[str, Any]:
-    from service.config import Settings
-    from service.inference import ModelRegistry
+def statistics(model_dir: Path, images: np.ndarray, chunk: int = CHUNK) -> tuple[Statistic, np.ndarray]:
+    """The novelty statistic of float32 images (N, C, H, W) under a version folder, and its name: the graphs
+    through onnxruntime and the terms through vae_contract, as the service's reconstruct computes them (a
+    test holds the two equal)."""
+    import onnxruntime as ort
 
-    model_dir = Path(model_dir).resolve()
-    name, version = model_dir.parent.name, int(model_dir.name)
-    settings = Settings(
-        models_dir=model_dir.parent.parent, models=[name], version_policy=f"specific:{version}",
-        max_batch_size=CHUNK, max_queue=4096, request_timeout_s=600, provider="cpu",
-    )  # fmt: skip
-    registry = ModelRegistry(settings)
-    await asyncio.to_thread(registry.load)
-    try:
-        vae = registry.get(name, version)
-        if not calibrated:
-            vae.calibration = None  # a file being replaced: compute the statistic this likelihood takes
-        parts: dict[str, list[np.ndarray]] = {"scores": [], "novelty": [], "p_values": []}
-        seconds = {"reconstruct": 0.0, "novelty": 0.0}
-        for start in range(0, len(images), CHUNK):
-            x = np.ascontiguousarray(images[start : start + CHUNK])
-            tic = time.perf_counter()
-            rec = await vae.reconstruct(x)
-            mid = time.perf_counter()
-            report = vae.novelty(x, rec, 0.05)
-            seconds["reconstruct"] += mid - tic
-            seconds["novelty"] += time.perf_counter() - mid
-            parts["scores"].append(rec.scores)
-            parts["novelty"].append(report.terms.novelty)
-            if report.p_values is not None:
-                parts["p_values"].append(report.p_values)
-        out: dict[str, Any] = {k: np.concatenate(v) if v else None for k, v in parts.items()}
-        return {**out, "statistic": vae.novelty_statistic, "seconds": seconds}
-    finally:
-        await registry.close()
+    manifest = verify_model_dir(model_dir)
+    spec = manifest.prior
+    prior = read_mixture(model_dir / spec.file, spec.components, manifest.latent_dim) if spec else None
+    providers = ["CPUExecutionProvider"]
 
+    def session(graph: GraphSpec) -> tuple[Any, str]:
+        return ort.InferenceSession(str(model_dir / graph.file), providers=providers), graph.inputs[0].name
 
-def measure(model_dir: Path, images: np.ndarray, calibrated: bool = True) -> dict[str, Any]:
-    """What the service answers for float32 images (N, C, H, W): `scores`, `novelty`, `p_values` (None
-    without a calibration file, or with calibrated=False), the `statistic`'s name, and the data-plane
-    `seconds` spent in reconstruct and in the novelty terms."""
-    return asyncio.run(_measure(model_dir, images, calibrated))
+    encoder, decoder = session(manifest.encoder), session(manifest.decoder)
+    scorer = session(manifest.scorer) if manifest.scorer is not None else None
+    low, high = manifest.image.pixel_range
+    statistic = default_statistic(manifest.likelihood)
+    values = []
+    for start in range(0, len(images), chunk):
+        x = np.ascontiguousarray(images[start : start + chunk], dtype=np.float32)
+        mean, log_var = encoder[0].run(None, {encoder[1]: x})
+        if scorer is not None:
+            nll = scorer[0].run(None, {scorer[1]: x})[0].astype(np.float64)
+        elif manifest.likelihood == "discretized_logistic":
+            params = decoder[0].run(None, {decoder[1]: mean})[1]
+            nll = discretized_logistic_nll(x, params, manifest.channel_coupling)
+        else:
+            recon = np.clip(decoder[0].run(None, {decoder[1]: mean})[0], low, high)
+            nll = reconstruction_nll(x, recon, manifest.likelihood, manifest.gaussian_sigma)
+        kl = kl_to_prior(mean, log_var) if prior is None else prior.kl_bound(mean, log_var)
+        u8 = to_uint8(x, manifest.image.pixel_range)
+        values.append(novelty_terms(statistic, nll + kl, kl, u8).novelty)
+    return statistic, np.concatenate(values)
 
 
 def _without_novelty(text: str) -> str:
@@ -150,8 +150,7 @@ def calibrate(model_dir: Path, data_dir: str | None = None) -> dict[str, object]
     images = held_out_images(model_dir, data_dir)
     groups = held_out_groups(model_dir, data_dir)
     calibrate_idx, evaluate_idx = held_out_split(len(images), groups)
-    measured = measure(model_dir, images[calibrate_idx])
-    statistic, values = measured["statistic"], measured["novelty"]
+    statistic, values = statistics(model_dir, images[calibrate_idx])
     path = model_dir / NOVELTY_FILE
     write_calibration(path, statistic, values)
     spec = {

@@ -15,22 +15,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.data import ImageDataset, binarize_once, iterate_batches, load_dataset, to_float
+from training.data import ImageDataset, iterate_batches, load_dataset, to_float
 from training.distributed import Replica, all_sum, device_for, wrap
 from training.distributed import start as distributed_start
 from training.distributed import stop as distributed_stop
 from training.errors import TrainingDiverged
-from training.evaluate import evaluate
+from training.evaluate import eval_tensor, evaluate
 from training.models import VAE, build_model, count_parameters
 
 log = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
 METRICS_LOG = "metrics.jsonl"
-# With --binarize the test set is binarized once with this seed, so every run is scored on the same bits.
-TEST_BINARIZE_SEED = 0
 
 
 # Only these options may differ on --resume: the epoch budget, the device, the two knobs that recover
@@ -46,47 +43,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def eval_tensor(dataset: ImageDataset, config: TrainConfig) -> torch.Tensor:
-    x = to_float(dataset.x_test)
-    return binarize_once(x, TEST_BINARIZE_SEED) if config.binarize else x
-
-
-def save_checkpoint(path: Path, model: VAE, config: TrainConfig, **extra: Any) -> None:
-    payload = {
-        "config": config.to_dict(),
-        "image_shape": list(model.image_shape),
-        "model": model.state_dict(),
-        **extra,
-    }
-    tmp = path.with_suffix(".tmp")
-    try:
-        torch.save(payload, tmp)
-        tmp.replace(path)  # atomic: an interrupted save never corrupts the previous checkpoint
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written file beside the good checkpoint
-        raise
-
-
-def load_checkpoint(path: Path) -> tuple[VAE, dict[str, Any]]:
-    """The model rebuilt from the config stored beside its weights, in eval mode, plus the raw payload."""
-    try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    # torch raises many types for corrupt files, and a foreign file lacks our keys or has other tensors:
-    # one clear message is what users need.
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-    try:
-        config = TrainConfig.from_dict(payload["config"])
-        model = build_model(config, tuple(payload["image_shape"]))
-        model.load_state_dict(payload["model"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise ValueError(f"{path}: not a checkpoint written by `python -m training train` ({exc!r})") from exc
-    model.eval()
-    return model, payload
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

@@ -18,9 +18,9 @@ import numpy as np
 
 from service.config import Settings
 from service.errors import InvalidInput, Overloaded
-from service.imaging import ImageDecodeError, ImageHeader, decode_image, prepare_image, read_header
 from service.inference.limits import check_image_count, check_image_headers
-from service.manifest import ImageSpec
+from vae_contract.imaging import ImageDecodeError, ImageHeader, decode_image, prepare_image, read_header
+from vae_contract.manifest import ImageSpec
 
 _CHUNK = 16  # most images per decoding job
 

@@ -7,7 +7,6 @@ the graphs, so the same seed gives the same result on every host.
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,21 +14,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.conditional import ClassGaussians
 from service.errors import InvalidInput
 from service.inference.batcher import Batcher
-from service.inference.likelihoods import discretized_logistic_nll
 from service.inference.limits import check_finite_outputs
 from service.inference.runtime import Graph
-from service.latents import lerp, manifold_latents, slerp
-from service.manifest import Manifest
-from service.novelty import Calibration, NoveltyReport, assess_novelty, default_statistic, to_uint8
-from service.priors import MixturePrior
-
-LOG_2PI = math.log(2 * math.pi)
-# Decoder outputs are sigmoid probabilities in float32, which round to exactly 0 or 1 for large logits; the
-# clip keeps BCE finite (and caps one pixel's cost at -log(1e-7) ~ 16 nats).
-BCE_EPS = 1e-7
+from vae_contract.classes import ClassGaussians
+from vae_contract.latents import lerp, manifold_latents, slerp
+from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior, reconstruction_nll
+from vae_contract.manifest import Manifest
+from vae_contract.novelty import Calibration, NoveltyReport, assess_novelty, default_statistic, to_uint8
+from vae_contract.priors import MixturePrior
 
 
 def new_seed() -> int:
@@ -48,28 +42,6 @@ def reparameterize(mean: np.ndarray, log_var: np.ndarray, seed: int) -> np.ndarr
     """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) (Kingma and Welling 2014, eq. 10), seeded."""
     eps = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)
     return (mean + np.exp(0.5 * log_var) * eps).astype(np.float32)
-
-
-def kl_to_prior(mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
-    """(N,) KL(N(mean, exp(log_var)) || N(0, I)) in closed form (Kingma and Welling 2014, appendix B)."""
-    m, lv = mean.astype(np.float64), log_var.astype(np.float64)
-    return -0.5 * np.sum(1 + lv - m**2 - np.exp(lv), axis=1)
-
-
-def reconstruction_nll(
-    x: np.ndarray, x_hat: np.ndarray, likelihood: str, gaussian_sigma: float | None
-) -> np.ndarray:
-    """(N,) -log p(x | z) summed over pixels, the same terms as training's `reconstruction_nll`.
-
-    bernoulli: sum BCE(x, x_hat); gaussian: sum (x - x_hat)^2 / (2 sigma^2) + P (log sigma + log(2 pi) / 2).
-    """
-    xs, p = x.astype(np.float64).reshape(len(x), -1), x_hat.astype(np.float64).reshape(len(x), -1)
-    if likelihood == "bernoulli":
-        p = np.clip(p, BCE_EPS, 1 - BCE_EPS)
-        return -np.sum(xs * np.log(p) + (1 - xs) * np.log1p(-p), axis=1)
-    sigma = gaussian_sigma if gaussian_sigma is not None else 0.1
-    pixels = xs.shape[1]
-    return np.sum((xs - p) ** 2, axis=1) / (2 * sigma**2) + pixels * (math.log(sigma) + 0.5 * LOG_2PI)
 
 
 @dataclass(frozen=True)
@@ -211,7 +183,7 @@ class VAEModel:
             index = self.class_index(label)
             assert self.classes is not None
             latents = self.classes.draw(index, n, seed, temperature)
-        elif self.prior is not None:  # a component per draw, then a Gaussian draw (service/priors.py)
+        elif self.prior is not None:  # a component per draw, then a Gaussian draw (vae_contract/priors.py)
             latents = self.prior.draw(n, seed, temperature)
         else:
             latents = draw_prior(n, self.latent_dim, seed, temperature)
@@ -223,8 +195,8 @@ class VAEModel:
         score = -log p(x | z = mean) + KL(q(z|x) || p(z)): the reconstruction term estimated with the single
         point z = mean (no sampling, so the score is deterministic), the KL term exact against N(0, I). Under
         a mixture prior (a VampPrior) the KL has no closed form; the score then uses the deterministic upper
-        bound -log sum_k w_k exp(-KL(q || p_k)) (see `service/priors.py`), exact for one component. Higher
-        means the model finds the image less plausible, which makes it usable for novelty detection.
+        bound -log sum_k w_k exp(-KL(q || p_k)) (see `vae_contract/priors.py`), exact for one component.
+        Higher means the model finds the image less plausible, which makes it usable for novelty detection.
         """
         encoding = await self.encode(images)
         mean, log_var = encoding.mean, encoding.log_var

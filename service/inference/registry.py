@@ -42,13 +42,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.conditional import ClassFileError, ClassGaussians, read_class_gaussians
 from service.config import Settings
 from service.errors import ModelNotFound, NotReady
 from service.inference.batcher import Batcher, BatchStats
 from service.inference.model import VAEModel
 from service.inference.runtime import Graph, ModelLoadError, session_options
-from service.manifest import (
+from service.metrics import Metrics
+from vae_contract.classes import ClassFileError, ClassGaussians, read_class_gaussians
+from vae_contract.manifest import (
     MANIFEST_FILE,
     ManifestError,
     is_inside,
@@ -57,9 +58,8 @@ from service.manifest import (
     list_versions,
     verify_model_dir,
 )
-from service.metrics import Metrics
-from service.novelty import Calibration, NoveltyFileError, read_calibration
-from service.priors import MixturePrior, PriorFileError, read_mixture
+from vae_contract.novelty import Calibration, NoveltyFileError, read_calibration
+from vae_contract.priors import MixturePrior, PriorFileError, read_mixture
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

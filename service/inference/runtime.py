@@ -20,7 +20,7 @@ import onnxruntime as ort
 from service.errors import InferenceFailed
 from service.inference import cuda
 from service.inference.limits import check_finite_outputs
-from service.manifest import GraphSpec
+from vae_contract.manifest import GraphSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import InvalidInput
-from service.imaging import encode_png, make_grid
-from service.manifest import ImageSpec
-from service.novelty import NoveltyReport
 from service.routes.requests import JSON, NPY, PNG
 from service.tracing import span
+from vae_contract.imaging import encode_png, make_grid
+from vae_contract.manifest import ImageSpec
+from vae_contract.novelty import NoveltyReport
 
 # Above this many pixels, PNG work moves off the event loop (a thread hop costs ~50 us; encoding a 28x28 PNG
 # costs about as much, so small outputs stay inline).

@@ -22,7 +22,7 @@ from bench.naive_app import create_app
 from bench.raw import RawModel, measure
 from bench.scenarios import SCENARIOS, model_info
 from bench.servers import Server
-from service.imaging import encode_png
+from vae_contract.imaging import encode_png
 
 
 def test_summarize_counts_errors_and_orders_percentiles():

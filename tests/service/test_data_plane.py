@@ -14,8 +14,9 @@ import pytest
 
 from service.errors import ModelNotFound, NotReady
 from service.inference import ModelRegistry, runtime
-from service.inference.model import draw_prior, kl_to_prior, reconstruction_nll, reparameterize
-from service.manifest import sha256_file
+from service.inference.model import draw_prior, reparameterize
+from vae_contract.likelihoods import kl_to_prior, reconstruction_nll
+from vae_contract.manifest import sha256_file
 
 # Models built with onnx.helper, not trained: this file needs no torch.
 models_dir, client = onnx_models.models_dir, onnx_models.client

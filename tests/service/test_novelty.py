@@ -16,10 +16,10 @@ import pytest
 from serving import serve
 
 from service.config import Settings
-from service.imaging import encode_png
 from service.inference import ModelRegistry
-from service.manifest import ManifestError, sha256_file, verify_model_dir
-from service.novelty import (
+from vae_contract.imaging import encode_png
+from vae_contract.manifest import ManifestError, sha256_file, verify_model_dir
+from vae_contract.novelty import (
     Calibration,
     NoveltyFileError,
     conformal_p_values,
@@ -248,3 +248,28 @@ def test_mnist_digits_are_more_novel_than_fashion_test_images_under_the_fashion_
     assert min(other["novelty"]) > np.median(own["novelty"])
     # At alpha 0.05 about one in twenty in-distribution images is flagged; these twenty give 4 (fixed images).
     assert sum(other["novel"]) == 20 and sum(own["novel"]) <= 5
+
+
+# --- the calibration writer ---------------------------------------------------------------------------------
+
+
+def test_the_calibration_writer_computes_what_reconstruct_answers(
+    client, models_dir, digit_pngs, mnist_digits
+):
+    from training.novelty import statistics
+
+    statistic, values = statistics(models_dir / "tiny" / "1", mnist_digits[0][:8], chunk=3)
+    images = [encode_png_b64(png) for png in digit_pngs[:8]]
+    body = client.post("/v1/reconstruct", json={"images": images, "model": "tiny"}).json()
+    assert statistic == body["novelty_statistic"]
+    assert values.tolist() == pytest.approx(body["novelty"], rel=1e-6)
+
+
+def test_the_writer_appends_and_replaces_its_section_keeping_other_fields_text():
+    from training.novelty import _with_novelty, _without_novelty
+
+    text = '{\n  "a": 0.00001,\n  "b": [1, 2]\n}\n'
+    added = _with_novelty(text, {"count": 20})
+    assert added == '{\n  "a": 0.00001,\n  "b": [1, 2],\n  "novelty": {\n    "count": 20\n  }\n}\n'
+    assert _without_novelty(added) == text
+    assert _with_novelty(_without_novelty(added), {"count": 21}).count('"novelty"') == 1

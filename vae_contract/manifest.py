@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.novelty import MAX_CALIBRATION, MIN_CALIBRATION, STATISTICS
-from service.priors import MAX_COMPONENTS, PRIOR_KINDS
+from vae_contract.novelty import MAX_CALIBRATION, MIN_CALIBRATION, STATISTICS
+from vae_contract.priors import MAX_COMPONENTS, PRIOR_KINDS
 
 MANIFEST_FILE = "model.json"
 ENCODER_FILE = "encoder.onnx"
@@ -86,7 +86,7 @@ class PriorSpec(_Strict):
     """A prior other than N(0, I); a manifest without `prior` means N(0, I), as every older manifest does.
 
     mixture_of_gaussians: a diagonal Gaussian mixture of `components` components whose means, log-variances
-    and weights are in `file` (a float32 .npy array (K, 2 latent_dim + 1), layout in `service/priors.py`).
+    and weights are in `file` (a float32 .npy array (K, 2 latent_dim + 1), layout in vae_contract/priors.py).
     A kind this service does not know refuses the model: sampling it as anything else would be wrong.
     """
 
@@ -128,7 +128,7 @@ class Metrics(_Strict):
 
 
 class ConditionalSpec(_Strict):
-    """Per-class Gaussians of the aggregate posterior, for conditional sampling (training/conditional.py):
+    """Per-class Gaussians of the aggregate posterior, for conditional sampling (training/class_gaussians.py):
     `file` is an .npz of plain arrays (names (K,), counts (K,), mean (K, D), cholesky (K, D, D), float32);
     z = mean[c] + temperature * cholesky[c] @ eps, eps ~ N(0, I) from the request's seed."""
 
@@ -175,7 +175,7 @@ class Manifest(_Strict):
     gaussian_sigma: float | None = Field(default=None, gt=0)
     # Components K of the discretized logistic mixture (PixelCNN++), only for that likelihood: the decoder's
     # second output `params` (batch, K(1+2C), H, W) holds K mixture logits, K*C mean logits and K*C log-scales
-    # per pixel (service/inference/likelihoods.py); its first output `x` is the mixture's mean image.
+    # per pixel (vae_contract/likelihoods.py); its first output `x` is the mixture's mean image.
     mixture_components: int | None = Field(default=None, ge=1, le=64)
     # PixelCNN++'s linear coupling of the channels (only with the mixture): `params` then appends K*C(C-1)/2
     # coefficient maps, (batch, K(1 + 2C + C(C-1)/2), H, W). Absent, as in every older manifest: no coupling.

@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.conditional import (
-    fit_class_gaussians,
-    load_class_gaussians,
-    save_class_gaussians,
-)
+from training.class_gaussians import fit_class_gaussians
 from training.config import TrainConfig
 from training.models import build_model
+from vae_contract.classes import read_class_gaussians, write_class_gaussians
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,18 +37,18 @@ def test_moments_match_the_aggregate_posterior(fitted):
 
 def test_sampling_is_seeded(fitted):
     *_, g = fitted
-    a, b = g.sample(0, 5, seed=7), g.sample(0, 5, seed=7)
+    a, b = g.draw(0, 5, seed=7), g.draw(0, 5, seed=7)
     assert a.dtype == np.float32 and a.shape == (5, 3)
     assert np.array_equal(a, b)
-    assert not np.array_equal(a, g.sample(0, 5, seed=8))
+    assert not np.array_equal(a, g.draw(0, 5, seed=8))
     eps = np.random.default_rng(7).standard_normal((5, 3), dtype=np.float32)
-    assert np.allclose(g.sample(2, 5, seed=7, temperature=0.5), g.mean[2] + 0.5 * eps @ g.cholesky[2].T)
+    assert np.allclose(g.draw(2, 5, seed=7, temperature=0.5), g.mean[2] + 0.5 * eps @ g.cholesky[2].T)
 
 
 def test_side_file_round_trip(fitted, tmp_path):
     *_, g = fitted
-    path, digest = save_class_gaussians(g, tmp_path)
+    path, digest = write_class_gaussians(g, tmp_path)
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
-    back = load_class_gaussians(path)
-    assert back.names == ["zero", "one", "two"]
+    back = read_class_gaussians(path, ["zero", "one", "two"], 3)
+    assert back.names == ("zero", "one", "two")
     assert np.array_equal(back.mean, g.mean) and np.array_equal(back.cholesky, g.cholesky)

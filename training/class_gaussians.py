@@ -8,38 +8,22 @@ Gaussians; the Gaussian with the same first two moments has
 (the law of total variance). Sampling z = mean_c + temperature * L_c eps with L_c L_c^T = cov_c and
 eps ~ N(0, I) drawn from numpy's PCG64 with the request's seed gives "a 7", "a sneaker", "a smiling face".
 
-The parameters live beside the graphs in `classes.npz` (no pickles: plain arrays, read with
-allow_pickle=False), whose sha256 the manifest records like the graphs'.
+The parameters live beside the graphs in `classes.npz` (vae_contract/classes.py writes, reads and draws from
+them), whose sha256 the manifest records like the graphs'.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from training.models import VAE
+from vae_contract.classes import ClassGaussians
 
-CLASSES_FILE = "classes.npz"
 # Added to every covariance's diagonal so its Cholesky factor exists even for a class of one image.
 JITTER = 1e-6
-
-
-@dataclass
-class ClassGaussians:
-    names: list[str]  # (K,) class names, index = dataset label
-    counts: np.ndarray  # (K,) training images per class
-    mean: np.ndarray  # (K, D) float32
-    cholesky: np.ndarray  # (K, D, D) float32, lower triangular
-
-    def sample(self, label: int, n: int, seed: int, temperature: float = 1.0) -> np.ndarray:
-        """(n, D) float32 draws from class `label`'s Gaussian, eps from PCG64(seed) like the service."""
-        eps = np.random.default_rng(seed).standard_normal((n, self.mean.shape[1]), dtype=np.float32)
-        draws = self.mean[label] + np.float32(temperature) * (eps @ self.cholesky[label].T)
-        return draws.astype(np.float32)
 
 
 @torch.no_grad()
@@ -69,26 +53,7 @@ def fit_class_gaussians(
         cov = centred.T @ centred / counts[c] + np.diag(var_all[rows].mean(axis=0)) + JITTER * np.eye(d)
         mean[c] = mu_all[rows].mean(axis=0)
         chol[c] = np.linalg.cholesky(cov)
-    return ClassGaussians(list(names), counts, mean.astype(np.float32), chol.astype(np.float32))
-
-
-def save_class_gaussians(gaussians: ClassGaussians, folder: Path) -> tuple[Path, str]:
-    """Write `classes.npz` into folder; returns its path and sha256."""
-    path = Path(folder) / CLASSES_FILE
-    with path.open("wb") as fh:
-        np.savez(
-            fh,
-            names=np.asarray(gaussians.names),
-            counts=gaussians.counts,
-            mean=gaussians.mean,
-            cholesky=gaussians.cholesky,
-        )
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def load_class_gaussians(path: Path) -> ClassGaussians:
-    with np.load(Path(path), allow_pickle=False) as npz:
-        return ClassGaussians([str(n) for n in npz["names"]], npz["counts"], npz["mean"], npz["cholesky"])
+    return ClassGaussians(tuple(names), counts, mean.astype(np.float32), chol.astype(np.float32))
 
 
 def train_classifier(
@@ -129,22 +94,23 @@ def conditional_recognition(
     for label, name in enumerate(gaussians.names):
         if gaussians.counts[label] == 0:
             continue
-        z = torch.from_numpy(gaussians.sample(label, per_class, seed + label))
+        z = torch.from_numpy(gaussians.draw(label, per_class, seed + label))
         predicted = net(model.decode(z)).argmax(1).numpy()
         rates[name] = float(np.mean(predicted == label))
     return rates
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.conditional --checkpoint C`: fit the class Gaussians of a trained model and report
-    how often a classifier trained on the real data recognises the asked class in conditional samples."""
+    """`python -m training.class_gaussians --checkpoint C`: fit the class Gaussians of a trained model and
+    report how often a classifier trained on the real data recognises the asked class in conditional
+    samples."""
     import argparse
     import json
 
+    from training.checkpoints import load_checkpoint
     from training.data import load_dataset, to_float
-    from training.train import load_checkpoint
 
-    parser = argparse.ArgumentParser(prog="python -m training.conditional", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.class_gaussians", description=main.__doc__)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data-dir")
     parser.add_argument("--per-class", type=int, default=100)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from service.manifest import ImageSpec
+from vae_contract.manifest import ImageSpec
 
 # Content sniffing, not names or MIME types: only these formats reach a decoder.
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}

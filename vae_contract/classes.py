@@ -1,25 +1,28 @@
 """Class-conditional sampling: the per-class Gaussians of the aggregate posterior that export ships.
 
-The manifest's `conditional` section names a hashed `classes.npz` of plain arrays (training/conditional.py
-writes it): names (K,) str, counts (K,) int, mean (K, D) float32 and cholesky (K, D, D) float32, the lower
-triangular factor L_c of class c's covariance. The service reads it with allow_pickle=False, checks every
-array here, and draws, with numpy's PCG64 Generator seeded by the request's seed,
+The manifest's `conditional` section names a hashed `classes.npz` of plain arrays (`write_class_gaussians`
+below, called by training's export after `training/class_gaussians.py` fits them): names (K,) str, counts
+(K,) int, mean (K, D) float32 and cholesky (K, D, D) float32, the lower triangular factor L_c of class c's
+covariance. The service reads it with allow_pickle=False, checks every array here, and draws, with numpy's
+PCG64 Generator seeded by the request's seed,
 
     eps = np.random.default_rng(seed).standard_normal((n, D), dtype=np.float32)
     z = mean[c] + temperature * eps @ L_c^T
 
-exactly as `ClassGaussians.sample` in training does, so the same seed gives the same latents in both.
+with `ClassGaussians.draw`, the one implementation both training's measurements and the service use.
 No torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+CLASSES_FILE = "classes.npz"
 # K * D * D float32 values of the Cholesky factors at most (64 MiB), and a bound on the number of classes.
 MAX_CLASS_VALUES = 1 << 24
 MAX_CLASSES = 4096
@@ -44,10 +47,24 @@ class ClassGaussians:
             return None
 
     def draw(self, label: int, n: int, seed: int, temperature: float = 1.0) -> np.ndarray:
-        """(n, D) float32 draws from class `label`'s Gaussian, the same arithmetic as training's reference."""
+        """(n, D) float32 draws from class `label`'s Gaussian: z = mean + t * eps @ L^T, eps ~ PCG64(seed)."""
         eps = np.random.default_rng(seed).standard_normal((n, self.mean.shape[1]), dtype=np.float32)
         draws = self.mean[label] + np.float32(temperature) * (eps @ self.cholesky[label].T)
         return draws.astype(np.float32)
+
+
+def write_class_gaussians(gaussians: ClassGaussians, folder: Path) -> tuple[Path, str]:
+    """Write `classes.npz` into folder; returns its path and the sha256 the manifest records."""
+    path = Path(folder) / CLASSES_FILE
+    with path.open("wb") as fh:
+        np.savez(
+            fh,
+            names=np.asarray(gaussians.names),
+            counts=gaussians.counts,
+            mean=gaussians.mean,
+            cholesky=gaussians.cholesky,
+        )
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_class_gaussians(path: Path, classes: list[str], latent_dim: int) -> ClassGaussians:
