@@ -273,3 +273,14 @@ def test_the_writer_appends_and_replaces_its_section_keeping_other_fields_text()
     assert added == '{\n  "a": 0.00001,\n  "b": [1, 2],\n  "novelty": {\n    "count": 20\n  }\n}\n'
     assert _without_novelty(added) == text
     assert _with_novelty(_without_novelty(added), {"count": 21}).count('"novelty"') == 1
+
+
+def test_npy_output_of_novelty_and_of_absent_p_values(client, digit_pngs):
+    import io
+
+    body = {"images": [encode_png_b64(png) for png in digit_pngs[:3]], "model": "tiny"}
+    npy = {"accept": "application/x-npy"}
+    r = client.post("/v1/reconstruct?output=novelty", json=body, headers=npy)
+    assert r.status_code == 200 and np.load(io.BytesIO(r.content)).shape == (3,)
+    r = client.post("/v1/reconstruct?output=p_values", json=body, headers=npy)
+    assert r.status_code == 422 and "not part of this response" in r.json()["error"]
