@@ -39,7 +39,7 @@ TARGETS = ["ours", "base", "naive", "floor-http", "floor-work"]
 
 
 def _service(name: str, source: Path, args: argparse.Namespace, model: str) -> Server:
-    argv = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", "{port}"]
+    argv = [sys.executable, "-m", "service.server.cli", "--host", "127.0.0.1", "--port", "{port}"]
     argv += ["--models-dir", str(args.models_dir.resolve())]
     if args.workers:
         argv += ["--workers", str(args.workers)]

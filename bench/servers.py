@@ -164,7 +164,7 @@ def _descendants(pid: int) -> list[int]:
 
 def ours_server(args: argparse.Namespace, models_dir: Path, model: str, out: Path, extra_env: dict) -> Server:
     script = Path(sys.executable).with_name("vae-serve")
-    exe = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    exe = [str(script)] if script.exists() else [sys.executable, "-m", "service.server.cli"]
     if getattr(args, "ours_cmd", None):
         exe = shlex.split(args.ours_cmd)
     workers = getattr(args, "workers", None)

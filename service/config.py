@@ -57,8 +57,8 @@ class Settings(BaseSettings):
         "OTEL_* variables say. Also on when OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT "
         "is set (unless OTEL_SDK_DISABLED=true). Off: opentelemetry is never imported.",
     )
-    # Connection guard (service.connections, under `vae-serve`): every connection ends on its own unless it
-    # is idle, and idle ones make room for new clients, so sockets can never exhaust file descriptors.
+    # Connection guard (service.server.connections, under `vae-serve`): every connection ends on its own
+    # unless it is idle, and idle ones make room for new clients, so sockets never exhaust file descriptors.
     idle_timeout_s: float = Field(
         default=5.0,
         gt=0,
@@ -163,8 +163,8 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="Threads onnxruntime uses inside one operator (0: onnxruntime's default, one per "
-        "physical core). Left unset, `vae-serve` sets it with its worker plan (service/workers.py: 1 per "
-        "worker process on a CPU host, one worker per core).",
+        "physical core). Left unset, `vae-serve` sets it with its worker plan (service/server/workers.py: 1 "
+        "per worker process on a CPU host, one worker per core).",
     )
     inter_op_threads: int = Field(
         default=1,

@@ -364,7 +364,7 @@ def test_soak_memory_then_sigterm_drains_in_flight_requests(models_dir, tmp_path
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service.server.cli"], env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:

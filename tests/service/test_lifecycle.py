@@ -101,7 +101,7 @@ def test_refusals_are_logged_at_once_then_once_per_interval(monkeypatch, caplog)
         await until(lambda: len(caplog.records) >= 3, 5)
 
     try:
-        with caplog.at_level(logging.WARNING, logger="service.connections"):
+        with caplog.at_level(logging.WARNING, logger="service.server.connections"):
             asyncio.run(main())
     finally:
         connections.use_limits(None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.workers import Plan, cgroup_cpu_quota, choose
+from service.server.workers import Plan, cgroup_cpu_quota, choose
 from tests.service.serving import committed_model, vae_serve
 
 pytestmark = pytest.mark.timeout(120)

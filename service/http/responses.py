@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import InvalidInput
-from service.routes.requests import JSON, NPY, PNG
+from service.http.requests import JSON, NPY, PNG
 from service.tracing import span
 from vae_contract.imaging import encode_png, make_grid
 from vae_contract.manifest import ImageSpec

@@ -24,11 +24,11 @@ from fastapi import APIRouter, Request, Response
 from service import __version__
 from service.config import Settings
 from service.errors import InvalidInput, ModelNotFound, Unauthorized
+from service.http.deadline import DeadlineRoute
+from service.http.deps import registry_of, settings_of
+from service.http.error_handlers import INFERENCE_ERRORS, responses
 from service.inference.limits import check_output_names, check_tensor
 from service.inference.oip import EXTENSIONS, bound_response, resolve_graph, run_graph
-from service.routes.deadline import DeadlineRoute
-from service.routes.deps import registry_of, settings_of
-from service.routes.error_handlers import INFERENCE_ERRORS, responses
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"], route_class=DeadlineRoute)
 

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.errors import ModelNotFound, Unauthorized
+from service.http.deps import registry_of
+from service.http.error_handlers import responses
+from service.http.responses import NumpyJSONResponse
+from service.http.schemas import ModelInfo, ModelsResponse
 from service.inference import ModelRegistry, VAEModel
-from service.routes.deps import registry_of
-from service.routes.error_handlers import responses
-from service.routes.responses import NumpyJSONResponse
-from service.schemas import ModelInfo, ModelsResponse
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -59,7 +59,7 @@ def _info(registry: ModelRegistry, name: str) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     registry = registry_of(request)
     names = registry.names or sorted(registry.models)
-    serving = getattr(request.app.state, "serving", None)  # set by service.workers under vae-serve
+    serving = getattr(request.app.state, "serving", None)  # set by service.server.workers under vae-serve
     body = {"default_model": registry.default_name, "serving": serving}
     return NumpyJSONResponse({**body, "models": [_info(registry, n) for n in names]})
 

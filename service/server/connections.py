@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service import activity
 from service.config import Settings
 from service.errors import ErrorType
-from service.response_writes import hold_head
+from service.server.response_writes import hold_head
 
 log = logging.getLogger(__name__)
 

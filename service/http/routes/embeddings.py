@@ -49,14 +49,14 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.http.deadline import DeadlineRoute
+from service.http.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
+from service.http.error_handlers import responses
+from service.http.requests import JSON, decode_base64_image, read_payload, validate
+from service.http.responses import NumpyJSONResponse
 from service.inference import VAEModel
 from service.inference.limits import check_image_count, check_response_bytes, response_bytes
 from service.inference.model import draw_prior
-from service.routes.deadline import DeadlineRoute
-from service.routes.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
-from service.routes.error_handlers import responses
-from service.routes.requests import JSON, decode_base64_image, read_payload, validate
-from service.routes.responses import NumpyJSONResponse
 from service.tracing import span
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=DeadlineRoute)

@@ -1,6 +1,6 @@
 """The hot inference requests straight to their route's handler, in front of the router and FastAPI's layers.
 
-A request for a route whose endpoint `DeadlineRoute` calls directly (service.routes.deadline), without a
+A request for a route whose endpoint `DeadlineRoute` calls directly (service.http.deadline), without a
 query string, needs nothing from the router or from FastAPI's per-request machinery: the handler parses its
 own body and reads its settings from the app. `ServiceApp` (the app `create_app` makes) serves such a
 request through a second stack built from the same parts as its usual one:
@@ -17,7 +17,7 @@ handler (deadline, direct endpoint call), and the scope names the route as the r
 labelled as before). Skipped are only layers that have nothing to do for such a request: FastAPI's own
 telemetry (the hot stack is used only while it is off, i.e. no global OpenTelemetry provider is set;
 service.tracing keeps its provider to itself), FastAPI's body-size layers (the app sets no max_body_size;
-service.middleware.BodyLimitMiddleware caps bodies), the exit stacks (for dependencies, which direct
+service.http.middleware.BodyLimitMiddleware caps bodies), the exit stacks (for dependencies, which direct
 endpoints have none of), the router's matching (an included router's routes are matched twice, through
 their per-inclusion copies) and FastAPI's wrapper around the handler: a quarter of the Python calls of a
 one-latent decode through the app, 2-13% of its CPU time on a busy 2-core host (docs/benchmarks.md).
@@ -38,8 +38,8 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.routes.deadline import DeadlineRoute
-from service.routes.matching import search
+from service.http.deadline import DeadlineRoute
+from service.http.matching import search
 
 
 class ServiceApp(FastAPI):

@@ -254,7 +254,7 @@ class ModelInfo(BaseModel):
 
 
 class ServingPlan(BaseModel):
-    """How `vae-serve` runs: the worker plan it chose from the machine, and why (service/workers.py)."""
+    """How `vae-serve` runs: the worker plan it chose from the machine, and why (`service.server.workers`)."""
 
     workers: int = Field(description="Worker processes serving this port.")
     intra_op_threads: int = Field(description="onnxruntime intra-op threads per session (0: its default).")

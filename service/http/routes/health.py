@@ -7,10 +7,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from service.errors import NotReady
-from service.routes.deps import registry_of
-from service.routes.error_handlers import responses
-from service.routes.responses import NumpyJSONResponse
-from service.schemas import HealthResponse, ReadyResponse
+from service.http.deps import registry_of
+from service.http.error_handlers import responses
+from service.http.responses import NumpyJSONResponse
+from service.http.schemas import HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
 

@@ -21,20 +21,11 @@ from starlette.responses import Response
 
 from service.config import Settings
 from service.errors import InvalidInput
-from service.inference import VAEModel, new_seed
-from service.inference.limits import (
-    as_latents,
-    check_manifold_size,
-    check_response_bytes,
-    check_sample_n,
-    check_steps,
-    response_bytes,
-)
-from service.routes.deadline import DeadlineRoute
-from service.routes.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
-from service.routes.error_handlers import INFERENCE_ERRORS, responses
-from service.routes.requests import JSON, MULTIPART, NPY, PNG, Payload, read_payload, validate
-from service.routes.responses import (
+from service.http.deadline import DeadlineRoute
+from service.http.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
+from service.http.error_handlers import INFERENCE_ERRORS, responses
+from service.http.requests import JSON, MULTIPART, NPY, PNG, Payload, read_payload, validate
+from service.http.responses import (
     NumpyJSONResponse,
     negotiate,
     novelty_fields,
@@ -44,7 +35,7 @@ from service.routes.responses import (
     png_picture,
     png_response,
 )
-from service.schemas import (
+from service.http.schemas import (
     MAX_VERSION,
     MODEL_REF_PATTERN,
     DecodeOptions,
@@ -65,6 +56,15 @@ from service.schemas import (
     VersionField,
     limit,
 )
+from service.inference import VAEModel, new_seed
+from service.inference.limits import (
+    as_latents,
+    check_manifold_size,
+    check_response_bytes,
+    check_sample_n,
+    check_steps,
+    response_bytes,
+)
 from service.tracing import span
 
 router = APIRouter(prefix="/v1", tags=["inference"], route_class=DeadlineRoute)
@@ -80,7 +80,7 @@ def _responses(model: type[BaseModel], *media: str) -> dict[int | str, dict[str,
 def _body(
     json_model: type[BaseModel], form_options: type[BaseModel] | None, npy: bool = False
 ) -> dict[str, Any]:
-    """OpenAPI requestBody for handlers that parse their own body (see service.routes.requests)."""
+    """OpenAPI requestBody for handlers that parse their own body (see service.http.requests)."""
     content: dict[str, Any] = {JSON: {"schema": json_model.model_json_schema()}}
     if form_options is not None:
         files = {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images."}

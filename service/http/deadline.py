@@ -4,7 +4,7 @@ Routers of the inference protocols use `DeadlineRoute`; past `request_timeout_s`
 (which drops its queued decoding and batcher work) and the client gets 504 `timeout`.
 
 The route also calls its endpoint directly when FastAPI would have nothing to do: the endpoint takes the
-request and optional query parameters only (handlers parse their own bodies, see service.routes.requests),
+request and optional query parameters only (handlers parse their own bodies, see service.http.requests),
 and the request has no query string, so every parameter is its default. FastAPI's request handler (body
 probe, dependency solving with a validator per parameter, endpoint context) was about a tenth of a small
 decode's CPU. With a query string, or for endpoints with path parameters or dependencies, FastAPI's handler
@@ -62,8 +62,8 @@ def _returns_response(call: Callable[..., Any]) -> bool:
 
 class DeadlineRoute(APIRoute):
     # The route's handler (deadline included) as FastAPI's request_response calls it, and whether a request
-    # without a query string reaches the endpoint with nothing of FastAPI's in between: then service.hot_path
-    # may call `handler` itself instead of going through the router.
+    # without a query string reaches the endpoint with nothing of FastAPI's in between: then
+    # service.http.hot_path may call `handler` itself instead of going through the router.
     handler: Handler
     direct: bool
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from service.config import Settings
 
-APP_FACTORY = "service.workers:create_worker_app"  # service.main.create_app, after per-worker setup
+APP_FACTORY = "service.server.workers:create_worker_app"  # service.main.create_app, after per-worker setup
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"vae-serve: invalid settings:\n{exc}")
     if args.workers is not None and args.workers < 1:
         sys.exit("vae-serve: --workers must be at least 1")
-    from service.workers import choose
+    from service.server.workers import choose
 
     given_threads = settings.intra_op_threads if "VAE_INTRA_OP_THREADS" in os.environ else None
     plan = choose(args.workers, settings.provider, given_threads)
@@ -67,18 +67,18 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from service.connections import GuardedHttpToolsProtocol, raise_fd_limit
     from service.lifecycle import graceful_server, graceful_timeout_s
     from service.logs import configure_logging
+    from service.server.connections import GuardedHttpToolsProtocol, raise_fd_limit
 
     configure_logging(settings.log_level, settings.log_json)
-    logging.getLogger("service.workers").info("serving plan: %s", plan.reason)
+    logging.getLogger("service.server.workers").info("serving plan: %s", plan.reason)
     raise_fd_limit(settings.max_connections)  # before any worker starts: they inherit the limit
     options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our handlers (plain or JSON, with request ids)
-        access_log=False,  # service.middleware logs each request with its id
+        access_log=False,  # service.http.middleware logs each request with its id
         # SIGTERM: /readyz goes 503 for VAE_DRAIN_S, then uvicorn stops listening and waits this long for
         # in-flight requests before the lifespan shutdown closes the models (service.lifecycle).
         timeout_graceful_shutdown=graceful_timeout_s(settings),
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         ws="none",  # no WebSocket routes: an Upgrade request never reaches a protocol without these limits
     )
     if plan.workers > 1:
-        from service.workers import run_workers
+        from service.server.workers import run_workers
 
         sys.exit(run_workers(uvicorn.Config(APP_FACTORY, factory=True, workers=plan.workers, **options)))
     server = graceful_server(uvicorn.Config(APP_FACTORY, factory=True, **options))

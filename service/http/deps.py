@@ -13,9 +13,9 @@ from starlette.requests import Request
 
 from service.config import Settings
 from service.errors import InvalidInput
+from service.http.schemas import MODEL_REF_PATTERN
 from service.inference import ModelRegistry, VAEModel
 from service.inference.images import ImagePool
-from service.schemas import MODEL_REF_PATTERN
 
 _MODEL_REF = re.compile(MODEL_REF_PATTERN.removesuffix("$") + r"\Z")  # `$` would also match before a newline
 

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Unauthorized
-from service.routes.matching import matched_route
+from service.http.matching import matched_route
 
 PROTECTED_PREFIXES = ("/v1/", "/v2/")
 # OIP health probes (KServe, Kubernetes) carry no credentials, like /healthz and /readyz.
