@@ -139,7 +139,7 @@ class ConditionalSpec(_Strict):
 
 
 class NoveltySpec(_Strict):
-    """The novelty statistic on held-out in-distribution images, for conformal p-values (service/novelty.py):
+    """The novelty statistic on held-out in-distribution images, for conformal p-values (novelty.py here):
     `file` is an .npz of plain arrays (statistic, scores (count,) float64 sorted). Absent, as in every older
     manifest: reconstruct answers the statistic without p-values. A statistic this service does not compute
     refuses the model: p-values of another statistic would be wrong."""

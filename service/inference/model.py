@@ -90,7 +90,7 @@ class VAEModel:
         # The manifest's scorer graph (pixel groups): x -> -log p(x | z = encoder mean), nats per image.
         self.scorer: Graph | None = scorer[0] if scorer is not None else None
         self.scorer_batcher: Batcher | None = scorer[1] if scorer is not None else None
-        # The manifest's novelty calibration (service/novelty.py), checked at load; None: no p-values.
+        # The manifest's novelty calibration (vae_contract/novelty.py), checked at load; None: no p-values.
         self.calibration = calibration
 
     @property
@@ -229,7 +229,7 @@ class VAEModel:
 
     def novelty(self, images: np.ndarray, rec: Reconstruction, alpha: float) -> NoveltyReport:
         """Novelty of images (N, C, H, W) from their reconstruction's terms, with conformal p-values and
-        flags at `alpha` where this version ships a calibration file (service/novelty.py)."""
+        flags at `alpha` where this version ships a calibration file (vae_contract/novelty.py)."""
         u8 = to_uint8(images, self.manifest.image.pixel_range)
         why_not = (
             None
