@@ -6,8 +6,9 @@ other kinds? AUROC of the old reconstruct score (negative ELBO) and of candidate
 
 Candidates (higher = more novel):
 - score: the old negative ELBO (nats);
-- S_png / S_webp: input complexity (Serra et al. 2020), -log2 p(x) - L(x), the ELBO's code length in bits
-  minus a lossless codec's;
+- S_<codec>: input complexity (Serra et al. 2020), -log2 p(x) - L(x), the ELBO's code length in bits
+  minus a lossless codec's: PNG and lossless WebP files at several settings, zlib and bz2 on the raw bytes
+  (channel-major or interleaved), zlib after PNG's Sub or Up filter (zlib_up is the one served);
 - S_*_nll: the same with the reconstruction term alone;
 - ratio_*: code length over the codec's, a scale-free variant;
 - typ: typicality, |score - mean| / std on held-out in-distribution images (two-sided);
@@ -17,11 +18,13 @@ Candidates (higher = more novel):
 from __future__ import annotations
 
 import argparse
+import bz2
 import gzip
 import io
 import math
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ from PIL import Image
 from vae_contract.imaging import prepare_image
 from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior, reconstruction_nll
 from vae_contract.manifest import Manifest, verify_model_dir
+from vae_contract.novelty import zlib_bits
 from vae_contract.priors import read_mixture
 
 LN2 = math.log(2)
@@ -137,19 +141,41 @@ def to_pil(u8: np.ndarray) -> Image.Image:
     return Image.fromarray(u8[0] if u8.shape[0] == 1 else u8.transpose(1, 2, 0))
 
 
-CODECS = {
+PIL_CODECS = {
     "png": {"format": "PNG", "optimize": True, "compress_level": 9},
     "png6": {"format": "PNG", "compress_level": 6},
     "webp": {"format": "WEBP", "lossless": True, "quality": 100, "method": 6},
+    "webp4": {"format": "WEBP", "lossless": True, "quality": 100, "method": 4},
     "webp0": {"format": "WEBP", "lossless": True, "quality": 0, "method": 0},
 }
 
 
+def _sub_filtered(u8: np.ndarray) -> np.ndarray:
+    """PNG's Sub filter per channel: each pixel minus its left neighbour, mod 256."""
+    rows = u8.astype(np.int16)
+    rows[..., 1:] -= u8[..., :-1]
+    return (rows & 0xFF).astype(np.uint8)
+
+
+BYTE_CODECS = {  # on the (C, H, W) bytes, channel-major unless named
+    "zlib": lambda img: len(zlib.compress(img.tobytes(), 9)),
+    "zlib_interleaved": lambda img: len(zlib.compress(img.transpose(1, 2, 0).tobytes(), 9)),
+    "zlib_sub": lambda img: len(zlib.compress(_sub_filtered(img[None])[0].tobytes(), 9)),
+    "bz2": lambda img: len(bz2.compress(img.tobytes(), 9)),
+}
+CODECS = [*PIL_CODECS, *BYTE_CODECS, "zlib_up"]
+
+
 def code_bits(u8: np.ndarray, codec: str) -> np.ndarray:
+    if codec == "zlib_up":  # the served background (vae_contract.novelty)
+        return zlib_bits(u8)
     out = np.empty(len(u8))
     for i, img in enumerate(u8):
+        if codec in BYTE_CODECS:
+            out[i] = 8 * BYTE_CODECS[codec](img)
+            continue
         buf = io.BytesIO()
-        to_pil(img).save(buf, **CODECS[codec])
+        to_pil(img).save(buf, **PIL_CODECS[codec])  # type: ignore[arg-type]
         out[i] = 8 * buf.tell()
     return out
 
