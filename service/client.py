@@ -74,6 +74,9 @@ class ReconstructResult:
     mse: np.ndarray  # (N,)
     mean: np.ndarray  # (N, D)
     log_var: np.ndarray  # (N, D)
+    novelty: np.ndarray | None = None  # (N,) higher = more novel (docs/novelty.md); None from older servers
+    p_values: np.ndarray | None = None  # (N,) conformal p-values; None without a calibration file
+    novel: np.ndarray | None = None  # (N,) bool, p_values <= alpha
 
 
 @dataclass(frozen=True)
@@ -237,16 +240,22 @@ class _Calls:
         return SampleResult(b["model"], b["version"], _b64s(b["images"]), _arr(b["latents"]), b["seed"])
 
     @staticmethod
-    def reconstruct(images: Sequence[ImageInput], model: str | None, version: int | None) -> _Call:
-        data = _form(model=model, version=version)
+    def reconstruct(
+        images: Sequence[ImageInput], model: str | None, version: int | None, alpha: float | None = None
+    ) -> _Call:
+        data = _form(model=model, version=version, alpha=alpha)
         return _Call("POST", "/v1/reconstruct", {"files": _files(images), "data": data})
 
     @staticmethod
     def parse_reconstruct(resp: httpx.Response) -> ReconstructResult:
         b = resp.json()
+        optional = {
+            key: None if b.get(key) is None else np.asarray(b[key]) for key in ("novelty", "p_values")
+        }
+        novel = None if b.get("novel") is None else np.asarray(b["novel"], dtype=bool)
         return ReconstructResult(
             b["model"], b["version"], _b64s(b["images"]), _arr(b["scores"]), _arr(b["mse"]), _arr(b["mean"]),
-            _arr(b["log_var"]),
+            _arr(b["log_var"]), optional["novelty"], optional["p_values"], novel,
         )  # fmt: skip
 
     @staticmethod
@@ -373,9 +382,14 @@ class VAEClient:
         return _Calls.parse_sample(self._send(_Calls.sample(n, model, version, seed, temperature, label)))
 
     def reconstruct(
-        self, images: Sequence[ImageInput], *, model: str | None = None, version: int | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        alpha: float | None = None,
     ) -> ReconstructResult:
-        return _Calls.parse_reconstruct(self._send(_Calls.reconstruct(images, model, version)))
+        return _Calls.parse_reconstruct(self._send(_Calls.reconstruct(images, model, version, alpha)))
 
     def interpolate(
         self,
@@ -479,9 +493,14 @@ class AsyncVAEClient:
         return _Calls.parse_sample(await self._send(call))
 
     async def reconstruct(
-        self, images: Sequence[ImageInput], *, model: str | None = None, version: int | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        alpha: float | None = None,
     ) -> ReconstructResult:
-        return _Calls.parse_reconstruct(await self._send(_Calls.reconstruct(images, model, version)))
+        return _Calls.parse_reconstruct(await self._send(_Calls.reconstruct(images, model, version, alpha)))
 
     async def interpolate(
         self,

@@ -291,6 +291,14 @@ class Settings(BaseSettings):
         description="Largest |value| accepted in a latent vector (422 beyond, 400 on /v2); the prior is "
         "N(0, I), so anything near this is already far outside what the decoder has seen.",
     )
+    novelty_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Default significance level of /v1/reconstruct's `novel` flags (a request's `alpha` "
+        "overrides it): an image is flagged when its conformal p-value is at most alpha, so on images like "
+        "the model's own data about this fraction is flagged (docs/novelty.md).",
+    )
     max_response_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,

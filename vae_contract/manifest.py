@@ -2,8 +2,9 @@
 
 Layout: `models/<name>/<version>/{encoder.onnx, decoder.onnx, model.json, preview.png}`, plus the files a
 manifest names and hashes (a learned prior's parameters, per-class Gaussians, a pixel-group model's
-scorer.onnx). Training writes it (`training.export`), the service reads it; both validate with the same
-`Manifest` model so they can never disagree on what a field means.
+scorer.onnx, the novelty calibration). Training writes it (`training.export`, `training.novelty`), the
+service reads it; both validate with the same `Manifest` model so they can never disagree on what a field
+means.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vae_contract.novelty import MAX_CALIBRATION, MIN_CALIBRATION, STATISTICS
 from vae_contract.priors import MAX_COMPONENTS, PRIOR_KINDS
 
 MANIFEST_FILE = "model.json"
@@ -136,6 +138,30 @@ class ConditionalSpec(_Strict):
     classes: list[str]
 
 
+class NoveltySpec(_Strict):
+    """The novelty statistic on held-out in-distribution images, for conformal p-values (novelty.py here):
+    `file` is an .npz of plain arrays (statistic, scores (count,) float64 sorted). Absent, as in every older
+    manifest: reconstruct answers the statistic without p-values. A statistic this service does not compute
+    refuses the model: p-values of another statistic would be wrong."""
+
+    statistic: Literal["complexity_zlib_up", "neg_elbo_bits"]
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    count: int = Field(ge=MIN_CALIBRATION, le=MAX_CALIBRATION)
+    # Which images, and how they were held out from training, e.g. half of the test split by a seeded draw.
+    source: str = ""
+
+    @field_validator("statistic", mode="before")
+    @classmethod
+    def _known_statistic(cls, value: object) -> object:
+        if value not in STATISTICS:
+            raise ValueError(
+                f"unknown novelty statistic {value!r}: this service computes {', '.join(STATISTICS)}; "
+                "upgrade the service to serve this model"
+            )
+        return value
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=NAME_PATTERN)
@@ -167,6 +193,7 @@ class Manifest(_Strict):
     decoder: GraphSpec
     scorer: GraphSpec | None = None
     prior: PriorSpec | None = None  # None: N(0, I)
+    novelty: NoveltySpec | None = None  # None: novelty without p-values
     training: dict[str, Any]
     dataset: DatasetSpec
     metrics: EvaluationMetrics | None = None
@@ -266,10 +293,10 @@ def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
 
 
 def verify_model_dir(model_dir: Path) -> Manifest:
-    """Read the manifest and check each graph file (and a prior's parameter file) exists and matches its
-    sha256."""
+    """Read the manifest and check each graph file (and each side file: prior, class statistics, novelty
+    calibration) exists and matches its sha256."""
     manifest = read_manifest(model_dir)
-    hashed: list[tuple[str, GraphSpec | PriorSpec | ConditionalSpec]] = [
+    hashed: list[tuple[str, GraphSpec | PriorSpec | ConditionalSpec | NoveltySpec]] = [
         ("encoder graph", manifest.encoder),
         ("decoder graph", manifest.decoder),
     ]
@@ -279,6 +306,8 @@ def verify_model_dir(model_dir: Path) -> Manifest:
         hashed.append(("prior parameter file", manifest.prior))
     if manifest.conditional is not None:
         hashed.append(("class statistics file", manifest.conditional))
+    if manifest.novelty is not None:
+        hashed.append(("novelty calibration file", manifest.novelty))
     for what, graph in hashed:
         path = Path(model_dir) / graph.file
         if path.name != graph.file or not path.is_file():

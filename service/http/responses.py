@@ -22,6 +22,7 @@ from service.http.requests import JSON, NPY, PNG
 from service.tracing import span
 from vae_contract.imaging import encode_png, make_grid
 from vae_contract.manifest import ImageSpec
+from vae_contract.novelty import NoveltyReport
 
 # Above this many pixels, PNG work moves off the event loop (a thread hop costs ~50 us; encoding a 28x28 PNG
 # costs about as much, so small outputs stay inline).
@@ -118,3 +119,21 @@ def pick_output(name: str | None, arrays: dict[str, np.ndarray | None], default:
     if arr is None:
         raise InvalidInput(f"output {chosen!r} is not part of this response (see the request's options)")
     return arr
+
+
+def novelty_fields(report: NoveltyReport) -> dict[str, Any]:
+    """Reconstruct's novelty fields (ReconstructResponse documents them), per image where they are lists."""
+    terms = report.terms
+    return {
+        "novelty": terms.novelty,
+        "novelty_statistic": report.statistic,
+        "p_values": report.p_values,
+        "novel": report.novel,
+        "alpha": report.alpha,
+        "calibration_images": report.calibration_count,
+        "p_values_reason": report.reason,
+        "kl": terms.kl,
+        "bits_per_dim": terms.bits_per_dim,
+        "codec_bits_per_dim": terms.codec_bits_per_dim,
+        "complexity": terms.complexity,
+    }

@@ -109,6 +109,14 @@ class SampleRequest(_Options):
 class ReconstructOptions(_Options):
     model: str | None = ModelField
     version: int | None = VersionField
+    alpha: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Significance level of `novel`: an image is flagged when its p-value is at most alpha "
+        f"(omitted: {limit('novelty_alpha')}).",
+    )
 
 
 class ReconstructRequest(ReconstructOptions):
@@ -168,11 +176,35 @@ class ReconstructResponse(_ModelTagged):
     scores: list[float] = Field(
         description="Negative ELBO per image in nats: -log p(x | z = mean) summed over pixels plus the exact "
         "KL(q(z|x) || N(0, I)); under a mixture prior (see /v1/models) the KL is the deterministic upper "
-        "bound -log sum_k w_k exp(-KL(q || p_k)). Higher: less typical of the training data (novelty score)."
+        "bound -log sum_k w_k exp(-KL(q || p_k)). Not a novelty score: images simpler than the training "
+        "data (MNIST under a Fashion-MNIST model, flat images under a colour model) score lower than its own "
+        "test images; use `novelty` and `p_values`."
     )
     mse: list[float] = Field(description="Mean squared error per pixel between image and reconstruction.")
     mean: Latents
     log_var: Latents
+    novelty: list[float] = Field(
+        description="Per image, higher = more novel (`novelty_statistic`; docs/novelty.md): "
+        "complexity_zlib_up = bits_per_dim - codec_bits_per_dim (input complexity, Serra et al. 2020) for "
+        "likelihoods that are code lengths of 8-bit images; neg_elbo_bits = bits_per_dim otherwise."
+    )
+    novelty_statistic: Literal["complexity_zlib_up", "neg_elbo_bits"]
+    p_values: list[float] | None = Field(
+        description="Conformal p-value per image, (1 + #{calibration >= novelty}) / (n + 1) over the n "
+        "held-out in-distribution images of the version's calibration file; null when it ships none "
+        "(`p_values_reason` says so)."
+    )
+    novel: list[bool] | None = Field(description="p_values <= alpha per image; null without p-values.")
+    alpha: float = Field(description="The significance level `novel` used.")
+    calibration_images: int | None = Field(description="n, the calibration file's image count; or null.")
+    p_values_reason: str | None = Field(description="Why there are no p-values; null when there are.")
+    kl: list[float] = Field(description="KL(q(z|x) || p(z)) per image in nats, the score's second term.")
+    bits_per_dim: list[float] = Field(description="The score in bits per dimension (C H W ln 2).")
+    codec_bits_per_dim: list[float] = Field(
+        description="zlib's (level 9) code length of the 8-bit image after PNG's Up filter, bits per "
+        "dimension."
+    )
+    complexity: list[float] = Field(description="bits_per_dim - codec_bits_per_dim.")
 
 
 class InterpolateResponse(_ModelTagged):

@@ -22,6 +22,7 @@ from vae_contract.classes import ClassGaussians
 from vae_contract.latents import lerp, manifold_latents, slerp
 from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior, reconstruction_nll
 from vae_contract.manifest import Manifest
+from vae_contract.novelty import Calibration, NoveltyReport, assess_novelty, default_statistic, to_uint8
 from vae_contract.priors import MixturePrior
 
 
@@ -58,6 +59,8 @@ class Reconstruction:
     mse: np.ndarray  # (N,) mean squared error per pixel
     mean: np.ndarray  # (N, D)
     log_var: np.ndarray  # (N, D)
+    nll: np.ndarray  # (N,) float64, -log p(x | z = mean) in nats, the score's first term
+    kl: np.ndarray  # (N,) float64, KL(q(z|x) || p(z)) in nats (the bound under a mixture), its second
 
 
 class VAEModel:
@@ -74,6 +77,7 @@ class VAEModel:
         prior: MixturePrior | None = None,
         classes: ClassGaussians | None = None,
         scorer: tuple[Graph, Batcher] | None = None,
+        calibration: Calibration | None = None,
     ):
         self.manifest = manifest
         self.path = path
@@ -86,6 +90,8 @@ class VAEModel:
         # The manifest's scorer graph (pixel groups): x -> -log p(x | z = encoder mean), nats per image.
         self.scorer: Graph | None = scorer[0] if scorer is not None else None
         self.scorer_batcher: Batcher | None = scorer[1] if scorer is not None else None
+        # The manifest's novelty calibration (vae_contract/novelty.py), checked at load; None: no p-values.
+        self.calibration = calibration
 
     @property
     def name(self) -> str:
@@ -210,7 +216,30 @@ class VAEModel:
         scores = nll + kl
         flat = (images - recon).reshape(len(images), -1).astype(np.float64)
         mse = np.mean(flat**2, axis=1)
-        return Reconstruction(recon, scores.astype(np.float32), mse.astype(np.float32), mean, log_var)
+        return Reconstruction(
+            recon, scores.astype(np.float32), mse.astype(np.float32), mean, log_var, nll, np.asarray(kl)
+        )
+
+    @property
+    def novelty_statistic(self) -> str:
+        """The statistic `novelty` answers: the calibration file's, else the likelihood's default."""
+        if self.calibration is not None:
+            return self.calibration.statistic
+        return default_statistic(self.manifest.likelihood)
+
+    def novelty(self, images: np.ndarray, rec: Reconstruction, alpha: float) -> NoveltyReport:
+        """Novelty of images (N, C, H, W) from their reconstruction's terms, with conformal p-values and
+        flags at `alpha` where this version ships a calibration file (vae_contract/novelty.py)."""
+        u8 = to_uint8(images, self.manifest.image.pixel_range)
+        why_not = (
+            None
+            if self.calibration is not None
+            else f"model {self.name!r} v{self.manifest.version} ships no novelty calibration file (its "
+            "manifest has no `novelty` section): novelty is answered without p-values"
+        )
+        return assess_novelty(
+            self.novelty_statistic, rec.nll + rec.kl, rec.kl, u8, alpha, self.calibration, why_not
+        )
 
     async def interpolate(
         self, start: np.ndarray, end: np.ndarray, steps: int, method: Literal["lerp", "slerp"]

@@ -58,6 +58,7 @@ from vae_contract.manifest import (
     list_versions,
     verify_model_dir,
 )
+from vae_contract.novelty import Calibration, NoveltyFileError, read_calibration
 from vae_contract.priors import MixturePrior, PriorFileError, read_mixture
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,11 @@ class ModelRegistry:
         classes: ClassGaussians | None = None
         if cond is not None:
             classes = self._side_file(path / cond.file, lambda f: read_class_gaussians(f, cond.classes, d))
+        calibration: Calibration | None = None
+        if (spec := manifest.novelty) is not None:
+            calibration = self._side_file(
+                path / spec.file, lambda f: read_calibration(f, spec.statistic, spec.count)
+            )
         options = session_options(s.intra_op_threads, s.inter_op_threads)
         encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
         decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
@@ -214,7 +220,7 @@ class ModelRegistry:
             scorer = (graph, self._batcher(name, version, "scorer", graph))
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
-            self._batcher(name, version, "decoder", decoder), prior, classes, scorer,
+            self._batcher(name, version, "decoder", decoder), prior, classes, scorer, calibration,
         )  # fmt: skip
         try:
             model.warm_up(tuple(sorted({1, s.max_batch_size})))
@@ -223,12 +229,12 @@ class ModelRegistry:
         return model
 
     def _side_file(self, file: Path, read: Callable[[Path], T]) -> T:
-        """A side file beside the graphs (prior, class statistics), inside models/ and read by `read`, whose
-        own refusal becomes this version's load error."""
+        """A side file beside the graphs (prior, class statistics, novelty calibration), inside models/ and
+        read by `read`, whose own refusal becomes this version's load error."""
         self._check_inside(file)
         try:
             return read(file)
-        except (PriorFileError, ClassFileError) as exc:
+        except (PriorFileError, ClassFileError, NoveltyFileError) as exc:
             raise ModelLoadError(str(exc)) from exc
 
     def _check_inside(self, *paths: Path) -> None:

@@ -292,6 +292,8 @@ def test_upload_is_reconstructed(explorer, mnist_digits, tmp_path: Path) -> None
     _wait_loaded(page, "#rec-output")
     plain_score = float(page.locator("#rec-score").text_content() or "nan")
     assert plain_score > 0
+    # The fixture models ship no novelty calibration: the page says so where it would show the p-value.
+    assert "novelty p-value: no calibration file" in page.inner_text("#score-unit")
 
     # Ink on paper, inverted in the browser back to MNIST's polarity: the same digit, about the same score.
     paper = tmp_path / "paper.png"

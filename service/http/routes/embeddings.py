@@ -20,6 +20,10 @@ always gives the same order. The kept indices are sent in the `X-Embedding-Dimen
 `model` names a model (omitted: the default model) and may pin its version: `mnist` (the newest loaded) or
 `mnist@1` (or `version: 1`, as on every /v1 route). A version that is not loaded is a 404 naming the loaded
 ones. The response's `model` is always `name@version`, the version that answered (also in `X-Model-Version`).
+
+An embedding of an image unlike the model's data is still a vector. To keep such images out of an index, send
+the same images to /v1/reconstruct with the same `model` and keep those whose `novel` is false (a conformal
+p-value above `alpha`; docs/novelty.md): the novelty test, and its false-positive rate, live in one place.
 """
 
 from __future__ import annotations

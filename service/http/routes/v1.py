@@ -28,6 +28,7 @@ from service.http.requests import JSON, MULTIPART, NPY, PNG, Payload, read_paylo
 from service.http.responses import (
     NumpyJSONResponse,
     negotiate,
+    novelty_fields,
     npy_response,
     pick_output,
     png_base64,
@@ -218,17 +219,23 @@ async def sample(
 
 @router.post(
     "/reconstruct",
-    summary="Images -> reconstructions with a per-image novelty score (negative ELBO, nats)",
+    summary="Images -> reconstructions, the negative ELBO, and a novelty statistic with p-values",
     description="score = -log p(x | z = mean) summed over pixels (Bernoulli: binary cross-entropy; Gaussian: "
     "the manifest's sigma) + KL(q(z|x) || N(0, I)) in closed form (under a mixture prior, the upper bound "
     "-log sum_k w_k exp(-KL(q || p_k))); a single-point estimate at the posterior mean, so it is "
-    "deterministic. `mse` is the mean squared pixel error. npy output: `?output=`.",
+    "deterministic. The score is a likelihood, not a novelty score: images simpler than the training data "
+    "score lower. `novelty` corrects for that (input complexity, or the score where the likelihood is not a "
+    "code length; docs/novelty.md), and `p_values` are conformal p-values from the version's calibration "
+    "file: flagging `p <= alpha` (`novel`) flags about a fraction alpha of in-distribution images. "
+    "`mse` is the mean squared pixel error. npy output: `?output=`.",
     responses=_responses(ReconstructResponse, PNG, NPY),
     openapi_extra=_body(ReconstructRequest, ReconstructOptions),
 )
 async def reconstruct(
     request: Request,
-    output: Annotated[Literal["images", "scores", "mse", "mean", "log_var"] | None, NpyOutput] = None,
+    output: Annotated[
+        Literal["images", "scores", "mse", "mean", "log_var", "novelty", "p_values"] | None, NpyOutput
+    ] = None,
 ) -> Response:
     settings, registry = settings_of(request), registry_of(request)
     payload = await read_payload(request, settings)
@@ -236,10 +243,12 @@ async def reconstruct(
     _no_latents(payload)
     vae = model_of(registry, opts.model, opts.version)
     n = len(payload.images or [])
-    _bound_response(settings, vae, n, n * (2 * vae.latent_dim + 2))
+    _bound_response(settings, vae, n, n * (2 * vae.latent_dim + 9))
     x = await _images_in(request, payload, vae)
     rec = await vae.reconstruct(x)
-    extra = {"scores": rec.scores, "mse": rec.mse, "mean": rec.mean, "log_var": rec.log_var}
+    report = vae.novelty(x, rec, opts.alpha if opts.alpha is not None else settings.novelty_alpha)
+    extra = {"scores": rec.scores, "mse": rec.mse, "mean": rec.mean, "log_var": rec.log_var,
+             **novelty_fields(report)}  # fmt: skip
     arrays = {"images": rec.images, **extra}
     return await _images_out(request, vae, rec.images, arrays, output, extra=extra)
 
