@@ -19,10 +19,35 @@ from service.config import Settings
 
 APP_FACTORY = "service.workers:create_worker_app"  # service.main.create_app, after per-worker setup
 
+# Read here rather than by Settings: the worker count is decided before any worker (and its Settings) exists.
+WORKERS_HELP = (
+    "Worker processes (`--workers`); unset: chosen from the machine, one per usable core on a CPU host (with "
+    "one onnxruntime thread each) and one per GPU on a GPU host. The choice and its reason are logged at "
+    "startup and shown as `serving` on /v1/models."
+)
+
+
+def settings_epilog() -> str:
+    """Every VAE_* variable with its default: the whole configuration, on `vae-serve --help`."""
+    from service.config import shown_default
+
+    rows = [(f"VAE_{name.upper()}", shown_default(f)) for name, f in Settings.model_fields.items()]
+    rows.append(("VAE_WORKERS", "unset"))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {name:<{width}}  {default}" for name, default in rows]
+    return (
+        "settings: every VAE_* environment variable and its default (a flag above overrides its variable);\n"
+        "what each does and why its default: docs/settings.md (generated from service/config.py)\n"
+        + "\n".join(lines)
+    )
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="vae-serve", description="Serve ONNX-exported VAEs over HTTP (settings: VAE_* variables)."
+        prog="vae-serve",
+        description="Serve ONNX-exported VAEs over HTTP and gRPC (settings: VAE_* variables, listed below).",
+        epilog=settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", help="bind address (VAE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (VAE_PORT, default 8000)")
@@ -30,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int,
         default=int(os.environ["VAE_WORKERS"]) if os.environ.get("VAE_WORKERS", "").isdigit() else None,
-        help="worker processes (VAE_WORKERS; default: chosen from the machine, one per core on CPU and one "
-        "per GPU; the choice and its reason are logged and shown on /v1/models)",
+        help="worker processes (VAE_WORKERS; default: one per core on CPU, one per GPU; logged and shown on "
+        "/v1/models)",
     )  # fmt: skip
     parser.add_argument(
         "--provider", choices=["auto", "cuda", "cpu"], help="execution provider (VAE_PROVIDER)"
