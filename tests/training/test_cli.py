@@ -91,9 +91,20 @@ def test_help_shows_each_reason_default_and_choices(capsys, monkeypatch):
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in text, f.name
         assert f.metadata["help"] in text, f.name
-    assert "--lr LR" in text and "Adam at pytorch/examples' rate (default: 0.001)" in text
+    assert "--lr LR" in text and "Adam's learning rate; lower it" in text and "(default: 0.001)" in text
     assert "--likelihood {bernoulli,gaussian,discretized_logistic}" in text and "(default: bernoulli)" in text
     assert "--run-dir RUN_DIR" in text and "(default: runs/latest)" in text
+
+
+def test_help_speaks_of_the_users_choice_not_of_sources_or_history(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    texts = []
+    for command in ("train", "eval", "export", "data"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        texts.append(capsys.readouterr().out.lower())
+    for word in ("lecture", "pytorch/examples", "earlier version", "used to"):
+        assert all(word not in text for text in texts), word
 
 
 def test_console_scripts_name_themselves_in_usage(capsys):
