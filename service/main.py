@@ -19,7 +19,7 @@ from service.lifecycle import lifespan
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.routes import embeddings, health, models, v1, v2
+from service.routes import docs, embeddings, health, models, v1, v2
 from service.routes.error_handlers import install_error_handlers
 from service.routes.static import page_mount
 from service.security import ApiKeyMiddleware, document_api_keys
@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Encode, decode, sample, reconstruct and interpolate with ONNX-exported VAEs.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.routes.docs, with their assets served here
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -53,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(docs.router)
+    app.router.routes.append(docs.assets_mount())
     if STATIC_DIR.is_dir():  # the web page; mounted last so it never shadows an API route
         app.router.routes.append(page_mount(STATIC_DIR))
 
