@@ -234,8 +234,10 @@ def main(argv: list[str] | None = None, progs: dict[str, str] | None = None) -> 
     try:
         return run(args)
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; checkpoints are written whole or not at all
-        resume = f"; {args.run_dir}/last.pt holds the last finished epoch (--resume continues)"
-        print(f"interrupted{resume if args.command == 'train' else ''}", file=sys.stderr)
+        resume = ""
+        if args.command == "train":
+            resume = f"; {args.run_dir}/last.pt holds the last finished epoch (--resume continues)"
+        print(f"interrupted{resume}", file=sys.stderr)
         return 130
     except (DataError, ValueError, FileNotFoundError) as exc:
         # Expected user errors: one line, no traceback.
