@@ -224,7 +224,7 @@ def localise(text: str, target: Target) -> str:
 
 def run_command(command: str, target: Target, cwd: Path) -> list[str]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    env["COLUMNS"] = "110"  # argparse wraps --help at the terminal's width
+    env.pop("COLUMNS", None)  # piped, argparse wraps --help at 80 columns, as for a user's pipe
     result = subprocess.run(
         ["bash", "-c", localise(command, target)],
         cwd=cwd,
