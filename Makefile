@@ -96,8 +96,8 @@ bench: install ## throughput benchmark against the raw onnxruntime limit and a n
 bench-peers: install ## the peer table: ours vs naive vs KServe, MLServer, LitServe (their venvs in /tmp/vae-peers)
 	$(BIN)/python -m bench.run --peers --out bench/results/peers
 
-readme-check: install ## run every README/docs example against a fresh server; UPDATE=1 rewrites the outputs
-	$(BIN)/python scripts/readme_check.py $(if $(UPDATE),--update)
+readme-check: install browser ## run every README/docs example against a fresh server, with the screenshots; UPDATE=1 rewrites them
+	$(BIN)/python scripts/readme_check.py --screenshots $(if $(UPDATE),--update)
 
 wheel: $(BIN)/python ## build dist/vae_service-<version>-py3-none-any.whl (install it with [client], [serve], ...)
 	$(BIN)/python -m pip wheel --disable-pip-version-check -q --no-deps -w dist .

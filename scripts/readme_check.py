@@ -23,6 +23,10 @@ How an output matches (the placeholders, the only ones):
 - An image the commands write under `docs/` must equal the committed one up to the same kind of noise (mean
   absolute difference under one grey level); `--update` copies it over the committed one.
 
+Screenshots (`--screenshots`): docs/explorer.png and docs/explorer-colour.png are taken by the browser tests
+(tests/web, headless Chromium from `make browser`) of a server of the same committed models, and rewritten
+with `--update`; without Chromium those tests skip and the check says so.
+
 `--update` keeps a shown output that still matches; one that does not is replaced by the real output, with
 strings over 40 characters without a space cut to 32 and `...`, number lists cut to three numbers and `...`,
 and lines over 240 characters cut at a comma and `...`. Review the diff (git diff README.md docs/) before
@@ -364,12 +368,41 @@ def check(documents: list[str], target: Target, update: bool, out: list[str]) ->
     return failures
 
 
+SCREENSHOT_TESTS = "test_readme_screenshot or test_label_colour_model_upload_samples_and_interpolation"
+
+
+def screenshots(update: bool, models_dir: Path, out: list[str]) -> int:
+    """Run the browser tests that take the docs' screenshots; the number of failures (0 when they skip)."""
+    env = dict(os.environ, VAE_DOCS_MODELS_DIR=str(models_dir))
+    if update:
+        env["VAE_UPDATE_DOCS_SCREENSHOT"] = "1"
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/web"]
+    result = subprocess.run(
+        [*command, "-k", SCREENSHOT_TESTS], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    summary = (result.stdout.strip().split("\n") or [""])[-1]
+    if result.returncode != 0:
+        out.append(f"FAIL  screenshots: {summary}")
+        out.extend("        " + line for line in result.stdout.strip().split("\n")[-20:])
+        return 1
+    if "skipped" in summary and "passed" not in summary:
+        reason = next((line for line in result.stdout.split("\n") if "SKIPPED" in line), summary)
+        out.append(f"note  screenshots not taken: {reason.strip()}")
+    else:
+        verb = "new  " if update else "ok   "
+        out.append(f"{verb} docs/explorer.png, docs/explorer-colour.png ({summary})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--update", action="store_true", help="rewrite changed outputs from this run")
     parser.add_argument("--url", help="host:port of a running server (default: start one on free ports)")
     parser.add_argument("--grpc", default="127.0.0.1:8081", help="its gRPC host:port, with --url")
     parser.add_argument("--models-dir", default=str(ROOT / "models"), help="models the server loads")
+    parser.add_argument(
+        "--screenshots", action="store_true", help="also take docs/explorer*.png (needs Chromium)"
+    )
     parser.add_argument("documents", nargs="*", default=DOCUMENTS, help="files to check (default: all)")
     args = parser.parse_args(argv)
     out: list[str] = []
@@ -383,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vae-serve ready in {server.wait_ready():.1f} s", flush=True)
             target = server.target
         failures = check(args.documents, target, args.update, out)
+        if args.screenshots:
+            failures += screenshots(args.update, Path(args.models_dir), out)
     finally:
         if server is not None:
             server.stop()
