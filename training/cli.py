@@ -211,6 +211,12 @@ def run(args: argparse.Namespace) -> int:
             dataset = evaluation_data(model.config, args.data_dir)
             result = read_evaluation(Path(args.metrics), dataset)
         else:
+            log.info(
+                "evaluating %s on its test set (IWAE k=%d) before the export; --metrics FILE reuses what "
+                "`vae-eval` printed, --k 0 skips the IWAE bound",
+                args.checkpoint,
+                args.k,
+            )
             model, dataset, result = measure_checkpoint(
                 args.checkpoint, args.data_dir, args.k, device=args.device
             )
