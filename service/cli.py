@@ -19,6 +19,8 @@ from service.config import Settings
 
 APP_FACTORY = "service.workers:create_worker_app"  # service.main.create_app, after per-worker setup
 
+WORKER_HEALTHCHECK_S = 60
+
 # Read here rather than by Settings: the worker count is decided before any worker (and its Settings) exists.
 WORKERS_HELP = (
     "Worker processes (`--workers`); unset: chosen from the machine, one per usable core on a CPU host (with "
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         # each worker reads them from the same VAE_* environment.
         http=GuardedHttpToolsProtocol,
         timeout_keep_alive=settings.idle_timeout_s,
+        # With several workers uvicorn pings each one and kills it after this many seconds without an answer.
+        # A spawned worker answers only once Python, numpy and FastAPI are imported: on a busy host that
+        # takes longer than uvicorn's 5 s default, which then kills and respawns the workers in a loop.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         ws="none",  # no WebSocket routes: an Upgrade request never reaches a protocol without these limits
     )
     if plan.workers > 1:
