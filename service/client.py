@@ -5,8 +5,9 @@
         images = vae.decode(emb.vectors, version=emb.version)              # (1, C, H, W) float32 in [0, 1]
         sample = vae.sample(16, seed=7)                                    # PNGs, latents and the seed
 
-`pip install "vae-service[client]"` is all it needs: importing this module loads httpx and numpy, never
-onnxruntime, FastAPI or the server's code; Pillow is loaded only to turn numpy arrays into PNG uploads.
+`pip install -e ".[client]"` in the checkout (or the wheel `make wheel` builds, with `[client]`) is all it
+needs: importing this module loads httpx and numpy, never onnxruntime, FastAPI or the server's code;
+Pillow is loaded only to turn numpy arrays into PNG uploads.
 Latents travel as `.npy` or little-endian float32 where the service accepts it (exact, no JSON floats).
 `version=` pins a model version (stored embeddings keep their meaning), `label=` asks a conditional model for
 a class; both are sent only when given. Any 4xx/5xx answer raises `VAEServiceError` carrying the status, the

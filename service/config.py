@@ -7,7 +7,7 @@ answers 503 instead of growing without bound.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -377,3 +377,15 @@ class Settings(BaseSettings):
 
     def api_key_values(self) -> list[bytes]:
         return [key.get_secret_value().encode() for key in self.api_keys or []]
+
+
+def shown_default(field: Any) -> str:
+    """A Settings field's default as written in the environment (`vae-serve --help`, docs/settings.md)."""
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "empty"
+    return str(value)

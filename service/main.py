@@ -17,7 +17,7 @@ from service.config import Settings
 from service.http.error_handlers import install_error_handlers
 from service.http.hot_path import ServiceApp
 from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.http.routes import embeddings, health, models, v1, v2
+from service.http.routes import docs, embeddings, health, models, v1, v2
 from service.http.security import ApiKeyMiddleware, document_api_keys
 from service.http.static import page_mount
 from service.inference import ModelRegistry
@@ -41,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Encode, decode, sample, reconstruct and interpolate with ONNX-exported VAEs.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.http.routes.docs, with their assets served here
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(docs.router)
+    app.router.routes.append(docs.assets_mount())
     if STATIC_DIR.is_dir():  # the web page; mounted last so it never shadows an API route
         app.router.routes.append(page_mount(STATIC_DIR))
 

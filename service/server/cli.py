@@ -19,10 +19,37 @@ from service.config import Settings
 
 APP_FACTORY = "service.server.workers:create_worker_app"  # service.main.create_app, after per-worker setup
 
+WORKER_HEALTHCHECK_S = 60
+
+# Read here rather than by Settings: the worker count is decided before any worker (and its Settings) exists.
+WORKERS_HELP = (
+    "Worker processes (`--workers`); unset: chosen from the machine, one per usable core on a CPU host (with "
+    "one onnxruntime thread each) and one per GPU on a GPU host. The choice and its reason are logged at "
+    "startup and shown as `serving` on /v1/models."
+)
+
+
+def settings_epilog() -> str:
+    """Every VAE_* variable with its default: the whole configuration, on `vae-serve --help`."""
+    from service.config import shown_default
+
+    rows = [(f"VAE_{name.upper()}", shown_default(f)) for name, f in Settings.model_fields.items()]
+    rows.append(("VAE_WORKERS", "unset"))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {name:<{width}}  {default}" for name, default in rows]
+    return (
+        "settings: every VAE_* environment variable and its default (a flag above overrides its variable);\n"
+        "what each does and why its default: docs/settings.md (generated from service/config.py)\n"
+        + "\n".join(lines)
+    )
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="vae-serve", description="Serve ONNX-exported VAEs over HTTP (settings: VAE_* variables)."
+        prog="vae-serve",
+        description="Serve ONNX-exported VAEs over HTTP and gRPC (settings: VAE_* variables, listed below).",
+        epilog=settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", help="bind address (VAE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (VAE_PORT, default 8000)")
@@ -30,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int,
         default=int(os.environ["VAE_WORKERS"]) if os.environ.get("VAE_WORKERS", "").isdigit() else None,
-        help="worker processes (VAE_WORKERS; default: chosen from the machine, one per core on CPU and one "
-        "per GPU; the choice and its reason are logged and shown on /v1/models)",
+        help="worker processes (VAE_WORKERS; default: one per core on CPU, one per GPU; logged and shown on "
+        "/v1/models)",
     )  # fmt: skip
     parser.add_argument(
         "--provider", choices=["auto", "cuda", "cpu"], help="execution provider (VAE_PROVIDER)"
@@ -88,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         # each worker reads them from the same VAE_* environment.
         http=GuardedHttpToolsProtocol,
         timeout_keep_alive=settings.idle_timeout_s,
+        # With several workers uvicorn pings each one and kills it after this many seconds without an answer.
+        # A spawned worker answers only once Python, numpy and FastAPI are imported: on a busy host that
+        # takes longer than uvicorn's 5 s default, which then kills and respawns the workers in a loop.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         ws="none",  # no WebSocket routes: an Upgrade request never reaches a protocol without these limits
     )
     if plan.workers > 1:

@@ -57,7 +57,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 90.0) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300.0) -> None:
+    # Loading and warming every committed model takes about 30 s on 2 idle cores, minutes on busy ones.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
