@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from service import cli
+from service.server import cli
 
 
 def test_several_workers_get_a_generous_health_check(monkeypatch, tmp_path):
