@@ -40,7 +40,7 @@ def test_a_real_worker_reports_idle_and_peak_rss(models_dir: Path, tmp_path: Pat
         ("all", "decode1"), ("all", "mixed"), ("none", "idle"), ("tiny-2d/1", "decode1"),
         ("tiny-2d/1", "mixed"),
     }  # fmt: skip
-    for (models, load), row in rows.items():
+    for (_models, load), row in rows.items():
         assert row["idle_mb"] > 20 and row["startup_hwm_mb"] >= row["idle_mb"] - 1
         if load != "idle":
             assert row["errors"] == {} and row["req_s"] > 0, row
