@@ -18,7 +18,7 @@ The default uses the machine it is on:
   other cores idle. This is the shape of the servers that feed GPUs well: many CPU front ends per device
   (Triton's and TorchServe's native front ends, LitServe's API-server processes, MLServer's parallel
   workers). Each process holds its own CUDA context and arenas, so the card is shared by a memory bound:
-  each worker's CUDA arenas are capped at its share of the card (80% of the smallest visible card's memory,
+  no CUDA arena of a worker may grow past its share of the card (80% of the smallest visible card's memory,
   read from `nvidia-smi`, divided by the workers on a card: VAE_GPU_MEM_LIMIT_MB), with at least 1 GiB per
   worker (fewer workers on a small card), and cuDNN's workspace is sized per convolution
   (service.inference.runtime.cuda_options).
@@ -234,7 +234,11 @@ def _share(gpu_mb: int | None, per_gpu: int, given: int | None) -> int:
 
 
 def _bound(limit_mb: int) -> str:
-    return f", CUDA arenas capped at {limit_mb} MiB per worker" if limit_mb else ", no GPU memory bound"
+    return (
+        f", each CUDA arena capped at {limit_mb} MiB (its share of the card)"
+        if limit_mb
+        else ", no GPU memory bound"
+    )
 
 
 def worker_environment(plan: Plan, slot: int | None, visible: str | None) -> dict[str, str]:

@@ -35,7 +35,10 @@ def test_gpu_host_runs_a_worker_per_usable_core_spread_over_the_gpus():
     plan = choose(None, "auto", None, cores=16, gpus=1, gpu_mb=H100_MB, cuda_usable=True)
     assert (plan.workers, plan.intra_op_threads, plan.device, plan.gpus) == (16, 1, "cuda", 1)
     assert plan.gpu_mem_limit_mb == int(H100_MB * 0.8) // 16 == 4077  # the workers' share of 80% of it
-    assert "16 worker process(es) per GPU" in plan.reason and "capped at 4077 MiB" in plan.reason
+    assert (
+        "16 worker process(es) per GPU" in plan.reason
+        and "capped at 4077 MiB (its share of the card)" in plan.reason
+    )
     four = choose(None, "cuda", None, cores=32, gpus=4, gpu_mb=H100_MB)
     assert (four.workers, four.gpus, four.gpu_mem_limit_mb) == (32, 4, int(H100_MB * 0.8) // 8)
     assert "8 worker process(es) per GPU" in four.reason and "32 in all" in four.reason
