@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for server in servers.values():  # one after the other: each worker loads its sessions on the GPU
             server.start(ready_timeout_s=300)
+            # /readyz answers once one worker is up; the others may still be creating and warming theirs.
+            server.wait_idle(max_s=240)
             server.pause()
         for name, server in servers.items():
             server.resume()
