@@ -9,9 +9,9 @@
 #
 # Size (measured): onnxruntime-gpu 1.31.1's wheel is 255 MB and its CUDA provider library alone is still
 # 186 MB after xz -6, while one device call carries at most 64 MiB with the working tree (whose models/ are
-# 93 MB tracked today). So the bundle is split into 56 MiB parts; bench/gpu_device.sh gathers them in
+# 93 MB tracked today). So the bundle (212 MiB) is split into 40 MiB parts; bench/gpu_device.sh gathers them in
 # /tmp/gpu-parts on the lent machine over several calls made while it stays warm (each call: carry one
-# part; the last one runs the benchmark), from a working tree whose unneeded model versions are moved out
+# part; the last one runs the benchmark), from a working tree under ~20 MiB: unneeded model versions moved out
 # of the way for the calls (the benchmark needs only the default model, mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,6 @@ python3 -m pip install -q --no-deps --only-binary=:all: --python-version 3.12 --
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --target "$SITE" $(for p in $PKGS; do pin "$p" || echo "$p"; done)
 rm -rf build/gpu && mkdir -p build/gpu
-tar -C "$SITE" -cf - . | xz -6 -T0 | split -b 56m -d - build/gpu/site.tar.xz.part-
+tar -C "$SITE" -cf - . | xz -6 -T0 | split -b 40m -d - build/gpu/site.tar.xz.part-
 rm -rf "$SITE"
 ls -la build/gpu
