@@ -6,6 +6,9 @@
 #   bash bench/gpu_device.sh part      # a call that only adds the carried part(s) to /tmp/gpu-parts
 #   bash bench/gpu_device.sh           # adds any carried part, installs, measures (about 4 minutes)
 #
+# Each call carries one part by its path (`carry: ["build/gpu/site.tar.xz.part-00"]`, then -01, ...), the
+# calls following each other while the machine is warm (/tmp survives between them, not a fresh start).
+#
 # Extra arguments after `run` go to bench.gpu_workers (e.g. `bash bench/gpu_device.sh run --rounds 1`).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
