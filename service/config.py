@@ -166,6 +166,30 @@ class Settings(BaseSettings):
         "physical core). Left unset, `vae-serve` sets it with its worker plan (service/server/workers.py: 1 "
         "per worker process on a CPU host, one worker per core).",
     )
+    cpu_arena: bool = Field(
+        default=False,
+        description="onnxruntime's CPU memory arena for every session. On, each session keeps the buffers "
+        "of its largest run for its whole life (a worker serving the default models idled at 1.6 GB with it "
+        "and warm-up runs at the largest batch); off, they go back to malloc after each run, with no "
+        "measurable cost per request (docs/benchmarks.md).",
+    )
+    batch_padding: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Pad each onnxruntime call's batch with zero rows to the next of a few sizes (powers of "
+        "two up to max_batch_size, and max_batch_size), each run at load, so a GPU sees no new input shape "
+        "after warm-up (the CUDA provider chooses convolution algorithms per new shape); the padding rows "
+        "are dropped before anything reads the outputs. 'auto': on CUDA only (on CPU the padded rows cost "
+        "their work, and CPU sessions are warmed at batch 1 only); 'on' / 'off': everywhere / nowhere.",
+    )
+    gpu_mem_limit_mb: int = Field(
+        default=0,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="Cap (MiB) on each CUDA session's memory arena (onnxruntime's gpu_mem_limit); 0: none. "
+        "Left unset, `vae-serve` on a GPU host sets it to each worker's share of its card (service/"
+        "workers.py), so that no arena of a worker grows past what the workers sharing the card can spare; "
+        "bench/gpu_workers.py measures what a worker really holds.",
+    )
     inter_op_threads: int = Field(
         default=1,
         ge=0,

@@ -261,7 +261,14 @@ class ServingPlan(BaseModel):
     device: Literal["cpu", "cuda"]
     reason: str = Field(description="Why this plan: the cores or GPUs found, or the flags given.")
     pid: int = Field(description="The worker process that answered.")
-    slot: int | None = Field(None, description="The worker's GPU slot, when there are several GPUs.")
+    slot: int | None = Field(None, description="The worker's slot on a CUDA plan with several workers.")
+    gpus: int = Field(0, description="GPUs the workers are spread over (cuda), each worker pinned to one.")
+    gpu_mem_limit_mb: int = Field(
+        0, description="Each worker's share of its card in MiB, the cap on its CUDA arenas; 0: none."
+    )
+    cuda_visible_devices: str | None = Field(
+        None, description="The GPU this worker is pinned to (its CUDA_VISIBLE_DEVICES), on a CUDA plan."
+    )
 
 
 class ModelsResponse(BaseModel):

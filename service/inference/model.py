@@ -128,6 +128,10 @@ class VAEModel:
             "kl": "upper bound -log sum_k w_k exp(-KL(q || p_k)), closed form per component",
         }
 
+    @property
+    def graphs(self) -> list[Graph]:
+        return [self.encoder, self.decoder, *([self.scorer] if self.scorer is not None else [])]
+
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run each graph at the given batch sizes so the first request pays no lazy initialisation."""
         c, h, w = self.manifest.image.shape

@@ -47,6 +47,7 @@ from service.errors import ModelNotFound, NotReady
 from service.inference.batcher import Batcher, BatchStats
 from service.inference.model import VAEModel
 from service.inference.runtime import Graph, ModelLoadError, session_options
+from service.inference.shapes import batch_shapes
 from service.metrics import Metrics
 from vae_contract.classes import ClassFileError, ClassGaussians, read_class_gaussians
 from vae_contract.manifest import (
@@ -211,19 +212,26 @@ class ModelRegistry:
             calibration = self._side_file(
                 path / spec.file, lambda f: read_calibration(f, spec.statistic, spec.count)
             )
-        options = session_options(s.intra_op_threads, s.inter_op_threads)
-        encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
-        decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
+        options = session_options(s.intra_op_threads, s.inter_op_threads, s.cpu_arena)
+        limit = s.gpu_mem_limit_mb
+        encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider, limit)
+        decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider, limit)
         scorer: tuple[Graph, Batcher] | None = None
         if manifest.scorer is not None:
-            graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider)
+            graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider, limit)
             scorer = (graph, self._batcher(name, version, "scorer", graph))
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
             self._batcher(name, version, "decoder", decoder), prior, classes, scorer, calibration,
         )  # fmt: skip
+        pad = s.batch_padding == "on" or (s.batch_padding == "auto" and encoder.on_cuda)
+        shapes = batch_shapes(s.max_batch_size) if pad else None
+        for graph in model.graphs:
+            graph.shapes = shapes
         try:
-            model.warm_up(tuple(sorted({1, s.max_batch_size})))
+            # Padded: every shape the graphs will ever see. Else batch 1 only: a CPU session's first run at
+            # a new size costs no search, and a warm-up at the largest batch only raised the startup peak.
+            model.warm_up(shapes or (1,))
         except Exception as exc:
             raise ModelLoadError(f"{path}: warm-up failed ({type(exc).__name__}: {exc})") from exc
         return model

@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int,
         default=int(os.environ["VAE_WORKERS"]) if os.environ.get("VAE_WORKERS", "").isdigit() else None,
-        help="worker processes (VAE_WORKERS; default: one per core on CPU, one per GPU; logged and shown on "
-        "/v1/models)",
+        help="worker processes (VAE_WORKERS; default: chosen from the machine, one per usable core, spread "
+        "over the GPUs on a GPU host; the choice and its reason are logged and shown on /v1/models)",
     )  # fmt: skip
     parser.add_argument(
         "--provider", choices=["auto", "cuda", "cpu"], help="execution provider (VAE_PROVIDER)"
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     from service.server.workers import choose
 
     given_threads = settings.intra_op_threads if "VAE_INTRA_OP_THREADS" in os.environ else None
-    plan = choose(args.workers, settings.provider, given_threads)
+    given_limit = settings.gpu_mem_limit_mb if "VAE_GPU_MEM_LIMIT_MB" in os.environ else None
+    plan = choose(args.workers, settings.provider, given_threads, gpu_mem_limit_mb=given_limit)
     # Every worker reads its settings from the environment: the thread count and the plan travel there too.
     os.environ.update(plan.environment())
 
