@@ -187,8 +187,8 @@ class Settings(BaseSettings):
         le=16 * 1024 * 1024,
         description="Cap (MiB) on each CUDA session's memory arena (onnxruntime's gpu_mem_limit); 0: none. "
         "Left unset, `vae-serve` on a GPU host sets it to each worker's share of its card "
-        "(service/server/workers.py), so that no arena of a worker grows past what the workers sharing the card can spare; "
-        "bench/gpu_workers.py measures what a worker really holds.",
+        "(service/server/workers.py), so that no arena of a worker grows past what the workers sharing the "
+        "card can spare; bench/gpu_workers.py measures what a worker really holds.",
     )
     inter_op_threads: int = Field(
         default=1,
