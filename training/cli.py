@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import Device, TrainConfig, config_types, literal_choices
-from training.data import DataError
-from training.errors import ExportError, TrainingDiverged
+from training.errors import DataError, ExportError, TrainingDiverged
 
 log = logging.getLogger("training")
 

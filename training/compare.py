@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from training.config import Dataset, TrainConfig
-from training.data import ImageDataset, load_dataset, to_float
+from training.data import load_dataset, to_float
+from training.datasets.images import ImageDataset
 from training.pca import fit_pca
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ import torch
 
 from training.checkpoints import load_checkpoint
 from training.config import TrainConfig
-from training.data import ImageDataset, binarize_once, iterate_batches, load_dataset, to_float
+from training.data import binarize_once, iterate_batches, load_dataset, to_float
+from training.datasets.images import ImageDataset
 from training.losses import elbo_terms, iwae_bound
 from training.models import VAE
 from training.progress import Progress

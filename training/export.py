@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.data import ImageDataset
+from training.datasets.images import ImageDataset
 from training.errors import ExportError
 from training.likelihoods import bits_per_dim, mean_image, param_channels
 from training.losses import model_nll

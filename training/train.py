@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.data import ImageDataset, iterate_batches, load_dataset, to_float
+from training.data import iterate_batches, load_dataset, to_float
+from training.datasets.images import ImageDataset
 from training.distributed import Replica, all_sum, device_for, wrap
 from training.distributed import start as distributed_start
 from training.distributed import stop as distributed_stop

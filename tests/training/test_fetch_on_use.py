@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from training.cli import main
-from training.data import MNIST_CACHE, load_dataset
+from training.data import load_dataset
+from training.datasets.mnist import MNIST_CACHE
 
 
 @pytest.fixture

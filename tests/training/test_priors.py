@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.data import ImageDataset
+from training.datasets.images import ImageDataset
 from training.gaussians import gaussian_log_density, mixture_log_density
 from training.losses import elbo_terms, iwae_bound, log_prior, reconstruction_nll
 from training.models import build_model

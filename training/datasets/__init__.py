@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.data import ImageDataset
+    from training.datasets.images import ImageDataset
 
 
 def dataset_record(name: str) -> dict[str, str]:
@@ -40,9 +40,10 @@ def fetch_datasets(which: str, data_dir: Path) -> Iterator[str]:
     ready. With `all`, a dataset that cannot be fetched (its tool missing: apt-get for Fashion-MNIST, npm for
     emoji) does not stop the others: its line says why, and one DataError naming them follows at the end.
     """
-    from training.data import DataError, fetch_mnist, load_mnist
     from training.datasets.emoji import fetch_emoji, load_emoji
     from training.datasets.fashion import fetch_fashion, load_fashion
+    from training.datasets.mnist import fetch_mnist, load_mnist
+    from training.errors import DataError
 
     fetchers: dict[str, tuple[Callable[[Path], Path], Callable[[Path], ImageDataset]]] = {
         "mnist": (fetch_mnist, load_mnist),

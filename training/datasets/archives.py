@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from training.data import DataError
+from training.errors import DataError
 
 log = logging.getLogger("training")
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.data import DataError, ImageDataset
 from training.datasets.archives import check_sha256, download_npm, tar_members
+from training.datasets.images import ImageDataset
+from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
