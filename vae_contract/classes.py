@@ -16,11 +16,12 @@ No torch.
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from vae_contract.side_files import read_plain_arrays
 
 CLASSES_FILE = "classes.npz"
 # K * D * D float32 values of the Cholesky factors at most (64 MiB), and a bound on the number of classes.
@@ -77,19 +78,9 @@ def read_class_gaussians(path: Path, classes: list[str], latent_dim: int) -> Cla
         raise ClassFileError(f"{path}: the manifest's class names are not unique")
     if k * d * d > MAX_CLASS_VALUES:
         raise ClassFileError(f"{path}: {k} classes of {d}x{d} factors are over the {MAX_CLASS_VALUES} limit")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if sorted(npz.files) != sorted(ARRAYS):
-                raise ClassFileError(f"{path}: expected the arrays {', '.join(ARRAYS)}, found {npz.files}")
-            # The members' declared sizes bound what reading them allocates (a zip may inflate a lot).
-            declared = sum(info.file_size for info in npz.zip.infolist())
-            if declared > 4 * (k * d * d + k * d) + 8 * k + 4 * k * 1024 + 64 * 1024:
-                raise ClassFileError(f"{path}: its arrays are larger than {k} classes of latent size {d}")
-            names, counts, mean, chol = (npz[name] for name in ARRAYS)
-    except ClassFileError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ClassFileError(f"{path}: not an .npz of plain arrays ({exc})") from exc
+    limit = 4 * (k * d * d + k * d) + 8 * k + 4 * k * 1024 + 64 * 1024
+    arrays = read_plain_arrays(path, ARRAYS, limit, f"{k} classes of latent size {d}", ClassFileError)
+    names, counts, mean, chol = (arrays[name] for name in ARRAYS)
     if names.dtype.kind != "U" or names.shape != (k,) or [str(n) for n in names] != list(classes):
         raise ClassFileError(f"{path}: its class names differ from the manifest's {classes}")
     if counts.dtype.kind not in "iu" or counts.shape != (k,) or (counts < 0).any():

@@ -36,13 +36,14 @@ sorted ascending, finite.
 from __future__ import annotations
 
 import math
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from vae_contract.side_files import read_plain_arrays
 
 NOVELTY_FILE = "novelty.npz"
 Statistic = Literal["complexity_zlib_up", "neg_elbo_bits"]
@@ -176,19 +177,8 @@ def read_calibration(path: Path, statistic: str, count: int) -> Calibration:
     path = Path(path)
     if not MIN_CALIBRATION <= count <= MAX_CALIBRATION:
         raise NoveltyFileError(f"{path}: {count} calibration images; {MIN_CALIBRATION} to {MAX_CALIBRATION}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if sorted(npz.files) != sorted(ARRAYS):
-                raise NoveltyFileError(f"{path}: expected the arrays {', '.join(ARRAYS)}, found {npz.files}")
-            # The members' declared sizes bound what reading them allocates (a zip may inflate a lot).
-            declared = sum(info.file_size for info in npz.zip.infolist())
-            if declared > 8 * count + 64 * 1024:
-                raise NoveltyFileError(f"{path}: its arrays are larger than {count} scores")
-            named, scores = npz["statistic"], npz["scores"]
-    except NoveltyFileError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise NoveltyFileError(f"{path}: not an .npz of plain arrays ({exc})") from exc
+    arrays = read_plain_arrays(path, ARRAYS, 8 * count + 64 * 1024, f"{count} scores", NoveltyFileError)
+    named, scores = arrays["statistic"], arrays["scores"]
     if named.dtype.kind != "U" or named.shape != () or str(named) != statistic:
         raise NoveltyFileError(f"{path}: holds statistic {named!s:.64}, the manifest says {statistic!r}")
     if scores.dtype != np.float64 or scores.shape != (count,):
