@@ -1,0 +1,338 @@
+"""The images checked as running containers, from outside, on 127.0.0.1 only (`make image-test`).
+
+    python scripts/image_test.py                       # build serve-cpu, check it, remove what it made
+    python scripts/image_test.py --checks serve,gpu    # also the GPU image on this (GPU-less) host
+    python scripts/image_test.py --checks all --keep-images
+
+Checks (each bounded in time; every container, network and volume it starts is removed, also on failure;
+the images it builds too unless --keep-images):
+  serve    the serving image on a read-only root with a tmpfs /tmp, as a non-root user, no capabilities:
+           ready, /v1/sample answers a PNG, /v2 and gRPC answer, the HEALTHCHECK turns healthy, a SIGTERM
+           (`stop`) lets an in-flight request finish and the process exit 0 within the grace period, no torch
+  gpu      the CUDA image without a GPU: onnxruntime imports and lists CUDA, the CUDA and cuDNN wheels are
+           where onnxruntime looks, and the service serves on the CPU with one INFO line and no ERROR line
+  k8s      deploy/k8s's Deployment container spec run as a container (command, args, env, ports, user,
+           read-only root, probes); deploy/kserve's InferenceService likewise
+  compose  docker-compose.yml + docker-compose.cpu.yml up (the scale profile too: replicas behind nginx)
+  train    the train image: `vae-train --help`, one epoch on real MNIST, export into a mounted models folder
+           that a running serving container hot-reloads
+Needs the dev extra (httpx, tritonclient[grpc], PyYAML): run it with the project's venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import images  # noqa: E402  (scripts/ is not a package)
+
+ROOT = images.ROOT
+GRACE_S = 30  # docker-compose.yml's stop_grace_period and the k8s terminationGracePeriodSeconds
+READY_TIMEOUT_S = 240  # every default model loaded, verified and warmed on two shared cores
+PNG = b"\x89PNG\r\n\x1a\n"
+ALL_CHECKS = ("serve", "gpu", "k8s", "compose", "train")
+TARGETS = {"serve": "serve-cpu", "gpu": "serve", "k8s": "serve-cpu", "compose": "serve-cpu", "train": "train"}
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def expect(condition: object, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+    say(f"  ok: {message}")
+
+
+class Containers:
+    """Starts containers with unique names and removes each one it started, whatever happens."""
+
+    def __init__(self, engine: images.Engine):
+        self.engine = engine
+        self.started: list[str] = []
+
+    def run(self, image: str, *args: str, command: list[str] | None = None, name: str = "") -> str:
+        name = f"vae-it-{name or 'c'}-{uuid.uuid4().hex[:8]}"
+        self.started.append(name)
+        self.engine.run("run", "-d", "--name", name, *args, image, *(command or []), timeout=120, quiet=True)
+        return name
+
+    def port(self, name: str, container_port: int) -> int:
+        out = self.engine.run("port", name, f"{container_port}/tcp", timeout=30, quiet=True).stdout
+        host, _, port = out.strip().splitlines()[0].rpartition(":")
+        if host not in ("127.0.0.1", "0.0.0.0"):
+            raise CheckFailed(f"{name}: port {container_port} is published on {host}")
+        return int(port)
+
+    def inspect(self, name: str) -> dict:
+        out = self.engine.run("inspect", name, timeout=30, quiet=True).stdout
+        return json.loads(out)[0]
+
+    def logs(self, name: str) -> str:
+        done = self.engine.run("logs", name, timeout=30, check=False, quiet=True)
+        return done.stdout + done.stderr
+
+    def exec(self, name: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.engine.run("exec", name, *argv, timeout=timeout, check=False, quiet=True)
+
+    def remove_all(self) -> None:
+        for name in reversed(self.started):
+            self.engine.run("rm", "-f", "-t", "2", name, timeout=60, check=False, quiet=True)
+        self.started.clear()
+
+
+HARDENED = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+
+
+def published(*ports: int) -> list[str]:
+    return [a for p in ports for a in ("-p", f"127.0.0.1::{p}")]  # a free host port, loopback only
+
+
+def wait_ready(base: str, name: str, box: Containers, timeout: float = READY_TIMEOUT_S) -> float:
+    """Seconds from now until /readyz answers 200; fails early if the container exits."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return time.monotonic() - start
+        if not box.inspect(name)["State"]["Running"]:
+            raise CheckFailed(f"{name} exited before it was ready:\n{box.logs(name)[-3000:]}")
+        time.sleep(1)
+    raise CheckFailed(f"{name} not ready after {timeout:.0f} s:\n{box.logs(name)[-3000:]}")
+
+
+def check_answers(base: str, grpc_port: int) -> None:
+    """/v1/sample as a PNG, /v2 server and model metadata, and the same over gRPC."""
+    r = httpx.post(f"{base}/v1/sample", json={"n": 4, "seed": 0}, headers={"Accept": "image/png"}, timeout=60)
+    expect(r.status_code == 200 and r.content.startswith(PNG), f"/v1/sample answers a PNG ({len(r.content)} B)")
+    meta = httpx.get(f"{base}/v2", timeout=30).json()
+    expect(meta.get("name") and "extensions" in meta, f"/v2 answers server metadata ({meta.get('name')})")
+    ready = httpx.get(f"{base}/v2/health/ready", timeout=30)
+    expect(ready.status_code == 200, "/v2/health/ready answers 200")
+    import tritonclient.grpc as grpcclient  # the dev extra; imported late so --help works without it
+
+    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+    try:
+        expect(client.is_server_ready(client_timeout=30), "gRPC ServerReady answers true")
+        server = client.get_server_metadata(client_timeout=30)
+        expect(server.name, f"gRPC ServerMetadata answers ({server.name} {server.version})")
+    finally:
+        client.close()
+
+
+def check_healthcheck(box: Containers, name: str) -> None:
+    """The image's own HEALTHCHECK (kept by building in docker format) reports healthy."""
+    config = box.inspect(name)["Config"]
+    expect(config.get("Healthcheck", {}).get("Test"), "the image declares a HEALTHCHECK")
+    if box.engine.name == "podman":
+        # podman schedules health checks with systemd timers; without systemd, run the same check on demand.
+        done = box.engine.run("healthcheck", "run", name, timeout=60, check=False, quiet=True)
+        state = box.inspect(name)["State"].get("Health") or box.inspect(name)["State"].get("Healthcheck", {})
+        expect(done.returncode == 0 and state.get("Status") == "healthy", "HEALTHCHECK: healthy")
+        return
+    deadline = time.monotonic() + 90
+    status = ""
+    while time.monotonic() < deadline:
+        status = box.inspect(name)["State"].get("Health", {}).get("Status", "")
+        if status == "healthy":
+            break
+        time.sleep(2)
+    expect(status == "healthy", f"HEALTHCHECK turns healthy (docker: {status})")
+
+
+def slow_request(port: int, path: str, body: bytes, hold_s: float, result: dict) -> None:
+    """POST whose body arrives in two halves hold_s apart: the request is in flight all that time."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=GRACE_S) as sock:
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            sock.sendall(head + body[: len(body) // 2])
+            result["sent_half"] = time.monotonic()
+            time.sleep(hold_s)
+            sock.sendall(body[len(body) // 2 :])
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        result["response"] = b"".join(chunks)
+    except OSError as exc:
+        result["error"] = repr(exc)
+
+
+def check_drain(box: Containers, name: str, port: int) -> None:
+    """SIGTERM (engine `stop`) while a request is in flight: it completes with 200, the process exits 0."""
+    body = json.dumps({"n": 2, "seed": 1}).encode()
+    result: dict = {}
+    hold_s = 6.0  # longer than the service's drain_s (3 s): uvicorn's graceful shutdown has begun by then
+    worker = threading.Thread(target=slow_request, args=(port, "/v1/sample", body, hold_s, result))
+    worker.start()
+    while "sent_half" not in result and worker.is_alive():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    start = time.monotonic()
+    box.engine.run("stop", "-t", str(GRACE_S), name, timeout=GRACE_S + 30, quiet=True)
+    stopped_s = time.monotonic() - start
+    worker.join(GRACE_S)
+    response = result.get("response", b"")
+    status_line = response.split(b"\r\n", 1)[0].decode(errors="replace")
+    expect(status_line.startswith("HTTP/1.1 200"), f"the in-flight request finished during the drain: {status_line}")
+    state = box.inspect(name)["State"]
+    expect(state["ExitCode"] == 0, f"exit code after SIGTERM is 0 (got {state['ExitCode']})")
+    expect(stopped_s < GRACE_S, f"stopped in {stopped_s:.1f} s, within the {GRACE_S} s grace period")
+    logs = box.logs(name)
+    expect("SIGTERM" in logs, "the log says SIGTERM started the drain")
+
+
+def check_serve(box: Containers, image: str, report: dict) -> None:
+    say(f"serve: {image}")
+    name = box.run(image, *HARDENED, *published(8000, 8081), name="serve")
+    port, grpc_port = box.port(name, 8000), box.port(name, 8081)
+    base = f"http://127.0.0.1:{port}"
+    ready_s = wait_ready(base, name, box)
+    report["serve_ready_s"] = round(ready_s, 1)
+    expect(True, f"ready in {ready_s:.1f} s on a read-only root with a tmpfs /tmp")
+    user = box.exec(name, "id", "-u").stdout.strip()
+    expect(user == "10001", f"runs as uid {user}, not root")
+    expect(box.exec(name, "touch", "/app/x").returncode != 0, "the root file system refuses writes")
+    no_torch = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+    expect(box.exec(name, "python", "-c", no_torch).returncode == 0, "torch is not in the image")
+    check_answers(base, grpc_port)
+    check_healthcheck(box, name)
+    errors = [line for line in box.logs(name).splitlines() if " ERROR " in line or "Traceback" in line]
+    expect(not errors, f"no ERROR lines in the log {errors[:3]}")
+    check_drain(box, name, port)
+
+
+GPU_PROBE = r"""
+import ctypes, json, os, onnxruntime as ort
+from pathlib import Path
+from service.inference import cuda
+site = Path(ort.__file__).resolve().parents[1]
+provider_lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+def try_load(path):
+    try:
+        ctypes.CDLL(str(path))
+        return "loads"
+    except OSError as exc:
+        return str(exc)
+out = {"version": ort.__version__, "available": ort.get_available_providers(),
+       "cuda_version": getattr(ort, "cuda_version", ""),
+       "pip_libraries": {n: (site.joinpath(*f) / n).is_file() for n, f in cuda._library_names(False, cuda._cuda_major())},
+       "provider_lib_before_preload": try_load(provider_lib)}
+ort.preload_dlls()
+out["provider_lib_after_preload"] = try_load(provider_lib)
+out["probe"] = cuda.probe().reason
+print(json.dumps(out))
+"""
+
+
+def check_gpu(box: Containers, image: str, report: dict) -> None:
+    say(f"gpu: {image} on a host without an NVIDIA GPU")
+    name = box.run(image, *HARDENED, *published(8000), name="gpu")
+    done = box.exec(name, "python", "-c", GPU_PROBE)
+    if done.returncode != 0:
+        raise CheckFailed(f"the probe failed: {done.stderr[-2000:]}")
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    report["gpu_probe"] = probe
+    say("  " + json.dumps(probe, indent=1).replace("\n", "\n  "))
+    expect("CUDAExecutionProvider" in probe["available"], f"onnxruntime {probe['version']} lists CUDA")
+    expect(all(probe["pip_libraries"].values()), f"CUDA and cuDNN wheels are where onnxruntime looks: {probe['pip_libraries']}")
+    expect("libcuda.so.1" in probe["provider_lib_after_preload"] or probe["provider_lib_after_preload"] == "loads",
+           f"after preload_dlls() the CUDA provider library: {probe['provider_lib_after_preload']}")
+    config_env = dict(e.split("=", 1) for e in box.inspect(name)["Config"]["Env"])
+    expect(config_env.get("NVIDIA_VISIBLE_DEVICES") == "all"
+           and config_env.get("NVIDIA_DRIVER_CAPABILITIES") == "compute,utility",
+           "NVIDIA_VISIBLE_DEVICES=all, NVIDIA_DRIVER_CAPABILITIES=compute,utility")
+    base = f"http://127.0.0.1:{box.port(name, 8000)}"
+    ready_s = wait_ready(base, name, box)
+    report["gpu_ready_s"] = round(ready_s, 1)
+    logs = box.logs(name)
+    choice = [line for line in logs.splitlines() if "onnxruntime provider:" in line]
+    expect(len(choice) == 1 and " INFO " in choice[0] and "CPU" in choice[0], f"one INFO line: {choice}")
+    errors = [line for line in logs.splitlines() if " ERROR " in line or "[E:" in line or "Traceback" in line]
+    expect(not errors, f"no ERROR lines ({errors[:3]})")
+    models = httpx.get(f"{base}/v1/models", timeout=30).text
+    expect("CPUExecutionProvider" in models and "CUDAExecutionProvider" not in models, "/v1/models: CPU provider")
+
+
+def build_images(engine: images.Engine, targets: list[str], report: dict) -> None:
+    times = images.build(engine, targets)
+    report["build_s"] = {t: round(s) for t, s in times.items()}
+    sizes = {}
+    for target in targets:
+        ref = engine.ref(images.TAGS[target][0])
+        size = json.loads(engine.run("image", "inspect", ref, timeout=30, quiet=True).stdout)[0]["Size"]
+        sizes[target] = f"{size / 1e6:.0f} MB"
+    report["sizes"] = sizes
+    say(f"image sizes: {sizes}")
+
+
+def remove_images(engine: images.Engine, targets: list[str]) -> None:
+    names = [engine.ref(n) for t in targets for n in images.TAGS[t]]
+    engine.run("rmi", "-f", *names, timeout=300, check=False, quiet=True)
+    if engine.name == "podman":  # the build's intermediate stages
+        engine.run("image", "prune", "-f", timeout=300, check=False, quiet=True)
+
+
+CHECKS: dict[str, Callable[..., None]] = {"serve": check_serve, "gpu": check_gpu}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checks", default="serve", help=f"comma-separated, or 'all': {','.join(ALL_CHECKS)}")
+    parser.add_argument("--keep-images", action="store_true", help="keep the images built (default: removed)")
+    parser.add_argument("--no-build", action="store_true", help="use images already built (`make image`)")
+    args = parser.parse_args(argv)
+    checks = list(ALL_CHECKS) if args.checks == "all" else [c for c in args.checks.split(",") if c]
+    unknown = sorted(set(checks) - set(ALL_CHECKS))
+    if unknown:
+        parser.error(f"unknown checks {unknown}")
+    engine = images.find_engine(install=True)
+    say(f"engine: {engine.name}")
+    targets = list(dict.fromkeys(TARGETS[c] for c in checks))
+    box = Containers(engine)
+    report: dict = {"engine": engine.name}
+    failed: list[str] = []
+    try:
+        if not args.no_build:
+            build_images(engine, targets, report)
+        for check in checks:
+            image = engine.ref(images.TAGS[TARGETS[check]][0])
+            try:
+                CHECKS[check](box, image, report)
+            except (CheckFailed, subprocess.SubprocessError, httpx.HTTPError, OSError) as exc:
+                failed.append(check)
+                say(f"FAILED {check}: {exc}")
+            finally:
+                box.remove_all()
+    finally:
+        box.remove_all()
+        if not args.keep_images and not args.no_build:
+            remove_images(engine, targets)
+    say("report: " + json.dumps(report))
+    if failed:
+        say(f"image-test FAILED: {', '.join(failed)}")
+        return 1
+    say(f"image-test passed: {', '.join(checks)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
