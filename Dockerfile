@@ -11,6 +11,7 @@ ARG BASE=debian:bookworm-slim
 
 # ---- runtime: Debian's Python 3.11 and the service user; every image below starts here ------------------
 FROM ${BASE} AS runtime
+ARG DEBIAN_FRONTEND=noninteractive
 ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
@@ -26,6 +27,7 @@ RUN apt-get update \
 
 # ---- build: venv support and the project's wheel (service/ only: no training code in a serving image) -----
 FROM runtime AS build
+ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11-venv \

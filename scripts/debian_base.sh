@@ -19,6 +19,7 @@ tarball=$(mktemp --suffix=.tar)
 trap 'rm -f "$tarball"' EXIT
 # --dpkgopt lines are the slim variant's: they stay in the image, so packages installed later skip docs too.
 # The merged-usr hook lays out /usr as debootstrap does, without the usrmerge package (and the perl it pulls).
+# shellcheck disable=SC2016  # "$1" in the hook is mmdebstrap's to expand (the root being built)
 nice -n 10 mmdebstrap --variant=minbase --quiet \
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
   --dpkgopt='path-exclude=/usr/share/man/*' \

