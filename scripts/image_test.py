@@ -521,10 +521,11 @@ def check_train(box: Containers, image: str, report: dict) -> None:
     expect(done.returncode == 0 and "usage" in done.stdout.lower(), "vae-train --help")
     no_torch_serve = engine.ref(images.TAGS["serve-cpu"][0])
     with tempfile.TemporaryDirectory(prefix="vae-it-train-") as tmp:
-        models, data = Path(tmp) / "models", Path(tmp) / "data"
+        models, data, runs = Path(tmp) / "models", Path(tmp) / "data", Path(tmp) / "runs"
         shutil.copytree(ROOT / "models" / "mnist", models / "mnist")
         data.mkdir()
-        for path in (models, data, *models.rglob("*")):
+        runs.mkdir()
+        for path in (models, data, runs, *models.rglob("*")):
             os.chown(path, 10001, 10001)  # the images' user owns what it writes
         serve = box.run(
             no_torch_serve,
@@ -549,8 +550,8 @@ def check_train(box: Containers, image: str, report: dict) -> None:
             f"{models}:/app/models",
             "-v",
             f"{data}:/work/data",
-            "--tmpfs",
-            "/work/runs:uid=10001,gid=10001",
+            "-v",
+            f"{runs}:/work/runs",
             "-e",
             "EXPORT_ARGS=--k 0",
             *_host_ca_args(),
