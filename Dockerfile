@@ -89,7 +89,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     VAE_MODELS_DIR=/app/models \
     VAE_DATA_DIR=/work/data
 COPY --from=venv-train /opt/venv /opt/venv
-COPY --chmod=755 deploy/train-and-export.sh /usr/local/bin/vae-train-and-export
+# Executable in git (mode 755): plain COPY keeps it, and builds without BuildKit (no --chmod) work too.
+COPY deploy/train-and-export.sh /usr/local/bin/vae-train-and-export
 # /app/models holds the served models too, so whichever of `vae` and `train` first mounts the empty compose
 # volume seeds it with the same content; /work/{data,runs} exist so their volumes are seeded owned by vae.
 COPY --chown=10001:10001 models/ /app/models/

@@ -47,3 +47,17 @@ def test_podman_names_local_images_under_localhost() -> None:
     assert images.Engine("podman", {}).ref("vae-service:cpu") == "localhost/vae-service:cpu"
     assert images.Engine("docker", {}).ref("vae-service:cpu") == "vae-service:cpu"
     assert images.Engine("podman", {}).ref("docker.io/library/debian:bookworm-slim").startswith("docker.io/")
+
+
+def test_scripts_copied_into_images_are_executable_in_git() -> None:
+    # The Dockerfiles COPY them without --chmod (which needs BuildKit), so the mode comes from the checkout.
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "ls-files", "-s", "deploy/train-and-export.sh", "deploy/compose/nginx-entrypoint.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(listed) == 2 and all(line.startswith("100755") for line in listed), listed
