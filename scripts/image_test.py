@@ -647,7 +647,11 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     try:
         if not args.no_build:
-            build_images(engine, targets, report)
+            try:
+                build_images(engine, targets, report)
+            except subprocess.CalledProcessError as exc:
+                say(f"image-test FAILED: `{' '.join(map(str, exc.cmd[:2]))} ...` exited {exc.returncode}")
+                return 1
         for check in checks:
             image = engine.ref(images.TAGS[TARGETS[check][0]][0])
             try:
