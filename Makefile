@@ -20,7 +20,7 @@ SERVE_EXTRA := serve$(if $(ORT),-$(ORT))
 ALL_EXTRAS := $(SERVE_EXTRA),train,dev
 ORT_STAMP := $(VENV)/.ort-$(or $(ORT),platform)
 
-.PHONY: help install install-serve browser data data-mnist test lint format train models serve bench bench-peers check-deploy readme-check wheel clean
+.PHONY: help install install-serve browser data data-mnist test lint format train models serve bench bench-peers check-deploy readme-check wheel image image-test image-test-all clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -76,6 +76,18 @@ browser: ## Debian's chromium for the browser tests, when this machine allows (r
 
 check-deploy: install ## hadolint, compose/k8s/KServe schemas offline, the image's start command in a fresh venv
 	PYTHON=$(BIN)/python bash scripts/check_deploy.sh
+
+# Images (docs/deploy.md): docker when its daemon answers, else podman (installed from Debian when missing, as
+# root); the base is debian:bookworm-slim, built here from Debian's archive when it cannot be pulled.
+image: ## build the images: vae-service (CUDA), vae-service:cpu, vae-service-train, vae-service-lb (nginx)
+	python3 scripts/images.py build
+
+IMAGE_CHECKS ?= serve,gpu
+image-test: install ## build the serving images and check them as running containers (removed afterwards)
+	$(BIN)/python scripts/image_test.py --checks $(IMAGE_CHECKS)
+
+image-test-all: install ## image-test plus Kubernetes/KServe specs, compose (scale profile) and the train image
+	$(BIN)/python scripts/image_test.py --checks all
 
 test: install data-mnist lint check-deploy browser ## install into .venv and run the whole suite
 	VAE_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q
