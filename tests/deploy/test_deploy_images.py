@@ -36,7 +36,7 @@ def test_a_deployment_container_runs_with_its_security_context_mounts_and_limits
     assert "--user 10001:10001" in joined
     assert "--read-only" in opts and "--tmpfs /tmp" in joined
     assert "--cap-drop ALL" in joined and "--security-opt no-new-privileges" in joined
-    assert "--memory 8g" in joined
+    assert "--memory 6g" in joined
     assert "-p 127.0.0.1::8000" in joined and "-p 127.0.0.1::8081" in joined  # loopback only
     assert "--entrypoint vae-serve" in joined
     assert argv == ["--host", "0.0.0.0", "--port", "8000", "--models-dir", "/app/models"]
