@@ -35,7 +35,7 @@ import numpy as np
 
 from service import __version__, tracing
 from service.config import Settings
-from service.errors import ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized
+from service.errors import ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized, shown
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.inference import ModelRegistry
@@ -229,13 +229,15 @@ def _input_array(request: Any, want: dict[str, Any], settings: Settings, *, imag
         raw = request.raw_input_contents[0]
         if len(raw) != count * 4:
             raise InvalidInput(
-                f"input {name!r} has {len(raw)} bytes; shape {shape} of FP32 needs {count * 4}"
+                f"input {shown(name)} has {len(raw)} bytes; shape {shape} of FP32 needs {count * 4}"
             )
         array = np.frombuffer(raw, dtype="<f4").reshape(shape)
     else:
         if typed is None or len(typed) != count:
             got = 0 if typed is None else len(typed)
-            raise InvalidInput(f"input {name!r} has {got} fp32_contents values; shape {shape} needs {count}")
+            raise InvalidInput(
+                f"input {shown(name)} has {got} fp32_contents values; shape {shape} needs {count}"
+            )
         array = np.asarray(typed, dtype=np.float32).reshape(shape)
     return np.ascontiguousarray(array, dtype=np.float32)
 

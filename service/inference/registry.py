@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from service.conditional import ClassFileError, ClassGaussians, read_class_gaussians
 from service.config import Settings
-from service.errors import ModelNotFound, NotReady
+from service.errors import ModelNotFound, NotReady, shown
 from service.inference.batcher import Batcher, BatchStats
 from service.inference.model import VAEModel
 from service.inference.runtime import Graph, ModelLoadError, session_options
@@ -494,12 +494,12 @@ class ModelRegistry:
             if pinned is not None:
                 return pinned
             loaded = sorted(self.versions.get(chosen, {}))
-            raise ModelNotFound(f"model {chosen!r} has no loaded version {version}; loaded: {loaded}")
+            raise ModelNotFound(f"model {shown(chosen)} has no loaded version {version}; loaded: {loaded}")
         if chosen in self.failures:
-            raise NotReady(f"model {chosen!r} is not available: it failed to load")
+            raise NotReady(f"model {shown(chosen)} is not available: it failed to load")
         if not self.loaded:
             raise NotReady("models are still loading")
-        raise ModelNotFound(f"unknown model {chosen!r}; served models: {sorted(self.models)}")
+        raise ModelNotFound(f"unknown model {shown(chosen)}; served models: {sorted(self.models)}")
 
     def loaded_versions(self) -> dict[str, list[int]]:
         """Every loaded version of every model, ascending."""
