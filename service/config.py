@@ -143,6 +143,14 @@ class Settings(BaseSettings):
         "outside models_dir. Off: such a version is refused, so a link planted in models/ cannot make the "
         "service read files elsewhere on the host.",
     )
+    max_model_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024 * 1024,
+        description="Largest model version, in bytes: its graph files plus the ONNX external data their "
+        "tensors name, read from file sizes and the graphs' headers before anything is loaded. A larger "
+        "version is refused alone (at startup and on reload) and the others keep serving. Every external "
+        "data file must also be listed with its sha256 in the manifest.",
+    )
     allow_latent_change: bool = Field(
         default=False,
         description="Let a new version whose latent_dim differs from the serving version's replace it. Off: "

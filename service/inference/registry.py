@@ -47,6 +47,7 @@ from service.config import Settings
 from service.errors import ModelNotFound, NotReady, shown
 from service.inference.batcher import Batcher, BatchStats
 from service.inference.model import VAEModel
+from service.inference.model_files import ModelFileError, check_external_data, check_file_sizes
 from service.inference.runtime import Graph, ModelLoadError, session_options
 from service.manifest import (
     MANIFEST_FILE,
@@ -55,6 +56,7 @@ from service.manifest import (
     is_model_name,
     list_model_names,
     list_versions,
+    read_manifest,
     verify_model_dir,
 )
 from service.metrics import Metrics
@@ -179,9 +181,15 @@ class ModelRegistry:
         s = self.settings
         path = s.models_dir / name / str(version)
         self._check_inside(path, path / MANIFEST_FILE)
-        manifest = verify_model_dir(path)
-        graph_files = [path / g.file for g in (manifest.encoder, manifest.decoder, manifest.scorer) if g]
-        self._check_inside(*graph_files)
+        manifest = read_manifest(path)
+        graphs = manifest.graphs().values()
+        self._check_inside(*[path / f for g in graphs for f in (g.file, *(d.file for d in g.external_data))])
+        try:
+            check_file_sizes(path, manifest, s.max_model_bytes)  # before hashing reads the files whole
+            manifest = verify_model_dir(path)
+            check_external_data(path, manifest, s.max_model_bytes)  # before onnxruntime reads any of it
+        except ModelFileError as exc:
+            raise ModelLoadError(str(exc)) from None
         if manifest.name != name:
             raise ModelLoadError(f"{path}: manifest names the model {manifest.name!r}, folder says {name!r}")
         if manifest.version != version:
