@@ -61,25 +61,35 @@ async def _run(url: str, args: argparse.Namespace) -> None:
             k = 0
             while time.monotonic() < stop:
                 started = time.perf_counter()
-                if (i + k) % 2:
-                    r = await client.post("/v1/sample", json={"model": "emoji", "n": 256, "seed": k})
-                else:
-                    r = await client.post("/v1/reconstruct", json={"model": "emoji", "images": images})
-                heavy.append((r.status_code, time.perf_counter() - started))
+                try:
+                    if (i + k) % 2:
+                        r = await client.post("/v1/sample", json={"model": "emoji", "n": 256, "seed": k})
+                    else:
+                        r = await client.post("/v1/reconstruct", json={"model": "emoji", "images": images})
+                    status = r.status_code
+                except httpx.TransportError:  # e.g. a keep-alive connection the server closed meanwhile
+                    status = 0
+                heavy.append((status, time.perf_counter() - started))
                 k += 1
 
         async def mnist() -> None:
             while time.monotonic() < stop:
                 started = time.perf_counter()
-                r = await client.post("/v1/decode", json={"model": "mnist", "latents": [[0.0] * latent_dim]})
+                try:
+                    r = await client.post(
+                        "/v1/decode", json={"model": "mnist", "latents": [[0.0] * latent_dim]}
+                    )
+                    status = r.status_code
+                except httpx.TransportError:
+                    status = 0
                 probe.append(time.perf_counter() - started)
-                probe_status[r.status_code] += 1
+                probe_status[status] += 1
                 await asyncio.sleep(args.probe_interval_s)
 
         await asyncio.gather(mnist(), *(emoji(i) for i in range(args.clients)))
     statuses = Counter(status for status, _ in heavy)
     late = sorted(t - args.request_timeout_s for status, t in heavy if status == 504)
-    print(f"emoji requests: {dict(statuses)}")
+    print(f"emoji requests (0: connection error): {dict(statuses)}")
     if late:
         print(f"504s answered past the {args.request_timeout_s:g} s timeout by: max {max(late):.2f} s, "
               f"p50 {np.percentile(late, 50):.2f} s")  # fmt: skip
