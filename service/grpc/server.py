@@ -336,7 +336,10 @@ def _handlers(servicer: InferenceServicer, settings: Settings) -> dict[str, grpc
 
 def server_options(settings: Settings, max_connections: int, *, shared_port: bool) -> list[tuple[str, Any]]:
     """grpcio (C-core) channel arguments that give the gRPC port the HTTP port's connection bounds."""
-    idle_ms = int(settings.idle_timeout_s * 1000)
+    # A gRPC channel is meant to stay open between calls (reconnecting costs a handshake per burst), so an
+    # established connection without calls is kept for a minute at least; sockets that never finish the
+    # handshake are closed at header_timeout_s, and the connection cap bounds how many idle ones there are.
+    idle_ms = int(max(settings.idle_timeout_s, 60.0) * 1000)
     return [
         # Messages: refused past these sizes (the declared length is checked as the message arrives).
         ("grpc.max_receive_message_length", settings.max_body_bytes),
@@ -359,7 +362,7 @@ def server_options(settings: Settings, max_connections: int, *, shared_port: boo
         ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
         # Peers that stop answering (dead hosts, half-open sockets) are found by keepalive pings and closed;
         # clients may ping at most every 10 s without calls in flight, as grpc's own defaults suggest.
-        ("grpc.keepalive_time_ms", max(idle_ms, 10_000)),
+        ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 2),

@@ -48,8 +48,9 @@ every accepted decode is short, so a request that times out leaves no decode run
 
 gRPC (grpcio's C-core) bounds its connections with channel arguments set from the settings above
 (`service/grpc/server.py`): `grpc.max_allowed_incoming_connections`, `grpc.server_handshake_timeout_ms`
-(header_timeout_s), `grpc.max_connection_idle_ms` (idle_timeout_s), `grpc.max_concurrent_streams`,
-`grpc.max_connection_age_ms` and its grace, keepalive pings, `grpc.max_receive_message_length`
+(header_timeout_s), `grpc.max_connection_idle_ms` (idle_timeout_s, at least 60 s),
+`grpc.max_concurrent_streams`, `grpc.max_connection_age_ms` and its grace, keepalive pings,
+`grpc.max_receive_message_length`
 (max_body_bytes) and `grpc.max_send_message_length` (max_response_bytes). Each call's request message must
 arrive whole within body_timeout_s (the RPCs are served as streams so that the service can time the read).
 A second server cannot bind the same gRPC port (`grpc.so_reuseport` is off except between the `--workers`
