@@ -61,6 +61,11 @@ from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 MB = 1 << 20
 
 
+def _cli_module(source: Path) -> str:
+    """`vae-serve`'s module in that source tree (it moved into service/server/)."""
+    return "service.server.cli" if (source / "service" / "server" / "cli.py").is_file() else "service.cli"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +90,7 @@ class Target:
         }  # fmt: skip
         with self.log.open("wb") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli"],
+                [sys.executable, "-m", _cli_module(source)],
                 env=full,
                 cwd=source,
                 stdout=sink,
@@ -268,7 +273,7 @@ def _huge_model(models: Path) -> None:
         fh.truncate(int(2.5 * (1 << 30)))
     manifest = json.loads((folder / "model.json").read_text())
     manifest["name"] = "huge"
-    from service.manifest import sha256_file
+    from vae_contract.manifest import sha256_file
 
     manifest["decoder"]["sha256"] = sha256_file(folder / "decoder.onnx")
     (folder / "model.json").write_text(json.dumps(manifest))

@@ -31,6 +31,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _cli_module(source: Path) -> str:
+    """`vae-serve`'s module in that source tree (it moved into service/server/)."""
+    return "service.server.cli" if (source / "service" / "server" / "cli.py").is_file() else "service.cli"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,8 +123,8 @@ def main() -> None:
     }  # fmt: skip
     log = Path("/tmp") / f"vae-starvation-{port}.log"
     with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli"], env=env, cwd=args.source, stdout=sink,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        argv = [sys.executable, "-m", _cli_module(args.source)]
+        proc = subprocess.Popen(argv, env=env, cwd=args.source, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

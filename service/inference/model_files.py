@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.manifest import GraphSpec, Manifest
+from vae_contract.manifest import GraphSpec, Manifest
 
 # ONNX message types (onnx.proto) and, per type, its length-delimited fields that hold messages.
 _MODEL, _GRAPH, _NODE, _ATTR, _TENSOR, _SPARSE, _FUNCTION, _TRAINING, _ENTRY = range(9)

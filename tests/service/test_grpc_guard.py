@@ -84,7 +84,7 @@ def test_a_second_server_on_the_grpc_port_fails_at_start(server, tmp_path):
         "VAE_GRPC_PORT": str(port), "VAE_WORKERS": "1", "VAE_RELOAD_INTERVAL_S": "0",
     }  # fmt: skip
     second = subprocess.run(
-        [sys.executable, "-m", "service.cli"],
+        [sys.executable, "-m", "service.server.cli"],
         env=env,
         cwd=ROOT,
         capture_output=True,

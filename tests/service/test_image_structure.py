@@ -8,7 +8,7 @@ import pytest
 from hostile_inputs import exif_chunk, png_chunk, png_with_chunks, progressive_jpeg, ztxt_chunks
 from PIL import Image
 
-from service.image_structure import (
+from vae_contract.image_structure import (
     MAX_JPEG_SCANS,
     MAX_JPEG_SEGMENTS,
     MAX_PNG_ANCILLARY,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.image_structure import (
+from service.inference.limits import REQUEST_LIMITS
+from vae_contract.image_structure import (
     MAX_EXIF_BYTES,
     MAX_JPEG_SCANS,
     MAX_JPEG_SEGMENTS,
@@ -19,7 +20,6 @@ from service.image_structure import (
     MAX_PNG_ANCILLARY_BYTES,
     MAX_PNG_CHUNKS,
 )
-from service.inference.limits import REQUEST_LIMITS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "limits.md"
 
@@ -39,7 +39,7 @@ TAIL = f"""
 ## Fixed bounds
 
 Image files are refused from their structure, before a decoder sees them, when decoding them would be costly
-whatever their pixel count (`service/image_structure.py`): a JPEG with more than {MAX_JPEG_SCANS} scans
+whatever their pixel count (`vae_contract/image_structure.py`): a JPEG with more than {MAX_JPEG_SCANS} scans
 (a progressive file decodes every pixel once per scan) or more than {MAX_JPEG_SEGMENTS} marker segments
 before its image data; a PNG with more than {MAX_PNG_CHUNKS} chunks, more than {MAX_PNG_ANCILLARY}
 metadata (ancillary) chunks, more than {MAX_PNG_ANCILLARY_BYTES} bytes of them, or an eXIf chunk over

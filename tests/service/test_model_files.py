@@ -20,7 +20,7 @@ from onnx_models import write_model
 from serving import vae_serve
 
 from service.inference.model_files import ModelFileError, check_external_data, check_file_sizes, external_refs
-from service.manifest import read_manifest, sha256_file
+from vae_contract.manifest import read_manifest, sha256_file
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -181,8 +181,8 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, 3, S, S) -> (N, 3, size, size), resampled exactly as the service resamples uploads."""
     if x.shape[-1] == size:
         return x
-    from service.imaging import prepare_image
-    from service.manifest import ImageSpec
+    from vae_contract.imaging import prepare_image
+    from vae_contract.manifest import ImageSpec
 
     spec = ImageSpec(channels=3, height=size, width=size)
     out = [
