@@ -79,7 +79,8 @@ class GraphSpec(_Strict):
     outputs: list[TensorSpec]
     # Weights are embedded in `file` unless the graph is too large for one protobuf (2 GiB): then every file
     # its tensors name as external data is listed here, and a graph that names any other file is refused.
-    external_data: list[DataFileSpec] = []
+    # Left out of the file when empty, so a manifest without external data reads in services older than it.
+    external_data: list[DataFileSpec] = Field(default_factory=list, exclude_if=lambda files: not files)
 
 
 class DatasetSpec(_Strict):
