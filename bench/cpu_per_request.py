@@ -44,6 +44,7 @@ def _service(name: str, source: Path, args: argparse.Namespace, model: str) -> S
     if args.workers:
         argv += ["--workers", str(args.workers)]
     env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": "cpu"}  # otherwise the defaults, access log included
+    env["VAE_GRPC_PORT"] = "0"  # HTTP only: two targets up at once must not contend for one gRPC port
     env["PYTHONPATH"] = str(source.resolve())  # run from that checkout's source tree, same interpreter
     return Server(name, argv, env, args.out / f"{name}.log", cwd=source.resolve())
 

@@ -89,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(
             "ours",
             [str(Path(sys.executable).with_name("vae-serve")), "--host", "127.0.0.1", "--port", "{port}"],
-            {"VAE_MODELS_DIR": str(models), "VAE_DEFAULT_MODEL": args.model, "VAE_LOG_LEVEL": "info"},
+            {
+                "VAE_MODELS_DIR": str(models),
+                "VAE_DEFAULT_MODEL": args.model,
+                "VAE_LOG_LEVEL": "info",
+                "VAE_GRPC_PORT": "0",
+            },
             Path(tmp) / "server.log",
         )
         server.start()

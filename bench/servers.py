@@ -170,7 +170,9 @@ def ours_server(args: argparse.Namespace, models_dir: Path, model: str, out: Pat
     workers = getattr(args, "workers", None)
     host = ["--host", "127.0.0.1", "--port", "{port}", "--models-dir", str(models_dir)]
     argv = [*exe, *host, *(["--workers", str(workers)] if workers else [])]
-    env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": args.provider, **extra_env, **dict(args.env)}
+    # gRPC off: these benches speak HTTP, and a gRPC port is not shared between servers.
+    env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": args.provider, "VAE_GRPC_PORT": "0", **extra_env,
+           **dict(args.env)}  # fmt: skip
     return Server("ours", argv, env, out / "ours.log")
 
 

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
         le=65535,
         description="TCP port of the Open Inference Protocol over gRPC (KServe's GRPCInferenceService; "
         "8081 is KServe's gRPC port), served by the same process with the same models, limits, API keys "
-        "and metrics as HTTP; 0 turns gRPC off. Worker processes share it (SO_REUSEPORT).",
+        "and metrics as HTTP; 0 turns gRPC off. The `--workers N` processes of one server share it "
+        "(SO_REUSEPORT); another server on the same port fails at start.",
     )
     tracing: bool = Field(
         default=False,
@@ -86,7 +87,8 @@ class Settings(BaseSettings):
         gt=0,
         le=600,
         description="Longest gap (seconds) between two reads of a request body while the service waits for "
-        "it (408 and close beyond); the request timeout bounds the whole request besides.",
+        "it (408 and close beyond); the request timeout bounds the whole request besides. A gRPC call's "
+        "request message must arrive whole within it (DEADLINE_EXCEEDED beyond, and the call is dropped).",
     )
     send_timeout_s: float = Field(
         default=30.0,
@@ -94,7 +96,8 @@ class Settings(BaseSettings):
         le=3600,
         description="Longest the service waits for a client to take more of its response (the write buffer "
         "full) before dropping the connection, so a client that stops reading cannot hold a connection and "
-        "its buffered response forever.",
+        "its buffered response forever. On gRPC: the longest a call's response may wait for the client's "
+        "flow-control window before the call is cancelled.",
     )
     max_connections: int = Field(
         default=2048,
@@ -103,6 +106,42 @@ class Settings(BaseSettings):
         description="Open connections per worker process. At the cap a new connection closes the one idle "
         "the longest, or gets 503 when none is idle; refusals are logged (at most one line per 10 s). The "
         "open-file limit is raised to fit it at startup, and the cap shrinks if the hard limit is lower.",
+    )
+
+    grpc_max_connections: int = Field(
+        default=1024,
+        ge=16,
+        le=1_000_000,
+        description="Open gRPC connections per worker process (grpcio closes new ones beyond it, before any "
+        "handshake). Its own share of the open-file limit beside max_connections: the limit is raised to "
+        "fit both, and where the hard limit cannot, both caps shrink in proportion, so neither port can "
+        "take the descriptors the other needs. The idle, header (HTTP/2 preface) and send timeouts above "
+        "apply to gRPC connections too.",
+    )
+    grpc_max_streams_per_connection: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Calls one gRPC connection may have in progress at once (HTTP/2 "
+        "SETTINGS_MAX_CONCURRENT_STREAMS); a client wanting more opens more connections.",
+    )
+    grpc_max_connection_age_s: float = Field(
+        default=120.0,
+        ge=1,
+        le=86_400,
+        description="Longest a gRPC connection lives: then a GOAWAY (clients open a new connection without "
+        "failing a call) and its calls get max(send_timeout_s, request_timeout_s) to finish before it is "
+        "closed. grpcio cannot cancel a single call whose client stopped reading its response, so this is "
+        "what bounds how long such a client holds a response.",
+    )
+    grpc_max_calls: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="gRPC calls in progress per worker process (RESOURCE_EXHAUSTED beyond it). Each call "
+        "may buffer one request of up to max_body_bytes while it arrives, and must receive it whole within "
+        "body_timeout_s, so calls x max_body_bytes bounds that memory (1 GiB at the defaults, held at most "
+        "body_timeout_s by a client that stalls).",
     )
 
     # --- models --------------------------------------------------------------------------------------------
@@ -142,6 +181,14 @@ class Settings(BaseSettings):
         description="Serve model and version folders (and their files) that are symbolic links resolving "
         "outside models_dir. Off: such a version is refused, so a link planted in models/ cannot make the "
         "service read files elsewhere on the host.",
+    )
+    max_model_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024 * 1024,
+        description="Largest model version, in bytes: its graph files plus the ONNX external data their "
+        "tensors name, read from file sizes and the graphs' headers before anything is loaded. A larger "
+        "version is refused alone (at startup and on reload) and the others keep serving. Every external "
+        "data file must also be listed with its sha256 in the manifest.",
     )
     allow_latent_change: bool = Field(
         default=False,

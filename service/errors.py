@@ -11,6 +11,25 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, ClassVar
 
+# An error message is written for a person: past this length it says no more, and a client's own long string
+# (a model name of megabytes) cannot make an error body, a log line or a gRPC status as large as itself.
+MAX_MESSAGE_CHARS = 1024
+SHOWN_CHARS = 64
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A client-supplied value for an error message: its repr, cut to `limit` characters with the length
+    said. Only a string's head is ever formatted, so a huge value costs nothing to show."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    if isinstance(value, (str, bytes, int, float, bool)) or value is None:
+        return repr(value)
+    return f"<{type(value).__name__}>"
+
+
+def clip(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
 
 class ErrorType(StrEnum):
     invalid_input = "invalid_input"
@@ -33,6 +52,7 @@ class ServiceError(Exception):
     error_type: ClassVar[ErrorType] = ErrorType.inference_failed
 
     def __init__(self, message: str, headers: dict[str, str] | None = None):
+        message = clip(message)
         super().__init__(message)
         self.message = message
         self.headers = headers or {}

@@ -52,8 +52,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     grpc_server = None
     if settings.grpc_port:
         from service.grpc.server import start as start_grpc  # grpcio is imported only when gRPC is on
+        from service.server.workers import Plan
 
-        grpc_server = await start_grpc(registry, settings, app.state.metrics)
+        plan = Plan.from_env()  # `--workers N`: the processes share the gRPC port on purpose
+        grpc_server = await start_grpc(
+            registry, settings, app.state.metrics, shared_port=plan is not None and plan.workers > 1
+        )
         app.state.grpc_port = grpc_server.port
     watcher = None
     if settings.reload_interval_s > 0:

@@ -15,6 +15,10 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# gRPC off in every app and server the tests start, unless a test gives it a free port: a gRPC port is bound
+# by one server only (no SO_REUSEPORT), so the default 8081 would make tests depend on what else runs here.
+os.environ["VAE_GRPC_PORT"] = "0"
 ARTIFACTS = ROOT / "test-artifacts"
 
 

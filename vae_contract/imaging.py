@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from vae_contract.image_structure import CostlyImage, check_structure
 from vae_contract.manifest import ImageSpec
 
 # Content sniffing, not names or MIME types: only these formats reach a decoder.
@@ -77,6 +78,10 @@ def _open(data: bytes) -> Image.Image:
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageDecodeError("unsupported image format: only PNG and JPEG are accepted")
+    try:
+        check_structure(data, fmt)  # what decoding would cost in time, before Pillow parses anything
+    except CostlyImage as exc:
+        raise ImageDecodeError(str(exc)) from None
     with _decode_errors(fmt):
         return Image.open(io.BytesIO(data), formats=[fmt])
 

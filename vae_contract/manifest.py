@@ -65,11 +65,22 @@ class TensorSpec(_Strict):
     shape: list[int | Literal["batch"]]
 
 
+class DataFileSpec(_Strict):
+    """A file a graph reads its weights from (ONNX external data), beside the graph and hashed like it."""
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class GraphSpec(_Strict):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # Weights are embedded in `file` unless the graph is too large for one protobuf (2 GiB): then every file
+    # its tensors name as external data is listed here, and a graph that names any other file is refused.
+    # Left out of the file when empty, so a manifest without external data reads in services older than it.
+    external_data: list[DataFileSpec] = Field(default_factory=list, exclude_if=lambda files: not files)
 
 
 class DatasetSpec(_Strict):
@@ -207,6 +218,13 @@ class Manifest(_Strict):
     def _aware(cls, value: datetime) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
+    def graphs(self) -> dict[str, GraphSpec]:
+        """The model's graphs by role: encoder, decoder and, with pixel groups, scorer."""
+        found = {"encoder": self.encoder, "decoder": self.decoder}
+        if self.scorer is not None:
+            found["scorer"] = self.scorer
+        return found
+
     def expected_graphs(self) -> None:
         """Check that tensor names and shapes agree with latent_dim and image; raise ManifestError if not."""
         img = list(self.image.shape)
@@ -296,26 +314,24 @@ def verify_model_dir(model_dir: Path) -> Manifest:
     """Read the manifest and check each graph file (and each side file: prior, class statistics, novelty
     calibration) exists and matches its sha256."""
     manifest = read_manifest(model_dir)
-    hashed: list[tuple[str, GraphSpec | PriorSpec | ConditionalSpec | NoveltySpec]] = [
-        ("encoder graph", manifest.encoder),
-        ("decoder graph", manifest.decoder),
-    ]
-    if manifest.scorer is not None:
-        hashed.append(("scorer graph", manifest.scorer))
+    hashed: list[tuple[str, GraphSpec | PriorSpec | ConditionalSpec | NoveltySpec | DataFileSpec]] = []
+    for role, graph in manifest.graphs().items():
+        hashed.append((f"{role} graph", graph))
+        hashed.extend((f"{role} external data", data) for data in graph.external_data)
     if manifest.prior is not None:
         hashed.append(("prior parameter file", manifest.prior))
     if manifest.conditional is not None:
         hashed.append(("class statistics file", manifest.conditional))
     if manifest.novelty is not None:
         hashed.append(("novelty calibration file", manifest.novelty))
-    for what, graph in hashed:
-        path = Path(model_dir) / graph.file
-        if path.name != graph.file or not path.is_file():
+    for what, spec in hashed:
+        path = Path(model_dir) / spec.file
+        if path.name != spec.file or not path.is_file():
             raise ManifestError(f"{path}: {what} missing")
         actual = sha256_file(path)
-        if actual != graph.sha256:
+        if actual != spec.sha256:
             raise ManifestError(
-                f"{path}: sha256 mismatch (manifest {graph.sha256[:12]}..., file {actual[:12]}...); "
+                f"{path}: sha256 mismatch (manifest {spec.sha256[:12]}..., file {actual[:12]}...); "
                 "the file was modified or truncated after export"
             )
     return manifest

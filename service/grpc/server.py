@@ -35,7 +35,7 @@ import numpy as np
 
 from service import __version__, tracing
 from service.config import Settings
-from service.errors import ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized
+from service.errors import ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized, shown
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.http.security import key_matches
@@ -51,6 +51,7 @@ T = TypeVar("T")
 SERVICE = "inference.GRPCInferenceService"
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 CLIENT_CLOSED = 499  # as service.http.middleware counts an HTTP client that went away
+LOG_INTERVAL_S = 10.0  # as service.server.connections logs its refusals
 
 STATUS_CODES: dict[ErrorType, grpc.StatusCode] = {
     ErrorType.invalid_input: grpc.StatusCode.INVALID_ARGUMENT,
@@ -229,13 +230,15 @@ def _input_array(request: Any, want: dict[str, Any], settings: Settings, *, imag
         raw = request.raw_input_contents[0]
         if len(raw) != count * 4:
             raise InvalidInput(
-                f"input {name!r} has {len(raw)} bytes; shape {shape} of FP32 needs {count * 4}"
+                f"input {shown(name)} has {len(raw)} bytes; shape {shape} of FP32 needs {count * 4}"
             )
         array = np.frombuffer(raw, dtype="<f4").reshape(shape)
     else:
         if typed is None or len(typed) != count:
             got = 0 if typed is None else len(typed)
-            raise InvalidInput(f"input {name!r} has {got} fp32_contents values; shape {shape} needs {count}")
+            raise InvalidInput(
+                f"input {shown(name)} has {got} fp32_contents values; shape {shape} needs {count}"
+            )
         array = np.asarray(typed, dtype=np.float32).reshape(shape)
     return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -255,6 +258,120 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+# Each RPC's request and response message types, as the protocol defines them.
+_MESSAGES: dict[str, tuple[Any, Any]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+}
+
+
+class Shedding:
+    """Counts the calls the transport bounds cut short, logged as the HTTP connection guard logs its own:
+    the first of each kind at once, then one line per kind and LOG_INTERVAL_S with the count."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.last_log: dict[str, float] = {}
+
+    def note(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+        now = time.monotonic()
+        if now - self.last_log.get(what, -LOG_INTERVAL_S) >= LOG_INTERVAL_S:
+            log.warning("shedding gRPC calls: %s: %d", what, self.counts.pop(what))
+            self.last_log[what] = now
+
+
+def _unary_over_stream(
+    handler: Callable[[Any, Any], Awaitable[Any]], receive_s: float, send_s: float, shedding: Shedding
+) -> Callable[[Any, Any], Awaitable[None]]:
+    """A unary RPC served as a bidirectional stream (the same frames on the wire, so every unary client
+    works unchanged), so that both ends of the message exchange have a deadline grpcio does not give:
+
+    - the request message must arrive whole within `receive_s` of the call's start; a stalled or partial
+      one is answered DEADLINE_EXCEEDED and the call, with the bytes it buffered, is dropped;
+    - a response that has not left after `send_s` (the client keeps its flow-control window shut) is
+      counted and logged; grpcio offers no way to cancel a server call, so the connection's age bound
+      (`grpc_max_connection_age_s`, then `send_timeout_s` of grace) is what closes it and frees the response.
+    """
+
+    async def call(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            async with asyncio.timeout(receive_s):
+                request = await context.read()
+        except TimeoutError:
+            shedding.note("request message not received in time")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request message did not arrive within {receive_s:g} s",
+            )
+        if request is grpc.aio.EOF:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+        response = await handler(request, context)
+        write = asyncio.ensure_future(context.write(response))
+        done, _ = await asyncio.wait({write}, timeout=send_s)
+        if not done:
+            shedding.note("responses not read within the send timeout (held until the connection's age)")
+        await write
+
+    return call
+
+
+def _handlers(servicer: InferenceServicer, settings: Settings) -> dict[str, grpc.RpcMethodHandler]:
+    shedding = Shedding()
+    return {
+        name: grpc.stream_stream_rpc_method_handler(
+            _unary_over_stream(
+                getattr(servicer, name), settings.body_timeout_s, settings.send_timeout_s, shedding
+            ),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+        for name, (request, response) in _MESSAGES.items()
+    }
+
+
+def server_options(settings: Settings, max_connections: int, *, shared_port: bool) -> list[tuple[str, Any]]:
+    """grpcio (C-core) channel arguments that give the gRPC port the HTTP port's connection bounds."""
+    # A gRPC channel is meant to stay open between calls (reconnecting costs a handshake per burst), so an
+    # established connection without calls is kept for a minute at least; sockets that never finish the
+    # handshake are closed at header_timeout_s, and the connection cap bounds how many idle ones there are.
+    idle_ms = int(max(settings.idle_timeout_s, 60.0) * 1000)
+    return [
+        # Messages: refused past these sizes (the declared length is checked as the message arrives).
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", settings.max_response_bytes),
+        ("grpc.max_metadata_size", settings.max_header_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_header_bytes),
+        # Connections: a cap (checked at accept, before any handshake, so raw sockets count too), a deadline
+        # for the HTTP/2 preface and settings (a socket that sends nothing is closed, as HTTP's header
+        # timeout does), idle connections closed, and streams per connection bounded.
+        ("grpc.max_allowed_incoming_connections", max_connections),
+        ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", idle_ms),
+        # Every connection ends: after its age a GOAWAY (clients reconnect transparently), then its calls
+        # get a grace to finish before it is closed. This is what frees a response a client never reads.
+        ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+        (
+            "grpc.max_connection_age_grace_ms",
+            int(max(settings.send_timeout_s, settings.request_timeout_s) * 1000),
+        ),
+        ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
+        # Peers that stop answering (dead hosts, half-open sockets) are found by keepalive pings and closed;
+        # clients may ping at most every 10 s without calls in flight, as grpc's own defaults suggest.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        # One port, one server: a second process binding it fails at start instead of sharing its clients,
+        # except between the `--workers N` processes of one `vae-serve`, which share it on purpose.
+        ("grpc.so_reuseport", 1 if shared_port else 0),
+    ]
+
+
 class GrpcServer:
     """The running gRPC server and the port it is bound to."""
 
@@ -267,24 +384,33 @@ class GrpcServer:
         await self.server.stop(grace_s)
 
 
-async def start(registry: ModelRegistry, settings: Settings, metrics: Metrics) -> GrpcServer:
-    """Bind `settings.host:settings.grpc_port` and start serving; raises if the port cannot be bound."""
-    options = [
-        ("grpc.max_receive_message_length", settings.max_body_bytes),
-        ("grpc.max_send_message_length", settings.max_response_bytes),
-        ("grpc.so_reuseport", 1),  # `--workers N` processes share the port; the kernel spreads connections
-        ("grpc.max_connection_idle_ms", int(max(settings.idle_timeout_s, 60.0) * 1000)),
-        ("grpc.max_concurrent_streams", 256),
-    ]
-    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_connections)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry, settings, metrics), server)
+async def start(
+    registry: ModelRegistry, settings: Settings, metrics: Metrics, *, shared_port: bool = False
+) -> GrpcServer:
+    """Bind `settings.host:settings.grpc_port` and start serving; raises if the port cannot be bound.
+
+    `shared_port`: this process is one of `vae-serve --workers N`, which share the port (SO_REUSEPORT)."""
+    from service.server.connections import connection_shares, fd_budget
+
+    max_connections = connection_shares(settings, fd_budget())[1]
+    server = grpc.aio.server(
+        options=server_options(settings, max_connections, shared_port=shared_port),
+        maximum_concurrent_rpcs=settings.grpc_max_calls,
+    )
+    handlers = _handlers(InferenceServicer(registry, settings, metrics), settings)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
     address = _address(settings.host, settings.grpc_port)
+    hint = "VAE_GRPC_PORT; 0 turns gRPC off; is another server on it?"
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:  # the service does not start: a configured port it cannot serve is an error
-        raise RuntimeError(f"gRPC: cannot bind {address} (VAE_GRPC_PORT; 0 turns gRPC off): {exc}") from None
+        raise RuntimeError(f"gRPC: cannot bind {address} ({hint}): {exc}") from None
     if port == 0:
-        raise RuntimeError(f"gRPC: cannot bind {address} (VAE_GRPC_PORT; 0 turns gRPC off)")
+        raise RuntimeError(f"gRPC: cannot bind {address} ({hint})")
     await server.start()
-    log.info("gRPC (Open Inference Protocol) listening on %s", _address(settings.host, port))
+    log.info(
+        "gRPC (Open Inference Protocol) listening on %s (at most %d connections, %d calls)",
+        _address(settings.host, port), max_connections, settings.grpc_max_calls,
+    )  # fmt: skip
     return GrpcServer(server, port)

@@ -12,7 +12,7 @@ import re
 from starlette.requests import Request
 
 from service.config import Settings
-from service.errors import InvalidInput
+from service.errors import InvalidInput, shown
 from service.http.schemas import MODEL_REF_PATTERN
 from service.inference import ModelRegistry, VAEModel
 from service.inference.decode_pool import ImagePool
@@ -42,7 +42,9 @@ def image_pool_of(request: Request) -> ImagePool:
 def parse_model_ref(ref: str) -> tuple[str, int | None]:
     """`mnist` -> ("mnist", None); `mnist@2` -> ("mnist", 2)."""
     if _MODEL_REF.match(ref) is None:
-        raise InvalidInput(f"model: {ref!r} is not a model name, optionally with @version (e.g. 'mnist@1')")
+        raise InvalidInput(
+            f"model: {shown(ref)} is not a model name, optionally with @version (e.g. 'mnist@1')"
+        )
     name, _, version = ref.partition("@")
     return name, int(version) if version else None
 
@@ -53,7 +55,7 @@ def model_of(registry: ModelRegistry, model: str | None, version: int | None = N
     ones; two different pins in one request are InvalidInput."""
     name, pinned = parse_model_ref(model) if model is not None else (None, None)
     if pinned is not None and version is not None and pinned != version:
-        raise InvalidInput(f"version given twice: {model!r} and version {version}")
+        raise InvalidInput(f"version given twice: {shown(model)} and version {version}")
     return registry.get(name, pinned if pinned is not None else version)
 
 

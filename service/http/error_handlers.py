@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.errors import (
+    SHOWN_CHARS,
     ErrorType,
     InferenceFailed,
     InvalidInput,
@@ -30,6 +31,7 @@ from service.errors import (
     Timeout,
     Unauthorized,
     UnsupportedMediaType,
+    clip,
 )
 
 log = logging.getLogger("service.errors")
@@ -86,13 +88,28 @@ def render(request: Request, err: ServiceError, extra: dict[str, Any] | None = N
     return JSONResponse({**err.body(), **(extra or {})}, status_code=status, headers=err.headers)
 
 
-def validation_message(detail: list[dict[str, Any]]) -> str:
-    """'field: problem; other: problem' from pydantic-style error entries."""
+# A 422 names this many failures and counts the rest: its body and the work to build it stay small
+# whatever the request holds.
+MAX_SHOWN_ERRORS = 3
+_MAX_MSG_CHARS = 200
+
+
+def validation_message(detail: list[dict[str, Any]], omitted: int = 0) -> str:
+    """'field: problem; other: problem (and N more)' from pydantic-style error entries."""
     parts = []
-    for entry in detail[:5]:
+    for entry in detail[:MAX_SHOWN_ERRORS]:
         loc = [str(p) for p in entry.get("loc", ()) if p not in ("body", "query")]
         parts.append(f"{'.'.join(loc) or 'request'}: {entry.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+    omitted += max(0, len(detail) - MAX_SHOWN_ERRORS)
+    text = "; ".join(parts) or "invalid request"
+    return text + (f" (and {omitted} more)" if omitted else "")
+
+
+def _loc_part(part: Any) -> Any:
+    # Keys come from the client: a field name of megabytes is shown by its head.
+    if isinstance(part, str) and len(part) > SHOWN_CHARS:
+        return f"{part[:SHOWN_CHARS]}... ({len(part)} characters)"
+    return part
 
 
 async def on_service_error(request: Request, exc: Exception) -> Response:
@@ -102,11 +119,20 @@ async def on_service_error(request: Request, exc: Exception) -> Response:
 
 async def on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    omitted = getattr(exc, "omitted", 0) + max(0, len(errors) - MAX_SHOWN_ERRORS)
     detail = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
+        {
+            "loc": [_loc_part(p) for p in e.get("loc", ())],
+            "msg": clip(str(e.get("msg", "")), _MAX_MSG_CHARS),
+            "type": e.get("type", ""),
+        }
+        for e in errors[:MAX_SHOWN_ERRORS]
     ]
-    return render(request, InvalidInput(validation_message(detail)), {"detail": detail})
+    extra: dict[str, Any] = {"detail": detail}
+    if omitted:
+        extra["omitted"] = omitted
+    return render(request, InvalidInput(validation_message(detail, omitted)), extra)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,12 +18,14 @@ import numpy as np
 import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from service.config import Settings
-from service.errors import InvalidInput, UnsupportedMediaType
+from service.errors import InvalidInput, UnsupportedMediaType, shown
+from service.http.error_handlers import MAX_SHOWN_ERRORS
 from service.inference.limits import check_latent_shape, check_numeric
 
 JSON = "application/json"
@@ -62,7 +65,7 @@ async def read_payload(request: Request, settings: Settings, *, accepts_npy: boo
     if not body:
         return Payload()
     allowed = f"{JSON}, {MULTIPART}" + (f" or {NPY}" if accepts_npy else "")
-    raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r}; send {allowed}")
+    raise UnsupportedMediaType(f"unsupported Content-Type {shown(ctype)}; send {allowed}")
 
 
 def load_json(body: bytes) -> dict[str, Any]:
@@ -100,7 +103,32 @@ def decode_base64_image(text: str, index: int) -> bytes:
         raise InvalidInput(f"images[{index}]: invalid base64") from None
 
 
+# Charsets a multipart body may declare for its field values, by the names WHATWG and Python give them;
+# anything else is refused before parsing: Starlette would decode with any codec Python has, and some
+# (punycode, idna) are slow on large inputs or raise on invalid ones.
+_CHARSETS = {
+    "utf-8": "utf-8", "utf8": "utf-8", "unicode-1-1-utf-8": "utf-8",
+    "latin-1": "latin-1", "latin1": "latin-1", "iso-8859-1": "latin-1", "iso8859-1": "latin-1",
+    "l1": "latin-1", "ascii": "ascii", "us-ascii": "ascii",
+}  # fmt: skip
+
+
+def multipart_charset(content_type_header: str) -> str:
+    """The charset a multipart Content-Type declares (utf-8 when none), or UnsupportedMediaType."""
+    _, params = parse_options_header(content_type_header)
+    raw = params.get(b"charset")
+    if raw is None:
+        return "utf-8"
+    name = raw.decode("latin-1").strip().lower().replace("_", "-")
+    if name not in _CHARSETS:
+        raise UnsupportedMediaType(
+            f"unsupported multipart charset {shown(name, 32)}; send utf-8, latin-1 (iso-8859-1) or ascii"
+        )
+    return _CHARSETS[name]
+
+
 async def _read_multipart(request: Request, settings: Settings) -> Payload:
+    multipart_charset(request.headers.get("content-type", ""))
     try:
         form = await request.form(
             max_files=settings.max_images_per_request, max_fields=_MAX_FORM_FIELDS, max_part_size=64 * 1024
@@ -113,12 +141,12 @@ async def _read_multipart(request: Request, settings: Settings) -> Payload:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != "files":
-                    raise InvalidInput(f"unexpected file field {key!r}; upload images as 'files'")
+                    raise InvalidInput(f"unexpected file field {shown(key)}; upload images as 'files'")
                 files.append(await value.read())
             elif key == "latents":
                 payload.latents = load_json(b'{"l": ' + value.encode() + b"}")["l"]
             elif key in payload.fields:
-                raise InvalidInput(f"field {key!r} given twice")
+                raise InvalidInput(f"field {shown(key)} given twice")
             else:
                 payload.fields[key] = value
         payload.images = files or None
@@ -156,8 +184,42 @@ def load_npy(body: bytes, settings: Settings, latent_dim: int | None = None) -> 
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
-def validate(model: type[OptionsT], fields: dict[str, Any]) -> OptionsT:
-    """Scalar options through pydantic; errors become the standard 422 body via RequestValidationError."""
+class BoundedValidationError(RequestValidationError):
+    """A 422 found before pydantic ran: the first few problems, and how many more were not listed."""
+
+    def __init__(self, errors: list[dict[str, Any]], omitted: int = 0):
+        super().__init__(errors)
+        self.omitted = omitted
+
+
+# Most items a list or object inside an options body may hold; every list option is far shorter (the
+# longest, `input` on /v1/embeddings, is checked against max_images_per_request by its route).
+MAX_OPTION_ITEMS = 4096
+
+
+def validate(model: type[OptionsT], fields: dict[str, Any], *, max_items: int = MAX_OPTION_ITEMS) -> OptionsT:
+    """Scalar options through pydantic; errors become the standard 422 body via RequestValidationError.
+
+    The request's shape is checked first, so pydantic never walks what would be refused anyway (a million
+    unknown keys, a list of a million elements, each an error of its own): unknown keys are counted and
+    the first few named, and a list or object longer than `max_items` is refused by its length alone.
+    """
+    known = model.model_fields
+    unknown = len(fields) - sum(name in fields for name in known)  # O(fields the model has)
+    if unknown and model.model_config.get("extra") == "forbid":
+        first = list(itertools.islice((key for key in fields if key not in known), MAX_SHOWN_ERRORS))
+        raise BoundedValidationError(
+            [{"loc": ("body", key), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
+             for key in first],
+            omitted=unknown - len(first),
+        )  # fmt: skip
+    for key, value in fields.items():
+        if isinstance(value, (list, dict)) and len(value) > max_items:
+            kind = "items" if isinstance(value, list) else "keys"
+            raise BoundedValidationError(
+                [{"loc": ("body", key), "msg": f"at most {max_items} {kind} (got {len(value)})",
+                  "type": "too_long"}]
+            )  # fmt: skip
     try:
         return model.model_validate(fields)
     except ValidationError as exc:

@@ -17,7 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, shown
 from service.http.requests import JSON, NPY, PNG
 from service.tracing import span
 from vae_contract.imaging import encode_png, make_grid
@@ -114,10 +114,10 @@ def pick_output(name: str | None, arrays: dict[str, np.ndarray | None], default:
     """The array an `?output=` query names, for npy responses."""
     chosen = name or default
     if chosen not in arrays:
-        raise InvalidInput(f"output must be one of {sorted(arrays)}, got {chosen!r}")
+        raise InvalidInput(f"output must be one of {sorted(arrays)}, got {shown(chosen)}")
     arr = arrays[chosen]
     if arr is None:
-        raise InvalidInput(f"output {chosen!r} is not part of this response (see the request's options)")
+        raise InvalidInput(f"output {shown(chosen)} is not part of this response (see the request's options)")
     return arr
 
 

@@ -21,8 +21,16 @@ from service.errors import Unauthorized
 from service.http.matching import matched_route
 
 PROTECTED_PREFIXES = ("/v1/", "/v2/")
+PROTECTED_ROOTS = ("/v1", "/v2")  # `GET /v2` is the OIP server metadata: keyed, as gRPC's ServerMetadata is
 # OIP health probes (KServe, Kubernetes) carry no credentials, like /healthz and /readyz.
 OPEN_PREFIXES = ("/v2/health/",)
+
+
+def is_protected(path: str) -> bool:
+    """Whether `path` needs a key (when keys are set): the API, except the OIP health probes."""
+    return (path.startswith(PROTECTED_PREFIXES) or path in PROTECTED_ROOTS) and not path.startswith(
+        OPEN_PREFIXES
+    )
 
 
 def key_matches(offered: bytes, keys: list[bytes]) -> bool:
@@ -56,8 +64,7 @@ class ApiKeyMiddleware:
         if (
             scope["type"] == "http"
             and scope["method"] != "OPTIONS"  # CORS preflights carry no credentials
-            and scope["path"].startswith(PROTECTED_PREFIXES)
-            and not scope["path"].startswith(OPEN_PREFIXES)
+            and is_protected(scope["path"])
             and not key_matches(offered_key(Headers(scope=scope)), self.keys)
         ):
             if (route := matched_route(scope, self.routes)) is not None:
@@ -81,7 +88,7 @@ def document_api_keys(app: FastAPI) -> None:
         schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "API key as a bearer token."}
         schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
         for path, operations in schema.get("paths", {}).items():
-            if path.startswith(PROTECTED_PREFIXES):
+            if is_protected(path):
                 for op in operations.values():
                     op["security"] = [{"bearer": []}, {"apiKey": []}]
         app.openapi_schema = schema

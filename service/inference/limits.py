@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings
-from service.errors import InvalidInput
+from service.errors import InvalidInput, shown
 from vae_contract.imaging import ImageHeader
 from vae_contract.manifest import ImageSpec
 
@@ -91,13 +91,13 @@ def check_tensor(
     """An Open Inference Protocol input's declaration (any transport) against the graph's signature
     (`want`: name and shape, batch first) and the batch limit, before its data is read."""
     if name != want["name"]:
-        raise InvalidInput(f"unexpected input {str(name)[:64]!r}; this model takes {want['name']!r}")
+        raise InvalidInput(f"unexpected input {shown(name)}; this model takes {want['name']!r}")
     if datatype != "FP32":
-        raise InvalidInput(f"input {name!r} must have datatype FP32, not {str(datatype)[:32]!r}")
+        raise InvalidInput(f"input {shown(name)} must have datatype FP32, not {shown(datatype, 32)}")
     fixed = list(want["shape"][1:])
     if len(shape) != len(want["shape"]) or list(shape[1:]) != fixed:
         raise InvalidInput(
-            f"input {name!r} has shape {list(shape[:8])}; expected [batch, {', '.join(map(str, fixed))}]"
+            f"input {shown(name)} has shape {list(shape[:8])}; expected [batch, {', '.join(map(str, fixed))}]"
         )
     check_batch(shape[0], settings, images=images)
 
@@ -107,9 +107,9 @@ def check_output_names(asked: Sequence[object], names: Sequence[str]) -> None:
     seen: set[str] = set()
     for name in asked:
         if not isinstance(name, str) or name not in names:
-            raise InvalidInput(f"unknown output {str(name)[:64]!r}; this model has {list(names)}")
+            raise InvalidInput(f"unknown output {shown(name)}; this model has {list(names)}")
         if name in seen:
-            raise InvalidInput(f"output {name!r} is requested more than once")
+            raise InvalidInput(f"output {shown(name)} is requested more than once")
         seen.add(name)
 
 
@@ -174,10 +174,12 @@ def check_numeric(arr: np.ndarray, name: str) -> None:
 def check_pixel_values(arr: np.ndarray, spec: ImageSpec, *, name: str = "x") -> None:
     """Model-ready pixels (for protocols that send tensors): finite and within the model's pixel range."""
     if not np.isfinite(arr).all():
-        raise InvalidInput(f"input {name!r} contains NaN or Inf")
+        raise InvalidInput(f"input {shown(name)} contains NaN or Inf")
     low, high = spec.pixel_range
     if arr.size and (arr.min() < low or arr.max() > high):
-        raise InvalidInput(f"input {name!r} values must lie in the model's pixel range [{low:g}, {high:g}]")
+        raise InvalidInput(
+            f"input {shown(name)} values must lie in the model's pixel range [{low:g}, {high:g}]"
+        )
 
 
 def check_image_headers(headers: Iterable[ImageHeader], spec: ImageSpec, settings: Settings) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, shown
 from service.inference.batcher import Batcher
 from service.inference.limits import check_finite_outputs
 from service.inference.runtime import Graph
@@ -175,8 +175,7 @@ class VAEModel:
         index = self.classes.index(label)
         if index is None:
             valid = ", ".join(repr(name) for name in self.classes.names)
-            shown = label[:100]
-            raise InvalidInput(f"unknown label {shown!r} for model {self.name!r}; valid labels: {valid}")
+            raise InvalidInput(f"unknown label {shown(label)} for model {self.name!r}; valid labels: {valid}")
         return index
 
     async def sample(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings
-from service.errors import ModelNotFound
+from service.errors import ModelNotFound, shown
 from service.inference.limits import (
     check_latent_values,
     check_pixel_values,
@@ -53,14 +53,18 @@ class GraphRef:
 def resolve_graph(registry: ModelRegistry, oip_name: str, version: str | None) -> GraphRef:
     base, _, role = oip_name.rpartition("-")
     if role not in ROLES or not base:
-        raise ModelNotFound(f"unknown model {oip_name!r}; OIP models are <name>-encoder and <name>-decoder")
+        raise ModelNotFound(
+            f"unknown model {shown(oip_name)}; OIP models are <name>-encoder and <name>-decoder"
+        )
     model = registry.get(base)  # the newest loaded; unknown or unavailable models fail here
     if version is None:
         return GraphRef(model, role)
     loaded = registry.loaded_versions().get(base, [])
     number = int(version) if version.isascii() and version.isdigit() and len(version) <= 9 else None
     if number is None or number not in loaded:
-        raise ModelNotFound(f"model {oip_name!r} has no loaded version {version[:32]!r}; loaded: {loaded}")
+        raise ModelNotFound(
+            f"model {shown(oip_name)} has no loaded version {shown(version, 32)}; loaded: {loaded}"
+        )
     return GraphRef(registry.get(base, number), role)
 
 

@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.config import Settings
-from service.errors import ModelNotFound, NotReady
+from service.errors import ModelNotFound, NotReady, shown
 from service.inference.batcher import Batcher, BatchStats
 from service.inference.model import VAEModel
+from service.inference.model_files import ModelFileError, check_external_data, check_file_sizes
 from service.inference.runtime import Graph, ModelLoadError, session_options
 from service.inference.shapes import batch_shapes
 from service.metrics import Metrics
@@ -57,6 +58,7 @@ from vae_contract.manifest import (
     is_model_name,
     list_model_names,
     list_versions,
+    read_manifest,
     verify_model_dir,
 )
 from vae_contract.novelty import Calibration, NoveltyFileError, read_calibration
@@ -181,9 +183,15 @@ class ModelRegistry:
         s = self.settings
         path = s.models_dir / name / str(version)
         self._check_inside(path, path / MANIFEST_FILE)
-        manifest = verify_model_dir(path)
-        graph_files = [path / g.file for g in (manifest.encoder, manifest.decoder, manifest.scorer) if g]
-        self._check_inside(*graph_files)
+        manifest = read_manifest(path)
+        graphs = manifest.graphs().values()
+        self._check_inside(*[path / f for g in graphs for f in (g.file, *(d.file for d in g.external_data))])
+        try:
+            check_file_sizes(path, manifest, s.max_model_bytes)  # before hashing reads the files whole
+            manifest = verify_model_dir(path)
+            check_external_data(path, manifest, s.max_model_bytes)  # before onnxruntime reads any of it
+        except ModelFileError as exc:
+            raise ModelLoadError(str(exc)) from None
         if manifest.name != name:
             raise ModelLoadError(f"{path}: manifest names the model {manifest.name!r}, folder says {name!r}")
         if manifest.version != version:
@@ -508,12 +516,12 @@ class ModelRegistry:
             if pinned is not None:
                 return pinned
             loaded = sorted(self.versions.get(chosen, {}))
-            raise ModelNotFound(f"model {chosen!r} has no loaded version {version}; loaded: {loaded}")
+            raise ModelNotFound(f"model {shown(chosen)} has no loaded version {version}; loaded: {loaded}")
         if chosen in self.failures:
-            raise NotReady(f"model {chosen!r} is not available: it failed to load")
+            raise NotReady(f"model {shown(chosen)} is not available: it failed to load")
         if not self.loaded:
             raise NotReady("models are still loading")
-        raise ModelNotFound(f"unknown model {chosen!r}; served models: {sorted(self.models)}")
+        raise ModelNotFound(f"unknown model {shown(chosen)}; served models: {sorted(self.models)}")
 
     def loaded_versions(self) -> dict[str, list[int]]:
         """Every loaded version of every model, ascending."""

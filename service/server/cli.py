@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_logging(settings.log_level, settings.log_json)
     logging.getLogger("service.server.workers").info("serving plan: %s", plan.reason)
-    raise_fd_limit(settings.max_connections)  # before any worker starts: they inherit the limit
+    grpc_connections = settings.grpc_max_connections if settings.grpc_port else 0
+    raise_fd_limit(settings.max_connections + grpc_connections)  # before any worker starts: they inherit it
     options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,

@@ -23,7 +23,9 @@ protocol adds, per connection:
 
 Every refusal is counted and logged as a warning: the first of each kind at once, then one line per kind
 and `LOG_INTERVAL_S` with the count.
-The process's open-file limit is raised to fit the cap at startup (`raise_fd_limit`).
+The process's open-file limit is raised to fit the cap at startup (`raise_fd_limit`), together with the gRPC
+port's own cap (`grpc_max_connections`, enforced by grpcio): the two split the budget (`connection_shares`),
+so sockets held on one port cannot exhaust the descriptors the other needs.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class ConnectionLimits:
             max_header_bytes=settings.max_header_bytes,
             body_timeout_s=settings.body_timeout_s,
             send_timeout_s=settings.send_timeout_s,
-            max_connections=min(settings.max_connections, fd_budget()),
+            max_connections=connection_shares(settings, fd_budget())[0],
         )
 
 
@@ -117,6 +119,16 @@ def raise_fd_limit(max_connections: int) -> None:
             "open-file limit allows only %d connections (hard limit %d minus %d for the process's own "
             "files); max_connections=%d is capped to that", budget, hard, FD_HEADROOM, max_connections,
         )  # fmt: skip
+
+
+def connection_shares(settings: Settings, budget: int) -> tuple[int, int]:
+    """(HTTP, gRPC) connection caps within `budget` client sockets: `max_connections` and
+    `grpc_max_connections` (0 when gRPC is off) when both fit, else each shrunk in proportion, so that
+    neither port can take the descriptors the other needs."""
+    http, grpc = settings.max_connections, settings.grpc_max_connections if settings.grpc_port else 0
+    if http + grpc <= budget:
+        return http, grpc
+    return max(16, budget * http // (http + grpc)), max(16, budget * grpc // (http + grpc)) if grpc else 0
 
 
 def fd_budget() -> int:

@@ -363,6 +363,27 @@ def _mark_dead(pid: int | None) -> None:
         multiprocess.mark_process_dead(pid)
 
 
+def _claim_grpc_port() -> None:
+    """Fail now, with a clear message, when another server holds the gRPC port: the workers bind it with
+    SO_REUSEPORT to share it among themselves, which would also let them share it with a stranger."""
+    import socket
+
+    from service.config import Settings
+
+    settings = Settings()
+    if not settings.grpc_port:
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # no SO_REUSEPORT: a bound port refuses it
+        try:
+            probe.bind((settings.host.strip("[]"), settings.grpc_port))
+        except OSError as exc:
+            raise SystemExit(
+                f"gRPC: cannot bind {settings.host}:{settings.grpc_port} (VAE_GRPC_PORT; 0 turns gRPC off; "
+                f"is another server on it?): {exc.strerror}"
+            ) from None
+
+
 def run_workers(config: Any) -> int:
     """Run `config.workers` processes on one socket until SIGTERM/SIGINT; the exit status.
 
@@ -377,6 +398,7 @@ def run_workers(config: Any) -> int:
     log.info("%d workers; metrics of all workers in %s (removed at exit)", config.workers, shared)
     try:
         sock = config.bind_socket()
+        _claim_grpc_port()
         supervisor = supervisor_class()(config, sockets=[sock])
         with contextlib.suppress(KeyboardInterrupt):
             supervisor.run()

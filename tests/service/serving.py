@@ -116,6 +116,7 @@ def vae_serve(
         **os.environ, "VAE_MODELS_DIR": str(models_dir), "VAE_PROVIDER": "cpu", "VAE_PORT": str(port),
         "VAE_HOST": "127.0.0.1", "VAE_RELOAD_INTERVAL_S": "0", "VAE_DRAIN_S": "0",
         "VAE_INTRA_OP_THREADS": "1", "VAE_WORKERS": "1",  # one process unless a test asks for more
+        "VAE_GRPC_PORT": "0",  # gRPC off unless a test gives it a free port: a bound port is not shared
         **(env or {}),
     }  # fmt: skip
     with log_path.open("wb") as log_file:

@@ -12,15 +12,51 @@ import pytest
 
 from service.config import Settings
 from service.inference.limits import REQUEST_LIMITS
+from vae_contract.image_structure import (
+    MAX_EXIF_BYTES,
+    MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
+    MAX_PNG_ANCILLARY,
+    MAX_PNG_ANCILLARY_BYTES,
+    MAX_PNG_CHUNKS,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "limits.md"
 
 SECTIONS = [
     ("Per request (what one request may ask for)", REQUEST_LIMITS),
-    ("Per connection (the HTTP server)",
-     ("idle_timeout_s", "header_timeout_s", "max_header_bytes", "body_timeout_s", "max_connections")),
+    ("Per connection (the HTTP and gRPC servers)",
+     ("idle_timeout_s", "header_timeout_s", "max_header_bytes", "body_timeout_s", "send_timeout_s",
+      "max_connections")),
+    ("The gRPC port (with the rows above)",
+     ("grpc_max_connections", "grpc_max_streams_per_connection", "grpc_max_calls",
+      "grpc_max_connection_age_s")),
+    ("Models", ("max_model_bytes",)),
     ("Queues and shutdown", ("max_queue", "max_batch_size", "retry_after_s", "drain_s")),
 ]  # fmt: skip
+
+TAIL = f"""
+## Fixed bounds
+
+Image files are refused from their structure, before a decoder sees them, when decoding them would be costly
+whatever their pixel count (`vae_contract/image_structure.py`): a JPEG with more than {MAX_JPEG_SCANS} scans
+(a progressive file decodes every pixel once per scan) or more than {MAX_JPEG_SEGMENTS} marker segments
+before its image data; a PNG with more than {MAX_PNG_CHUNKS} chunks, more than {MAX_PNG_ANCILLARY}
+metadata (ancillary) chunks, more than {MAX_PNG_ANCILLARY_BYTES} bytes of them, or an eXIf chunk over
+{MAX_EXIF_BYTES} bytes. With the pixel cap
+every accepted decode is short, so a request that times out leaves no decode running for long.
+
+gRPC (grpcio's C-core) bounds its connections with channel arguments set from the settings above
+(`service/grpc/server.py`): `grpc.max_allowed_incoming_connections`, `grpc.server_handshake_timeout_ms`
+(header_timeout_s), `grpc.max_connection_idle_ms` (idle_timeout_s, at least 60 s),
+`grpc.max_concurrent_streams`, `grpc.max_connection_age_ms` and its grace, keepalive pings,
+`grpc.max_receive_message_length`
+(max_body_bytes) and `grpc.max_send_message_length` (max_response_bytes). Each call's request message must
+arrive whole within body_timeout_s (the RPCs are served as streams so that the service can time the read).
+A second server cannot bind the same gRPC port (`grpc.so_reuseport` is off except between the `--workers`
+processes of one server).
+"""
+
 
 HEAD = """# Limits and timeouts
 
@@ -48,7 +84,7 @@ def render() -> str:
             field = fields[name]
             text = (field.description or "").replace("|", "\\|")
             out.append(f"| `VAE_{name.upper()}` | {_default(field.default)} | {text} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + TAIL
 
 
 def test_every_request_limit_is_a_documented_setting():

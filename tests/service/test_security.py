@@ -174,3 +174,46 @@ def test_plain_lines_carry_the_time_as_logging_formats_it():
         record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
         assert ours.formatTime(record) == logging_own.formatTime(record)
         assert ours.formatTime(record, "%H:%M") == logging_own.formatTime(record, "%H:%M")
+
+
+# --- the same key rule on every protocol, and the page's own headers ------------------------------------
+
+
+def test_server_metadata_needs_a_key_on_rest_as_on_grpc_and_health_stays_open(tmp_path):
+    import grpc
+    from serving import free_port
+
+    from service.grpc import grpc_predict_v2_pb2 as pb
+    from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    port = free_port()
+    env = {"VAE_API_KEYS": SECRET, "VAE_GRPC_PORT": str(port)}
+    with vae_serve(committed_model(tmp_path), tmp_path / "server.log", env) as (url, _):
+        import httpx
+
+        assert httpx.get(f"{url}/v2").status_code == 401
+        assert httpx.get(f"{url}/v2/").status_code == 401
+        assert httpx.get(f"{url}/v2", headers={"x-api-key": SECRET}).status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+            keyed = stub.ServerMetadata(
+                pb.ServerMetadataRequest(), metadata=[("x-api-key", SECRET)], timeout=10
+            )
+            assert keyed.name == "vae-service"
+
+
+@pytest.mark.parametrize("path", ["/", "/index.html", "/app.js", "/style.css"])
+def test_the_page_is_sent_with_a_strict_csp_and_nosniff(tmp_path_factory, path):
+    models = committed_model(tmp_path_factory.mktemp("page"))
+    with TestClient(create_app(Settings(models_dir=models, provider="cpu", grpc_port=0))) as client:
+        r = client.get(path)
+    assert r.status_code == 200
+    assert r.headers["x-content-type-options"] == "nosniff"
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp

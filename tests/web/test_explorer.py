@@ -80,6 +80,7 @@ def _serve(models_dir: Path, log: Path, **env_vars: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     # A clean VAE_* environment: a developer's API keys or model list must not leak into the test service.
     env = {key: value for key, value in os.environ.items() if not key.startswith("VAE_")} | env_vars
+    env.setdefault("VAE_GRPC_PORT", "0")  # HTTP only; a gRPC port is not shared between servers
     cmd = [sys.executable, "-m", "service.server.cli", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--models-dir", str(models_dir), "--log-level", "warning"]
     with log.open("wb") as sink:

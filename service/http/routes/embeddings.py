@@ -180,7 +180,7 @@ async def create_embeddings(request: Request) -> Response:
     payload = await read_payload(request, settings)
     if payload.images is not None or payload.latents is not None:
         raise InvalidInput("send images as 'input' (OpenAI's embeddings shape), not 'images' or 'latents'")
-    opts = validate(EmbeddingsRequest, payload.fields)
+    opts = validate(EmbeddingsRequest, payload.fields, max_items=settings.max_images_per_request)
     model = model_of(registry, opts.model, opts.version)
     if opts.dimensions is not None and opts.dimensions > model.latent_dim:
         raise InvalidInput(f"dimensions: at most the model's latent_dim, {model.latent_dim}")

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.errors import ModelNotFound, Unauthorized
+from service.errors import ModelNotFound, Unauthorized, shown
 from service.http.deps import registry_of
 from service.http.error_handlers import responses
 from service.http.responses import NumpyJSONResponse
@@ -73,5 +73,5 @@ async def list_models(request: Request) -> Response:
 async def get_model(name: str, request: Request) -> Response:
     registry = registry_of(request)
     if name not in registry.names and name not in registry.models:
-        raise ModelNotFound(f"unknown model {name!r}")
+        raise ModelNotFound(f"unknown model {shown(name)}")
     return NumpyJSONResponse(_info(registry, name))

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import __version__
 from service.config import Settings
-from service.errors import InvalidInput, ModelNotFound, Unauthorized
+from service.errors import InvalidInput, ModelNotFound, Unauthorized, shown
 from service.http.deadline import DeadlineRoute
 from service.http.deps import registry_of, settings_of
 from service.http.error_handlers import INFERENCE_ERRORS, responses
@@ -126,7 +126,7 @@ def _parameters(owner: dict[str, Any], where: str) -> dict[str, Any]:
 def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
     value = params.get(key, default)
     if not isinstance(value, bool):
-        raise InvalidInput(f"{where} parameter {key!r} must be true or false")
+        raise InvalidInput(f"{where} parameter {shown(key)} must be true or false")
     return value
 
 
@@ -144,7 +144,7 @@ def _input_header(
         and shape
         and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
     ):
-        raise InvalidInput(f"input {name!r} needs a shape: a list of integers")
+        raise InvalidInput(f"input {shown(name)} needs a shape: a list of integers")
     check_tensor(name, tensor.get("datatype"), shape if isinstance(shape, list) else [], want, settings,
                  images=images)  # fmt: skip
     assert isinstance(shape, list)  # the name matched, so the shape was checked above
@@ -154,7 +154,7 @@ def _input_header(
 def _input_data(tensor: dict[str, Any], shape: list[int], binary: bytes) -> np.ndarray:
     """The tensor's values, from the binary section or from JSON `data`, as float32 of `shape`."""
     name, count = tensor["name"], int(np.prod(shape))
-    params = _parameters(tensor, f"input {name!r}")
+    params = _parameters(tensor, f"input {shown(name)}")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size != count * 4 or len(binary) != size:
@@ -168,15 +168,19 @@ def _input_data(tensor: dict[str, Any], shape: list[int], binary: bytes) -> np.n
             raise InvalidInput("binary data was sent but no input declares binary_data_size")
         data = tensor.get("data")
         if not isinstance(data, list):
-            raise InvalidInput(f"input {name!r} data must be a list of numbers (flat or nested, row-major)")
+            raise InvalidInput(
+                f"input {shown(name)} data must be a list of numbers (flat or nested, row-major)"
+            )
         try:
             array = np.asarray(data)  # no dtype: strings and booleans must not be coerced to numbers
         except (TypeError, ValueError):
-            raise InvalidInput(f"input {name!r} data must be numbers (flat or nested, row-major)") from None
+            raise InvalidInput(
+                f"input {shown(name)} data must be numbers (flat or nested, row-major)"
+            ) from None
         if array.dtype.kind not in "iuf":
-            raise InvalidInput(f"input {name!r} data must be numbers (flat or nested, row-major)")
+            raise InvalidInput(f"input {shown(name)} data must be numbers (flat or nested, row-major)")
         if array.size != count:
-            raise InvalidInput(f"input {name!r} has {array.size} values; shape {shape} needs {count}")
+            raise InvalidInput(f"input {shown(name)} has {array.size} values; shape {shape} needs {count}")
         array = array.reshape(shape)
     with np.errstate(over="ignore"):  # values beyond float32 become inf, refused by the value checks
         return np.ascontiguousarray(array, dtype=np.float32)
@@ -193,7 +197,7 @@ def _wanted_outputs(request: dict[str, Any], names: list[str]) -> list[tuple[str
     check_output_names([out.get("name") for out in asked], names)
     chosen: list[tuple[str, bool]] = []
     for out in asked:
-        where = f"output {out['name']!r}"
+        where = f"output {shown(out['name'])}"
         chosen.append((out["name"], _flag(_parameters(out, where), "binary_data", default_binary, where)))
     return chosen
 
