@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from vae_contract.manifest import VERSION_DIGITS
+
 Provider = Literal["auto", "cuda", "cpu"]
 AUTH_OFF = "none"  # VAE_API_KEYS=none: authentication explicitly off
 
@@ -169,7 +171,7 @@ class Settings(BaseSettings):
     )
     version_policy: str = Field(
         default="latest:2",
-        pattern=r"^(latest:[1-9][0-9]{0,2}|specific:[1-9][0-9]{0,8}(,[1-9][0-9]{0,8}){0,63})$",
+        pattern=rf"^(latest:[1-9][0-9]{{0,2}}|specific:{VERSION_DIGITS}(,{VERSION_DIGITS}){{0,63}})$",
         description="Which versions of each model stay loaded, as Triton's version policy: 'latest:N' keeps "
         "the newest N that load (a new version is loaded beside them and the oldest is retired), "
         "'specific:1,3' exactly those. Requests may pin any loaded version; unpinned ones get the newest. "

@@ -29,7 +29,10 @@ PREVIEW_FILE = "preview.png"
 SCHEMA_VERSION: Literal[1] = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN.removesuffix("$") + r"\Z")  # `$` would also match before a final newline
-VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,8}\Z", re.ASCII)
+# A version is 1 to 999,999,999: nine digits, no leading zero (a folder name, a pin, a policy's list).
+VERSION_DIGITS = r"[1-9][0-9]{0,8}"
+MAX_VERSION = 999_999_999
+VERSION_PATTERN = re.compile(VERSION_DIGITS + r"\Z", re.ASCII)
 # A manifest is a few KiB; anything past this is not one, and is refused before it is read.
 MAX_MANIFEST_BYTES = 1024 * 1024
 # Real manifests nest 4 levels (training config, tensor shapes); orjson refuses to write more than 255.

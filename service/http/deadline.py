@@ -4,11 +4,11 @@ Routers of the inference protocols use `DeadlineRoute`; past `request_timeout_s`
 (which drops its queued decoding and batcher work) and the client gets 504 `timeout`.
 
 The route also calls its endpoint directly when FastAPI would have nothing to do: the endpoint takes the
-request and optional query parameters only (handlers parse their own bodies, see service.http.requests),
-and the request has no query string, so every parameter is its default. FastAPI's request handler (body
-probe, dependency solving with a validator per parameter, endpoint context) was about a tenth of a small
-decode's CPU. With a query string, or for endpoints with path parameters or dependencies, FastAPI's handler
-runs as before, so validation and its 422s are FastAPI's own.
+request and optional query parameters only (handlers parse their own bodies, see service.http.requests), and
+the request has no query string, so every parameter is its default. FastAPI's request handler (body probe,
+dependency solving with a validator per parameter, endpoint context) is a sizeable share of a small decode's
+CPU (docs/benchmarks.md). With a query string, or for endpoints with path parameters or dependencies,
+FastAPI's handler runs as before, so validation and its 422s are FastAPI's own.
 """
 
 from __future__ import annotations

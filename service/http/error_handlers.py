@@ -33,10 +33,9 @@ from service.errors import (
     UnsupportedMediaType,
     clip,
 )
+from service.http.paths import OIP_PREFIX
 
 log = logging.getLogger("service.errors")
-
-OIP_PREFIX = "/v2/"
 
 # Statuses Starlette raises itself (unknown route, wrong method, bad multipart), in the same body shape.
 _HTTP_STATUS_ERRORS: dict[int, type[ServiceError]] = {

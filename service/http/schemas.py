@@ -14,12 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.config import Settings
-from vae_contract.manifest import NAME_PATTERN
+from vae_contract.manifest import MAX_VERSION, NAME_PATTERN, VERSION_DIGITS
 
 MAX_SEED = 2**63 - 1
 # `name` or `name@version`: a model name, optionally pinned to one of its loaded versions.
-MODEL_REF_PATTERN = NAME_PATTERN.removesuffix("$") + r"(?:@[1-9][0-9]{0,8})?$"
-MAX_VERSION = 999_999_999  # the nine digits the pattern allows
+MODEL_REF_PATTERN = NAME_PATTERN.removesuffix("$") + rf"(?:@{VERSION_DIGITS})?$"
 
 
 def limit(name: str) -> str:

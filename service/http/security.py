@@ -19,11 +19,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Unauthorized
 from service.http.matching import matched_route
+from service.http.paths import API_PREFIXES, API_ROOTS, OIP_HEALTH_PREFIX
 
-PROTECTED_PREFIXES = ("/v1/", "/v2/")
-PROTECTED_ROOTS = ("/v1", "/v2")  # `GET /v2` is the OIP server metadata: keyed, as gRPC's ServerMetadata is
+PROTECTED_PREFIXES = API_PREFIXES
+PROTECTED_ROOTS = API_ROOTS  # `GET /v2` is the OIP server metadata: keyed, as gRPC's ServerMetadata is
 # OIP health probes (KServe, Kubernetes) carry no credentials, like /healthz and /readyz.
-OPEN_PREFIXES = ("/v2/health/",)
+OPEN_PREFIXES = (OIP_HEALTH_PREFIX,)
 
 
 def is_protected(path: str) -> bool:

@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount
 from starlette.types import Scope
 
-API_PREFIXES = ("/v1/", "/v2/")
+from service.http.paths import API_PREFIXES
+
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "

@@ -2,10 +2,10 @@
 
 uvicorn writes a response's head as soon as the app sends `http.response.start` and its body with the next
 message: two `write()` calls, two TCP segments on a TCP_NODELAY socket, two wake-ups of the client. For a
-small answer (a 28x28 PNG in JSON is ~1 kB) the second system call and segment were about a tenth of the
-server's CPU per request. `HeldHeadTransport` stands between one request's cycle and the connection's
-transport and holds the head back until the first body bytes, then hands both to `writelines` (one
-`writev` under uvloop).
+small answer (a 28x28 PNG in JSON is ~1 kB) the second system call and segment are a large share of the
+server's CPU per request (docs/benchmarks.md). `HeldHeadTransport` stands between one request's cycle and the
+connection's transport and holds the head back until the first body bytes, then hands both to `writelines`
+(one `writev` under uvloop).
 
 Only heads of responses with a Content-Length are held: their body follows at once (Starlette's `Response`
 sends both back to back), while a chunked response may stream its first chunk much later. Anything else the

@@ -4,24 +4,19 @@ The default uses the machine it is on:
 
 - CPU host: one worker process per usable core, each with one onnxruntime intra-op thread. A request's HTTP,
   JSON and PNG work runs in Python, one core per process, so only processes put every core to work on it, and
-  a small decode gains next to nothing from a second thread (~3% in process, spinning off). Measured on the
-  2-core host with every configuration alternating (docs/benchmarks.md), at load average ~1.7, 4 rounds: at
-  64 connections 2 workers x 1 thread served 2,696 req/s (p99 49 ms, 0.68 ms CPU per request) against
-  2,479 for 2 x 2 (0.74 ms) and 1,720 for 1 x 2 (p99 110 ms); for a lone client all three were within noise
-  (p50 1.47-1.54 ms). Under heavy load from other jobs 2 x 2 came out ahead, only because more threads win a
-  larger share of a contended CPU.
+  a small decode gains next to nothing from a second thread. Processes x threads were chosen by measuring
+  every configuration alternately (docs/benchmarks.md has the figures).
 - GPU host: one worker process per usable core as well, spread evenly over the GPUs, each pinned to its GPU
-  (CUDA_VISIBLE_DEVICES in its environment, before it imports anything that could touch CUDA; its sessions
-  are created after the fork, when it loads its models) with one onnxruntime thread. The GPU does a batch's
-  arithmetic in microseconds; what limits a server is the Python work around each request (HTTP, JSON,
-  base64, PNG: ~2,000-3,500 small requests/s per core), so one process per GPU would leave the GPU and all
-  other cores idle. This is the shape of the servers that feed GPUs well: many CPU front ends per device
-  (Triton's and TorchServe's native front ends, LitServe's API-server processes, MLServer's parallel
-  workers). Each process holds its own CUDA context and arenas, so the card is shared by a memory bound:
-  no CUDA arena of a worker may grow past its share of the card (80% of the smallest visible card's memory,
-  read from `nvidia-smi`, divided by the workers on a card: VAE_GPU_MEM_LIMIT_MB), with at least 1 GiB per
-  worker (fewer workers on a small card), and cuDNN's workspace is sized per convolution
-  (service.inference.runtime.cuda_options).
+  (CUDA_VISIBLE_DEVICES in its environment, before it imports anything that could touch CUDA; its sessions are
+  created after the fork, when it loads its models) with one onnxruntime thread. The GPU does a batch's
+  arithmetic in microseconds; what limits a server is the Python work around each request (HTTP, JSON, base64,
+  PNG), so one process per GPU would leave the GPU and all other cores idle. This is the shape of the servers
+  that feed GPUs well: many CPU front ends per device (Triton's and TorchServe's native front ends, LitServe's
+  API-server processes, MLServer's parallel workers). Each process holds its own CUDA context and arenas, so
+  the card is shared by a memory bound: no CUDA arena of a worker may grow past its share of the card (80% of
+  the smallest visible card's memory, read from `nvidia-smi`, divided by the workers on a card:
+  VAE_GPU_MEM_LIMIT_MB), with at least 1 GiB per worker (fewer workers on a small card), and cuDNN's workspace
+  is sized per convolution (service.inference.runtime.cuda_options).
 
 `--workers N` (VAE_WORKERS), `VAE_INTRA_OP_THREADS` and `VAE_GPU_MEM_LIMIT_MB` override the choice. The plan
 is logged at startup and shown on `/v1/models` (`serving`), with the reason. The machine is read without

@@ -38,20 +38,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from service.errors import (
-    InferenceFailed,
-    InvalidInput,
-    ModelNotFound,
-    NotReady,
-    Overloaded,
-    PayloadTooLarge,
-    Timeout,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from service.errors import InvalidInput
 from service.http.deadline import DeadlineRoute
 from service.http.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
-from service.http.error_handlers import responses
+from service.http.error_handlers import INFERENCE_ERRORS, responses
+from service.http.paths import V1
 from service.http.requests import JSON, decode_base64_image, read_payload, validate
 from service.http.responses import NumpyJSONResponse
 from service.inference import VAEModel
@@ -59,7 +50,7 @@ from service.inference.limits import check_image_count, check_response_bytes, re
 from service.inference.model import draw_prior
 from service.tracing import span
 
-router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=DeadlineRoute)
+router = APIRouter(prefix=V1, tags=["embeddings"], route_class=DeadlineRoute)
 
 # The reference set that orders the dimensions for `dimensions`; changing either changes what a shortened
 # embedding means, so they are part of the API.
@@ -115,12 +106,6 @@ class EmbeddingsResponse(BaseModel):
     usage: EmbeddingsUsage
 
 
-_ERRORS = (
-    InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType, Unauthorized, NotReady, Overloaded,
-    Timeout, InferenceFailed,
-)  # fmt: skip
-
-
 # Per loaded model version, computed on first use; a retired version's entry goes with it.
 _ORDERS: weakref.WeakKeyDictionary[VAEModel, np.ndarray] = weakref.WeakKeyDictionary()
 _ORDER_LOCKS: weakref.WeakKeyDictionary[VAEModel, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -167,7 +152,7 @@ def _encoded(vector: np.ndarray, encoding_format: str) -> Any:
     summary="Images -> latent embeddings (posterior means) in OpenAI's embeddings shape",
     description=(__doc__ or "").split("\n\n", 1)[1],
     response_model=EmbeddingsResponse,
-    responses=responses(*_ERRORS),
+    responses=responses(*INFERENCE_ERRORS),
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -11,11 +11,12 @@ from starlette.responses import Response
 from service.errors import ModelNotFound, Unauthorized, shown
 from service.http.deps import registry_of
 from service.http.error_handlers import responses
+from service.http.paths import V1
 from service.http.responses import NumpyJSONResponse
 from service.http.schemas import ModelInfo, ModelsResponse
 from service.inference import ModelRegistry, VAEModel
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix=V1, tags=["models"])
 
 
 def _version(model: VAEModel, newest: bool) -> dict[str, Any]:

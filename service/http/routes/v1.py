@@ -24,6 +24,7 @@ from service.errors import InvalidInput
 from service.http.deadline import DeadlineRoute
 from service.http.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
 from service.http.error_handlers import INFERENCE_ERRORS, responses
+from service.http.paths import V1
 from service.http.requests import JSON, MULTIPART, NPY, PNG, Payload, read_payload, validate
 from service.http.responses import (
     NumpyJSONResponse,
@@ -67,7 +68,7 @@ from service.inference.limits import (
 )
 from service.tracing import span
 
-router = APIRouter(prefix="/v1", tags=["inference"], route_class=DeadlineRoute)
+router = APIRouter(prefix=V1, tags=["inference"], route_class=DeadlineRoute)
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 

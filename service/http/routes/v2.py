@@ -27,10 +27,11 @@ from service.errors import InvalidInput, ModelNotFound, Unauthorized, shown
 from service.http.deadline import DeadlineRoute
 from service.http.deps import registry_of, settings_of
 from service.http.error_handlers import INFERENCE_ERRORS, responses
+from service.http.paths import V2
 from service.inference.limits import check_output_names, check_tensor
 from service.inference.oip import EXTENSIONS, bound_response, resolve_graph, run_graph
 
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"], route_class=DeadlineRoute)
+router = APIRouter(prefix=V2, tags=["Open Inference Protocol (v2)"], route_class=DeadlineRoute)
 
 HEADER_LENGTH = "inference-header-content-length"
 _META_ERRORS = responses(ModelNotFound, Unauthorized, oip=True)
