@@ -83,7 +83,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _compare(args: argparse.Namespace, app: Any) -> dict[str, Any]:
     async with app.router.lifespan_context(app):
-        model = app.state.registry.get(args.model)
+        model = app.state.service.registry.get(args.model)
         z = np.random.default_rng(1).standard_normal(model.latent_dim).round(5).tolist()
         scope, body = _request(json.dumps({"latents": [z], "model": model.name}).encode())
         app.middleware_stack = app.build_middleware_stack()  # as the first call does; with it, the hot path

@@ -145,7 +145,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     server, loop, thread = _serve(args, port)
     try:
-        request = _request(server.config.loaded_app.state.registry.get(None).latent_dim)
+        request = _request(server.config.loaded_app.state.service.registry.get(None).latent_dim)
         rows = {}
         for concurrency in args.concurrency:
             argv = [sys.executable, "-c", _CLIENTS, str(port), request.hex(), str(concurrency)]

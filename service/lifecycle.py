@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from service.inference import ModelRegistry
+    from service.state import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The app's lifespan: models loaded and warm before the first request, closed after the last."""
-    registry: ModelRegistry = app.state.registry
-    settings: Settings = app.state.settings
+    state: ServiceState = app.state.service
+    registry, settings = state.registry, state.settings
     # Loading verifies hashes and warms sessions up: seconds of blocking work, kept off the event loop so
     # /healthz answers (and /readyz says 503) meanwhile.
     await asyncio.to_thread(registry.load)
@@ -56,9 +57,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         plan = Plan.from_env()  # `--workers N`: the processes share the gRPC port on purpose
         grpc_server = await start_grpc(
-            registry, settings, app.state.metrics, shared_port=plan is not None and plan.workers > 1
+            registry, settings, state.metrics, shared_port=plan is not None and plan.workers > 1
         )
-        app.state.grpc_port = grpc_server.port
+        state.grpc_port = grpc_server.port
     watcher = None
     if settings.reload_interval_s > 0:
         watcher = asyncio.create_task(registry.watch(settings.reload_interval_s), name="model-reload")
@@ -75,6 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if grpc_server is not None:  # calls in flight finish (up to the request timeout) before models close
             await grpc_server.stop(settings.request_timeout_s)
         await registry.close()
+        state.close()
 
 
 def install_signal_handlers(registry: ModelRegistry, drain_s: float) -> Callable[[], None]:

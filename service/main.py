@@ -20,10 +20,9 @@ from service.http.middleware import BodyLimitMiddleware, RequestContextMiddlewar
 from service.http.routes import docs, embeddings, health, models, v1, v2
 from service.http.security import ApiKeyMiddleware, document_api_keys
 from service.http.static import page_mount
-from service.inference import ModelRegistry
 from service.lifecycle import lifespan
 from service.logs import configure_logging
-from service.metrics import Metrics
+from service.state import ServiceState
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -33,7 +32,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         settings = Settings()
         configure_logging(settings.log_level, settings.log_json)
-    metrics = Metrics()
     # FastAPI, plus a shorter way through its own layers for the directly called inference routes (same
     # middlewares, handlers and error rendering; see service.http.hot_path).
     app = ServiceApp(
@@ -44,9 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # /docs and /redoc come from service.http.routes.docs, with their assets served here
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.registry = ModelRegistry(settings, metrics)
+    app.state.service = state = ServiceState.create(settings)
 
     install_error_handlers(app)
     # Inference routes first: FastAPI matches a request against the routers in order (twice for the one that
@@ -84,5 +80,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracing.install(required=settings.tracing)  # exporters as the OTEL_* variables say
     if tracing.active():  # inside the request context, so spans carry the request id
         app.add_middleware(tracing.TracingMiddleware)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     return app

@@ -73,7 +73,7 @@ class DeadlineRoute(APIRoute):
         endpoint, request_param = self.dependant.call, self.dependant.request_param_name
 
         async def bounded(request: Request) -> Response:
-            timeout_s: float = request.app.state.settings.request_timeout_s
+            timeout_s: float = request.app.state.service.settings.request_timeout_s
             try:
                 async with asyncio.timeout(timeout_s):
                     if defaults is None or request.scope.get("query_string"):

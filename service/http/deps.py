@@ -16,27 +16,26 @@ from service.errors import InvalidInput, shown
 from service.http.schemas import MODEL_REF_PATTERN
 from service.inference import ModelRegistry, VAEModel
 from service.inference.decode_pool import ImagePool
+from service.state import ServiceState
 
 _MODEL_REF = re.compile(MODEL_REF_PATTERN.removesuffix("$") + r"\Z")  # `$` would also match before a newline
 
 
+def state_of(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
 def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return state_of(request).settings
 
 
 def registry_of(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
-    return registry
+    return state_of(request).registry
 
 
 def image_pool_of(request: Request) -> ImagePool:
-    """The app's one pool, made on first use (an app that never sees an image starts no decoding threads)."""
-    state = request.app.state
-    pool: ImagePool | None = getattr(state, "image_pool", None)
-    if pool is None:
-        pool = state.image_pool = ImagePool.from_settings(state.settings)
-    return pool
+    return state_of(request).image_pool
 
 
 def parse_model_ref(ref: str) -> tuple[str, int | None]:

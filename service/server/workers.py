@@ -268,7 +268,12 @@ def create_worker_app() -> Any:
     gc.freeze()
     if plan is not None:
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if plan.device == "cuda" else None
-        app.state.serving = {**asdict(plan), "pid": os.getpid(), "slot": slot, "cuda_visible_devices": gpu}
+        app.state.service.serving = {
+            **asdict(plan),
+            "pid": os.getpid(),
+            "slot": slot,
+            "cuda_visible_devices": gpu,
+        }
         where = f"slot {slot} of {plan.workers}" if slot is not None else f"one of {plan.workers}"
         if gpu is not None:
             where += f", CUDA_VISIBLE_DEVICES={gpu}"

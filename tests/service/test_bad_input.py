@@ -372,7 +372,7 @@ def test_the_table_covers_the_checklist():
 
 
 def test_no_model_is_loaded_from_a_request(client):
-    registry = client.app.state.registry
+    registry = client.app.state.service.registry
     before = dict(registry.models)
     for model in ("../tiny", "/etc", "http://x", "tiny/1", "..", "file:///etc/passwd", "tiny\x00"):
         r = client.post("/v1/sample", json={"model": model})

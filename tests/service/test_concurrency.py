@@ -26,7 +26,7 @@ def decoder_session(models_dir) -> ort.InferenceSession:
 
 
 def registry_of(app) -> ModelRegistry:
-    return app.state.registry
+    return app.state.service.registry
 
 
 def test_concurrent_requests_each_get_their_own_results(models_dir, settings_for, app_runner):

@@ -87,7 +87,7 @@ def test_the_service_routes_that_take_the_direct_call():
 
 def _get(path: str, timeout_s: float = 30.0) -> httpx.Response:
     app = FastAPI()
-    app.state.settings = SimpleNamespace(request_timeout_s=timeout_s)
+    app.state.service = SimpleNamespace(settings=SimpleNamespace(request_timeout_s=timeout_s))
     install_error_handlers(app)
     app.include_router(router)
 

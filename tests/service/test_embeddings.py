@@ -82,7 +82,7 @@ def test_dimension_order_is_the_reference_sets_kl(app_runner, settings_for, mode
     from service.inference.model import draw_prior
 
     async def check(client, app):
-        model = app.state.registry.get("tiny")
+        model = app.state.service.registry.get("tiny")
         reference = await model.decode(draw_prior(REFERENCE_N, 8, REFERENCE_SEED))
         enc = await model.encode(reference)
         kl = 0.5 * (enc.mean.astype(np.float64) ** 2 + np.exp(enc.log_var) - 1 - enc.log_var).mean(axis=0)

@@ -97,7 +97,7 @@ def test_work_queued_for_a_client_that_went_away_never_runs(models_dir, settings
     async def main() -> tuple[list[int], list[dict[str, Any]], str]:
         app = create_app(settings_for(models_dir, reload_interval_s=0, inline_run_us=0))
         async with app.router.lifespan_context(app):
-            batcher = app.state.registry.models["tiny"].decoder_batcher
+            batcher = app.state.service.registry.models["tiny"].decoder_batcher
             real_run, release, ran = batcher._run_fn, threading.Event(), []
 
             def slow_run(x: np.ndarray) -> Any:
@@ -138,7 +138,7 @@ def test_work_queued_for_a_client_that_went_away_never_runs(models_dir, settings
 def test_an_onnxruntime_error_is_a_generic_500_and_the_next_request_works(client, monkeypatch, caplog):
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
-    batcher = client.app.state.registry.models["tiny"].decoder_batcher
+    batcher = client.app.state.service.registry.models["tiny"].decoder_batcher
     real_run, calls = batcher._run_fn, []
 
     def run_once_failing(x: np.ndarray) -> Any:  # Graph.run, raising once as a broken session would
@@ -161,7 +161,7 @@ def test_an_onnxruntime_error_is_a_generic_500_and_the_next_request_works(client
 
 
 def test_an_unexpected_exception_is_a_generic_500_without_traceback(client, monkeypatch):
-    model = client.app.state.registry.models["tiny"]
+    model = client.app.state.service.registry.models["tiny"]
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("/secret/path/model.onnx")
@@ -188,7 +188,7 @@ def test_overload_at_three_times_capacity_gets_only_200s_and_fast_503s(models_di
     )  # fmt: skip
 
     async def scenario(client: httpx.AsyncClient, app: Any) -> list[tuple[int, dict[str, str], float]]:
-        batcher = app.state.registry.models["tiny"].decoder_batcher
+        batcher = app.state.service.registry.models["tiny"].decoder_batcher
         real_run = batcher._run_fn
 
         ran: list[int] = []
@@ -472,7 +472,7 @@ def test_a_refused_version_is_retried_only_once_its_files_change(
     decoder = model_copy / "tiny" / "2" / "decoder.onnx"
 
     async def scenario(client: httpx.AsyncClient, app: Any) -> list[Any]:
-        registry = app.state.registry
+        registry = app.state.service.registry
         _new_version(model_copy, "tiny", 2)
         complete = decoder.read_bytes()
         decoder.write_bytes(complete[: len(complete) // 2])  # the copy is half done

@@ -51,7 +51,7 @@ def grpc_app(settings) -> Iterator[tuple[Any, pb_grpc.GRPCInferenceServiceStub]]
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
     assert started.wait(60) and not failure, failure
-    channel = grpc.insecure_channel(f"127.0.0.1:{app.state.grpc_port}")
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.state.service.grpc_port}")
     try:
         yield app, pb_grpc.GRPCInferenceServiceStub(channel)
     finally:
@@ -74,7 +74,7 @@ def code_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
 
 
 def counted(app, method: str, status: int) -> float:
-    value = app.state.metrics.registry.get_sample_value(
+    value = app.state.service.metrics.registry.get_sample_value(
         "vae_http_requests_total", {"route": f"grpc:{method}", "method": "GRPC", "status": str(status)}
     )
     return value or 0.0
@@ -182,7 +182,7 @@ def test_status_codes_for_bad_input_and_unknown_models(models_dir, settings_for)
 @contextmanager
 def blocked_decoder(app) -> Iterator[tuple[threading.Event, list[int]]]:
     """The tiny decoder's onnxruntime call waits for `release`; `runs` records each call's batch size."""
-    batcher = app.state.registry.get("tiny").decoder_batcher
+    batcher = app.state.service.registry.get("tiny").decoder_batcher
     original, release, runs = batcher._run_fn, threading.Event(), []
 
     def run(x):
@@ -205,7 +205,7 @@ def test_deadline_cancellation_and_overload(models_dir, settings_for):
     )  # fmt: skip
     z = np.zeros((4, 8), np.float32)
     with grpc_app(settings_for(models_dir, grpc_port=free_port(), **limits)) as (app, stub):
-        batcher = app.state.registry.get("tiny").decoder_batcher
+        batcher = app.state.service.registry.get("tiny").decoder_batcher
 
         def abandoned() -> bool:  # every queued job's caller is gone (server side)
             return all(job.future.done() for job in batcher._queue)
@@ -258,7 +258,7 @@ from service.main import create_app
 app = create_app(Settings(models_dir={str(models_dir)!r}, provider="cpu", grpc_port=0))
 async def main():
     async with app.router.lifespan_context(app):
-        assert app.state.registry.ready
+        assert app.state.service.registry.ready
 asyncio.run(main())
 assert "grpc" not in sys.modules, "grpc imported"
 print("ok")

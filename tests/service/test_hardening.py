@@ -154,7 +154,7 @@ class _Gate:
 def _run(settings: Settings, pool: ImagePool, scenario: Any) -> Any:
     async def main() -> Any:
         app = create_app(settings)
-        app.state.image_pool = pool  # the seam routes get their pool from
+        app.state.service.image_pool = pool  # the seam routes get their pool from
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=20) as client:
@@ -228,7 +228,7 @@ def test_a_client_that_disconnects_takes_its_queued_images_with_it(onnx_models_d
 
     async def main() -> tuple[int, list[str]]:
         app = create_app(_settings(onnx_models_dir))
-        app.state.image_pool = pool
+        app.state.service.image_pool = pool
         sent: list[str] = []
         gone = asyncio.Event()
         messages = [{"type": "http.request", "body": body, "more_body": False}]

@@ -123,7 +123,7 @@ def test_a_timeout_is_the_same_504_on_both_paths(models_dir, taken):
     with both(models_dir, request_timeout_s=0.2, inline_run_us=0) as clients:
         released: list[threading.Event] = []
         for client in clients:
-            batcher = client.app.state.registry.get("tiny").decoder_batcher  # type: ignore[attr-defined]
+            batcher = client.app.state.service.registry.get("tiny").decoder_batcher  # type: ignore[attr-defined]
             real, release = batcher._run_fn, threading.Event()
             released.append(release)
 

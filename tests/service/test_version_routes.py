@@ -286,7 +286,7 @@ def test_a_client_pinned_to_v1_gets_v1s_exact_vectors_across_a_reload_to_v2(tmp_
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-                return await scenario(client, app.state.registry)
+                return await scenario(client, app.state.service.registry)
 
     out = asyncio.run(main())
     enc_before, dec_before = out["before"]

@@ -110,7 +110,7 @@ def test_a_worker_pins_itself_before_building_the_app(tmp_path: Path, monkeypatc
             monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
             app = workers.create_worker_app()
             held.append(workers._slot_lock)
-            served.append(app.state.serving)
+            served.append(app.state.service.serving)
         assert [(s["slot"], s["cuda_visible_devices"]) for s in served] == [(0, "0"), (1, "1")]
         assert served[0]["gpu_mem_limit_mb"] == plan.gpu_mem_limit_mb and served[0]["device"] == "cuda"
     finally:

@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from service.errors import NotReady
-from service.http.deps import registry_of
+from service.http.deps import registry_of, state_of
 from service.http.error_handlers import responses
 from service.http.responses import NumpyJSONResponse
 from service.http.schemas import HealthResponse, ReadyResponse
@@ -39,4 +39,4 @@ async def readyz(request: Request) -> Response:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
 )
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.errors import ModelNotFound, Unauthorized, shown
-from service.http.deps import registry_of
+from service.http.deps import registry_of, state_of
 from service.http.error_handlers import responses
 from service.http.paths import V1
 from service.http.responses import NumpyJSONResponse
@@ -60,7 +60,7 @@ def _info(registry: ModelRegistry, name: str) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     registry = registry_of(request)
     names = registry.names or sorted(registry.models)
-    serving = getattr(request.app.state, "serving", None)  # set by service.server.workers under vae-serve
+    serving = state_of(request).serving  # the worker plan under vae-serve
     body = {"default_model": registry.default_name, "serving": serving}
     return NumpyJSONResponse({**body, "models": [_info(registry, n) for n in names]})
 
