@@ -45,6 +45,16 @@ class ErrorType(StrEnum):
     inference_failed = "inference_failed"
 
 
+# nginx's status for "client closed the request": logged and counted by every protocol, never sent (there is
+# no one to send it to).
+CLIENT_CLOSED = 499
+
+
+def error_body(message: str, error_type: ErrorType) -> dict[str, str]:
+    """The one shape of every error answer, on every protocol that writes JSON."""
+    return {"error": message, "error_type": error_type.value}
+
+
 class ServiceError(Exception):
     """Base class: an HTTP status, a stable `error_type`, a client-safe message and optional headers."""
 
@@ -58,7 +68,7 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.message, "error_type": self.error_type.value}
+        return error_body(self.message, self.error_type)
 
 
 class InvalidInput(ServiceError):

@@ -35,7 +35,7 @@ import numpy as np
 
 from service import __version__, tracing
 from service.config import Settings
-from service.errors import ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized, shown
+from service.errors import CLIENT_CLOSED, ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized, shown
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.http.security import key_matches
@@ -50,7 +50,6 @@ T = TypeVar("T")
 
 SERVICE = "inference.GRPCInferenceService"
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
-CLIENT_CLOSED = 499  # as service.http.middleware counts an HTTP client that went away
 LOG_INTERVAL_S = 10.0  # as service.server.connections logs its refusals
 
 STATUS_CODES: dict[ErrorType, grpc.StatusCode] = {

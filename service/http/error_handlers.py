@@ -32,6 +32,7 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
     clip,
+    error_body,
 )
 from service.http.paths import OIP_PREFIX
 
@@ -139,7 +140,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     cls = _HTTP_STATUS_ERRORS.get(exc.status_code)
     if cls is None:
         return JSONResponse(
-            {"error": str(exc.detail), "error_type": ErrorType.invalid_input.value},
+            error_body(str(exc.detail), ErrorType.invalid_input),
             status_code=exc.status_code,
             headers=exc.headers,
         )

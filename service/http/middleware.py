@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
+from service.errors import CLIENT_CLOSED, PayloadTooLarge
 from service.logs import request_id
 from service.metrics import Metrics
 
@@ -48,10 +48,6 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
-
-
-# nginx's status for "client closed the request": logged and counted, never sent (there is no one to send to).
-CLIENT_CLOSED = 499
 
 
 class RequestContextMiddleware:

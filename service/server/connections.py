@@ -43,7 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service import activity
 from service.config import Settings
-from service.errors import ErrorType
+from service.errors import ErrorType, error_body
 from service.server.response_writes import hold_head
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def _guard_for(server_state: Any, loop: asyncio.AbstractEventLoop) -> _Guard:
 
 
 def _error_response(status: int, reason: str, error_type: ErrorType, message: str, extra: str = "") -> bytes:
-    body = json.dumps({"error": message, "error_type": error_type.value}).encode()
+    body = json.dumps(error_body(message, error_type)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
         f"{extra}connection: close\r\n\r\n"

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from service.http.middleware import CLIENT_CLOSED, BodyLimitMiddleware, RequestContextMiddleware
+from service.errors import CLIENT_CLOSED
+from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.metrics import Metrics
 
 SCOPE = {"type": "http", "method": "POST", "path": "/x", "headers": []}
