@@ -34,11 +34,11 @@ import grpc
 import numpy as np
 
 from service import __version__, tracing
+from service.api_keys import key_matches, offered_key
 from service.config import Settings
 from service.errors import CLIENT_CLOSED, ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized, shown
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.http.security import key_matches
 from service.inference import ModelRegistry
 from service.inference.limits import check_output_names, check_tensor
 from service.inference.oip import EXTENSIONS, GraphRef, bound_response, resolve_graph, run_graph
@@ -65,18 +65,6 @@ STATUS_CODES: dict[ErrorType, grpc.StatusCode] = {
     ErrorType.timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorType.inference_failed: grpc.StatusCode.INTERNAL,
 }
-
-
-def _offered_key(metadata: Any) -> bytes:
-    values = {key.lower(): value for key, value in metadata or ()}
-    auth = values.get("authorization", "")
-    if isinstance(auth, bytes):
-        auth = auth.decode("latin-1")
-    scheme, _, credentials = str(auth).partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip().encode()
-    key = values.get("x-api-key", "")
-    return key if isinstance(key, bytes) else str(key).encode()
 
 
 def _version(text: str) -> str | None:
@@ -111,7 +99,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     current.set_attribute("rpc.grpc.status_code", code.value[0])
 
             try:
-                offered = _offered_key(metadata) if self.keys else b""
+                offered = (
+                    offered_key(dict((k.lower(), v) for k, v in metadata or ()).get) if self.keys else b""
+                )
                 if self.keys and method not in OPEN_METHODS and not key_matches(offered, self.keys):
                     raise Unauthorized()
                 remaining = context.time_remaining()

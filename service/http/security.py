@@ -7,7 +7,6 @@ dependency machinery costs more per request than everything else a small decode 
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api_keys import key_matches, offered_key
 from service.errors import Unauthorized
 from service.http.matching import matched_route
 from service.http.paths import API_PREFIXES, API_ROOTS, OIP_HEALTH_PREFIX
@@ -32,22 +32,6 @@ def is_protected(path: str) -> bool:
     return (path.startswith(PROTECTED_PREFIXES) or path in PROTECTED_ROOTS) and not path.startswith(
         OPEN_PREFIXES
     )
-
-
-def key_matches(offered: bytes, keys: list[bytes]) -> bool:
-    # Compare against every key without stopping early: timing reveals neither a key nor which one matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(offered, key)
-    return matched and bool(offered)
-
-
-def offered_key(headers: Headers) -> bytes:
-    auth = headers.get("authorization", "")
-    scheme, _, credentials = auth.partition(" ")
-    if scheme.lower() == "bearer" and credentials:
-        return credentials.strip().encode()
-    return headers.get("x-api-key", "").encode()
 
 
 class ApiKeyMiddleware:
@@ -66,7 +50,7 @@ class ApiKeyMiddleware:
             scope["type"] == "http"
             and scope["method"] != "OPTIONS"  # CORS preflights carry no credentials
             and is_protected(scope["path"])
-            and not key_matches(offered_key(Headers(scope=scope)), self.keys)
+            and not key_matches(offered_key(Headers(scope=scope).get), self.keys)
         ):
             if (route := matched_route(scope, self.routes)) is not None:
                 scope["route"] = route
