@@ -23,6 +23,7 @@ MANIFEST_FILE = "model.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 SCORER_FILE = "scorer.onnx"
+SAMPLER_FILE = "sampler.onnx"
 PREVIEW_FILE = "preview.png"
 SCHEMA_VERSION: Literal[1] = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -166,6 +167,12 @@ class Manifest(_Strict):
     encoder: GraphSpec
     decoder: GraphSpec
     scorer: GraphSpec | None = None
+    # A discretized logistic model's draws from p(x | z), not its mean (training.export.SamplerGraph): inputs
+    # `z` (batch, D) and `noise` (batch, N, H, W), N = M + C: per pixel, M Gumbel draws (one per mixture
+    # component, neighbour anchors included) then C logistic draws, each already multiplied by the pixel
+    # temperature (service/inference/pixel_draws.py); output `x` (batch, C, H, W), 8-bit values in [0, 1].
+    # Absent, as in every older manifest: the service draws a factorised model's pixels from `params` itself.
+    sampler: GraphSpec | None = None
     prior: PriorSpec | None = None  # None: N(0, I)
     training: dict[str, Any]
     dataset: DatasetSpec
@@ -202,6 +209,14 @@ class Manifest(_Strict):
         }
         if self.scorer is not None:
             want["scorer"] = ([["batch", *img]], [["batch"]])
+        if self.sampler is not None:
+            if self.mixture_components is None:
+                raise ManifestError("a sampler graph needs likelihood discretized_logistic")
+            noise = self.sampler.inputs[1].shape[1] if len(self.sampler.inputs) == 2 else 0
+            c, h, w = self.image.shape
+            if not isinstance(noise, int) or noise < self.mixture_components + c:
+                raise ManifestError(f"sampler noise needs at least {self.mixture_components + c} maps")
+            want["sampler"] = ([["batch", self.latent_dim], ["batch", noise, h, w]], [["batch", *img]])
         for role, (ins, outs) in want.items():
             graph: GraphSpec = getattr(self, role)
             got = ([t.shape for t in graph.inputs], [t.shape for t in graph.outputs])
@@ -275,6 +290,8 @@ def verify_model_dir(model_dir: Path) -> Manifest:
     ]
     if manifest.scorer is not None:
         hashed.append(("scorer graph", manifest.scorer))
+    if manifest.sampler is not None:
+        hashed.append(("sampler graph", manifest.sampler))
     if manifest.prior is not None:
         hashed.append(("prior parameter file", manifest.prior))
     if manifest.conditional is not None:

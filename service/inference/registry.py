@@ -180,7 +180,8 @@ class ModelRegistry:
         path = s.models_dir / name / str(version)
         self._check_inside(path, path / MANIFEST_FILE)
         manifest = verify_model_dir(path)
-        graph_files = [path / g.file for g in (manifest.encoder, manifest.decoder, manifest.scorer) if g]
+        graphs = (manifest.encoder, manifest.decoder, manifest.scorer, manifest.sampler)
+        graph_files = [path / g.file for g in graphs if g]
         self._check_inside(*graph_files)
         if manifest.name != name:
             raise ModelLoadError(f"{path}: manifest names the model {manifest.name!r}, folder says {name!r}")
@@ -212,9 +213,13 @@ class ModelRegistry:
         if manifest.scorer is not None:
             graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider)
             scorer = (graph, self._batcher(name, version, "scorer", graph))
+        sampler: tuple[Graph, Batcher] | None = None
+        if manifest.sampler is not None:
+            graph = Graph(path / manifest.sampler.file, manifest.sampler, options, s.provider)
+            sampler = (graph, self._batcher(name, version, "sampler", graph))
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
-            self._batcher(name, version, "decoder", decoder), prior, classes, scorer,
+            self._batcher(name, version, "decoder", decoder), prior, classes, scorer, sampler,
         )  # fmt: skip
         try:
             model.warm_up(tuple(sorted({1, s.max_batch_size})))

@@ -33,6 +33,7 @@ from service.inference.limits import (
 from service.routes.deadline import DeadlineRoute
 from service.routes.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
 from service.routes.error_handlers import INFERENCE_ERRORS, responses
+from service.routes.pixels import choose_pixels
 from service.routes.requests import JSON, MULTIPART, NPY, PNG, Payload, read_payload, validate
 from service.routes.responses import (
     NumpyJSONResponse,
@@ -175,10 +176,13 @@ async def decode(request: Request, model: ModelQuery = None, version: VersionQue
     if version is not None and opts.version is not None and version != opts.version:
         raise InvalidInput(f"version given twice: {version} in the query, {opts.version} in the body")
     vae = model_of(registry, opts.model or model, opts.version or version)
+    pixels = choose_pixels(vae, opts, opts.seed)
     z = as_latents(payload.latents, settings, vae.latent_dim)
     _bound_response(settings, vae, len(z), 0)
-    images = await vae.decode(z)
-    return await _images_out(request, vae, images, {"images": images})
+    images = await vae.decode(z, pixels.draw)
+    return await _images_out(
+        request, vae, images, {"images": images}, extra=pixels.fields, headers=pixels.headers
+    )
 
 
 @router.post(
@@ -206,9 +210,13 @@ async def sample(
         vae.class_index(label)  # an unknown label or a model without classes: 422 before any work
     _bound_response(settings, vae, opts.n, opts.n * vae.latent_dim)
     seed = opts.seed if opts.seed is not None else new_seed()
-    images, latents = await vae.sample(opts.n, seed, opts.temperature, label)
-    headers = {"X-Seed": str(seed)}
-    extra: dict[str, Any] = {"latents": latents, "seed": seed, "temperature": opts.temperature}
+    pixels = choose_pixels(vae, opts, seed)  # the pixel draws are seeded by the same seed, a stream apart
+    pixel_temperature = None if pixels.draw is None else pixels.draw.temperature
+    images, latents = await vae.sample(opts.n, seed, opts.temperature, label, pixel_temperature)
+    headers = {"X-Seed": str(seed), **pixels.headers}
+    extra: dict[str, Any] = {
+        "latents": latents, "seed": seed, "temperature": opts.temperature, **pixels.fields,
+    }  # fmt: skip
     if label is not None:
         extra["label"] = label
     return await _images_out(
@@ -235,13 +243,16 @@ async def reconstruct(
     opts = validate(ReconstructOptions, payload.fields)
     _no_latents(payload)
     vae = model_of(registry, opts.model, opts.version)
+    pixels = choose_pixels(vae, opts, opts.seed)
     n = len(payload.images or [])
     _bound_response(settings, vae, n, n * (2 * vae.latent_dim + 2))
     x = await _images_in(request, payload, vae)
-    rec = await vae.reconstruct(x)
+    rec = await vae.reconstruct(x, pixels.draw)
     extra = {"scores": rec.scores, "mse": rec.mse, "mean": rec.mean, "log_var": rec.log_var}
     arrays = {"images": rec.images, **extra}
-    return await _images_out(request, vae, rec.images, arrays, output, extra=extra)
+    return await _images_out(
+        request, vae, rec.images, arrays, output, extra={**extra, **pixels.fields}, headers=pixels.headers
+    )
 
 
 @router.post(
@@ -261,6 +272,7 @@ async def interpolate(
     opts = validate(InterpolateOptions, payload.fields)
     check_steps(opts.steps, settings)
     vae = model_of(registry, opts.model, opts.version)
+    pixels = choose_pixels(vae, opts, opts.seed, shared=True)  # one draw along the path: no flicker
     if (payload.images is None) == (payload.latents is None):
         raise InvalidInput("give either two images or two latents")
     _bound_response(settings, vae, opts.steps, opts.steps * vae.latent_dim)
@@ -269,10 +281,12 @@ async def interpolate(
         ends = (await vae.encode(x)).mean
     else:
         ends = as_latents(payload.latents, settings, vae.latent_dim, exactly=2)
-    images, latents = await vae.interpolate(ends[0], ends[1], opts.steps, opts.method)
-    extra = {"method": opts.method, "latents": latents}
+    images, latents = await vae.interpolate(ends[0], ends[1], opts.steps, opts.method, pixels.draw)
+    extra = {"method": opts.method, "latents": latents, **pixels.fields}
     arrays = {"images": images, "latents": latents}
-    return await _images_out(request, vae, images, arrays, output, extra=extra, columns=opts.steps)
+    return await _images_out(
+        request, vae, images, arrays, output, extra=extra, columns=opts.steps, headers=pixels.headers
+    )
 
 
 @router.get(
