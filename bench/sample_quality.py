@@ -119,7 +119,8 @@ def _coverage(reference: np.ndarray, query: np.ndarray, k: int) -> float:
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS) -> tuple[float, float]:
-    """Kynkäänniemi et al. 2019: precision = fakes inside the real manifold, recall = reals inside the fake."""
+    """Kynkäänniemi et al. 2019: precision = fakes inside the real manifold, recall = reals inside the
+    fake one."""
     return _coverage(real, fake, k), _coverage(fake, real, k)
 
 
@@ -254,16 +255,16 @@ def measure(
 def markdown(name: str, report: dict[str, Any]) -> str:
     lines = [
         f"**{name}** (`{report['model']}`, {report['images']} images per row; classifier test accuracy "
-        f"{report['classifier']['test_accuracy']:.3f}; ms/image at batch 64: {report['ms_per_image_batch_64']})",
+        f"{report['classifier']['test_accuracy']:.3f}; ms/image at batch 64: "
+        f"{report['ms_per_image_batch_64']})",
         "",
         "| images | FD | precision | recall | sharpness | recognised |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for label, r in report["rows"].items():
         rec = "" if r["recognised"] is None else f"{r['recognised']:.3f}"
-        lines.append(
-            f"| {label} | {r['FD']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['sharpness']:.3f} | {rec} |"
-        )
+        cells = [label, f"{r['FD']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"]
+        lines.append("| " + " | ".join([*cells, f"{r['sharpness']:.3f}", rec]) + " |")
     return "\n".join(lines)
 
 
