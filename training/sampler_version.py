@@ -105,7 +105,6 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
                 shutil.copy2(item, staging / item.name)
         sampler_path = staging / SAMPLER_FILE
         diff = export_sampler(vae, sampler_path)
-        _write_preview(vae, staging / PREVIEW_FILE, sampler_path, manifest)
         parity = {**(manifest.parity or {}), "sampler_max_abs_diff": diff}
         raw = manifest.model_dump()
         raw.update(
@@ -116,7 +115,9 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
             sampler=sampler_spec(vae, sampler_path).model_dump(),
             parity=parity,
         )
-        write_manifest(staging, Manifest.model_validate(raw))
+        published = Manifest.model_validate(raw)
+        write_manifest(staging, published)
+        write_preview(staging, published)
         verify_model_dir(staging)
         staging.chmod(0o755)
         staging.rename(target)
@@ -127,19 +128,21 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
     return target
 
 
-def _write_preview(vae: VAE, path: Path, sampler_path: Path, manifest: Manifest) -> None:
-    """64 prior draws (seed 0) drawn by the sampler, as the service answers /v1/sample with seed 0."""
+def write_preview(folder: Path, manifest: Manifest) -> None:
+    """`preview.png`: 64 prior draws (seed 0) through the sampler at the default pixel temperature, what
+    /v1/sample answers for n 64 and seed 0."""
     from service.imaging import encode_png, make_grid
     from service.inference.model import draw_prior
-    from service.inference.pixel_draws import pixel_rng
+    from service.inference.pixel_draws import DEFAULT_PIXEL_TEMPERATURE, pixel_rng, sampler_noise
 
-    z = draw_prior(64, vae.latent_dim, 0)
-    c, h, w = vae.image_shape
-    from service.inference.pixel_draws import sampler_noise
-
-    noise = sampler_noise(64, vae.noise_maps(), c, h, w, pixel_rng(0), 1.0)
-    (images,) = _ort_session(sampler_path).run(None, {"z": z, "noise": noise})
-    path.write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))
+    assert manifest.sampler is not None
+    c, h, w = manifest.image.shape
+    maps = manifest.sampler.inputs[1].shape[1]
+    assert isinstance(maps, int)
+    z = draw_prior(64, manifest.latent_dim, 0)
+    noise = sampler_noise(64, maps, c, h, w, pixel_rng(0), DEFAULT_PIXEL_TEMPERATURE)
+    (images,) = _ort_session(folder / manifest.sampler.file).run(None, {"z": z, "noise": noise})
+    (folder / PREVIEW_FILE).write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,7 +74,7 @@ def test_the_service_draws_by_default_and_gives_the_mean_when_asked(grouped_mode
     assert drawn.status_code == 200, drawn.text
     assert (
         body["pixels"] == "sample"
-        and body["pixel_temperature"] == 1.0
+        and body["pixel_temperature"] == 0.5
         and drawn.headers["x-pixels"] == "sample"
     )
     assert body["images"] == again["images"] and body["images"] != other["images"]
