@@ -96,4 +96,9 @@ FORCE_FLAG=()
   --version 4 --k "${EVAL_K_EMOJI:-100}" --data-dir "$DATA_DIR" "${FORCE_FLAG[@]}" \
   --description "Convolutional VAE, 64-D latent, 32x32 RGB emoji, seven pixel groups (two levels) with neighbour anchors"
 
+# models/emoji/5 (the served emoji default): emoji/4's files and weights plus sampler.onnx, which draws images
+# from p(x | z) pixel group by pixel group (docs/samples.md); a minute, no training.
+[ -e "$OUT_DIR/emoji/5" ] && [ "${#FORCE_FLAG[@]}" -gt 0 ] && rm -r "$OUT_DIR/emoji/5"
+"$PY" -m training.sampler_version "$OUT_DIR/emoji/4" --version 5
+
 "$PY" scripts/compare_models.py "$OUT_DIR" models

@@ -123,6 +123,7 @@ VersionQuery = Annotated[
     Query(ge=1, le=MAX_VERSION, description=VersionField.description),
 ]
 NpyOutput = Query(description="Which array an `Accept: application/x-npy` response holds.")
+PIXELS_QUERY = "As the JSON body's field of the same name, for `application/x-npy` bodies."
 
 
 @router.post(
@@ -165,10 +166,19 @@ async def encode(
     responses=_responses(DecodeResponse, PNG, NPY),
     openapi_extra=_body(DecodeRequest, None, npy=True),
 )
-async def decode(request: Request, model: ModelQuery = None, version: VersionQuery = None) -> Response:
+async def decode(
+    request: Request,
+    model: ModelQuery = None,
+    version: VersionQuery = None,
+    pixels: Annotated[Literal["sample", "mean"] | None, Query(description=PIXELS_QUERY)] = None,
+    pixel_temperature: Annotated[float | None, Query(description=PIXELS_QUERY)] = None,
+    seed: Annotated[int | None, Query(description=PIXELS_QUERY)] = None,
+) -> Response:
     settings, registry = settings_of(request), registry_of(request)
     payload = await read_payload(request, settings, accepts_npy=True)
-    opts = validate(DecodeOptions, payload.fields)
+    # An npy body has no fields: the pixel options may come in the query (the body's win over it).
+    query = {"pixels": pixels, "pixel_temperature": pixel_temperature, "seed": seed}
+    opts = validate(DecodeOptions, {**{k: v for k, v in query.items() if v is not None}, **payload.fields})
     if payload.images is not None:
         raise InvalidInput("images: not accepted here; send latents")
     if model and opts.model and model != opts.model:
@@ -176,12 +186,12 @@ async def decode(request: Request, model: ModelQuery = None, version: VersionQue
     if version is not None and opts.version is not None and version != opts.version:
         raise InvalidInput(f"version given twice: {version} in the query, {opts.version} in the body")
     vae = model_of(registry, opts.model or model, opts.version or version)
-    pixels = choose_pixels(vae, opts, opts.seed)
+    chosen = choose_pixels(vae, opts, opts.seed)
     z = as_latents(payload.latents, settings, vae.latent_dim)
     _bound_response(settings, vae, len(z), 0)
-    images = await vae.decode(z, pixels.draw)
+    images = await vae.decode(z, chosen.draw)
     return await _images_out(
-        request, vae, images, {"images": images}, extra=pixels.fields, headers=pixels.headers
+        request, vae, images, {"images": images}, extra=chosen.fields, headers=chosen.headers
     )
 
 

@@ -182,3 +182,18 @@ def test_bad_pixel_options_are_422(client, fields, message):
         response = client.post(route, json={"model": "tiny", **extra, **fields})
         assert response.status_code == 422, response.text
         assert response.json()["error"].startswith(message)
+
+
+def test_an_npy_decode_takes_its_pixel_options_in_the_query(client):
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 8), dtype=np.float32))
+    headers = {"content-type": "application/x-npy", "accept": "application/x-npy"}
+    params = {"model": "tiny", "pixels": "sample", "seed": 3, "pixel_temperature": 0.7}
+    drawn = client.post("/v1/decode", content=buffer.getvalue(), params=params, headers=headers)
+    again = client.post("/v1/decode", content=buffer.getvalue(), params=params, headers=headers)
+    assert drawn.status_code == 200, drawn.text
+    assert drawn.headers["x-pixels"] == "sample" and drawn.headers["x-seed"] == "3"
+    images = np.load(io.BytesIO(drawn.content))
+    assert set(np.unique(images).tolist()) <= {0.0, 1.0} and drawn.content == again.content
+    mean = client.post("/v1/decode", content=buffer.getvalue(), params={"model": "tiny"}, headers=headers)
+    assert mean.headers["x-pixels"] == "mean"
