@@ -80,7 +80,8 @@ def rebuild(model_dir: Path) -> tuple[VAE, Manifest]:
             key = name.removeprefix(PREFIX)
             if name.startswith(PREFIX) and key in state and key not in found:
                 found[key] = torch.from_numpy(value.copy())
-    convs = _output_convs(vae)
+    # Output convolutions whose maps are already a multiple of 8 run unpadded and keep their own names.
+    convs = [prefix for prefix in _output_convs(vae) if prefix + ".weight" not in found]
     missing = [k for k in state if k not in found and k.rsplit(".", 1)[0] not in convs]
     if missing:
         raise ExportError(f"{model_dir}: no initializer for {', '.join(missing[:5])}")
