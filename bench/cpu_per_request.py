@@ -39,7 +39,7 @@ TARGETS = ["ours", "base", "naive", "floor-http", "floor-work"]
 
 
 def _service(name: str, source: Path, args: argparse.Namespace, model: str) -> Server:
-    argv = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", "{port}"]
+    argv = [sys.executable, "-m", "service.server.cli", "--host", "127.0.0.1", "--port", "{port}"]
     argv += ["--models-dir", str(args.models_dir.resolve())]
     if args.workers:
         argv += ["--workers", str(args.workers)]
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.model or default_model(args.models_dir)
-    from service.manifest import model_dir, read_manifest
+    from vae_contract.manifest import model_dir, read_manifest
 
     path = model_dir(args.models_dir, model)
     latent_dim = read_manifest(path).latent_dim

@@ -8,7 +8,7 @@ A bare ASGI callable under uvicorn (httptools, uvloop, no access log, 1 worker),
   start). What is left is uvicorn's protocol, the ASGI call and the socket writes.
 - `work`: the same plus exactly the work the service does on its fastest path: orjson parse, one onnxruntime
   run on a session with the service's options (`service.inference.runtime.session_options`: one intra-op
-  thread, spinning off), the PNG written by `service.imaging.encode_png`, base64 and orjson out. No
+  thread, spinning off), the PNG written by `vae_contract.imaging.encode_png`, base64 and orjson out. No
   validation, no limits, no metrics, no logging, no batching: what a request costs before any guarantee.
 
     BENCH_FLOOR_MODE=work BENCH_FLOOR_MODEL_DIR=models/mnist/1 \\
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.imaging import encode_png
-from service.manifest import read_manifest
+from vae_contract.imaging import encode_png
+from vae_contract.manifest import read_manifest
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

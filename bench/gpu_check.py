@@ -34,7 +34,7 @@ def _rate(fn: Any, items: int, seconds: float) -> float:
 
 def raw_table(models_dir: Path, seconds: float, provider: str) -> list[dict[str, Any]]:
     from service.inference.runtime import Graph, session_options
-    from service.manifest import list_model_names, model_dir, verify_model_dir
+    from vae_contract.manifest import list_model_names, model_dir, verify_model_dir
 
     rows = []
     for name in list_model_names(models_dir):

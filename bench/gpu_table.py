@@ -21,7 +21,7 @@ def gpu_table(models_dir: Path, args, out: Path) -> list[dict]:
     The service runs with VAE_MAX_BATCH_SIZE and the per-request caps at the largest batch, so a request of
     1024 items is one onnxruntime call there too; `--gpu-concurrency` clients keep the device busy.
     """
-    from service.manifest import list_model_names, model_dir
+    from vae_contract.manifest import list_model_names, model_dir
 
     batches = args.gpu_batches
     names = args.gpu_models or list_model_names(models_dir)

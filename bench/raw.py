@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from service.config import Settings
 from service.inference.runtime import requested_providers, session_options
-from service.manifest import Manifest, read_manifest
+from vae_contract.manifest import Manifest, read_manifest
 
 
 @dataclass
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     args = parser.parse_args(argv)
-    from service.manifest import model_dir
+    from vae_contract.manifest import model_dir
 
     model = RawModel.open(model_dir(args.models_dir, args.model), args.provider)
     rows = [measure(model, g, b, args.duration) for g in ("decoder", "encoder") for b in args.batches]

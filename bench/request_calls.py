@@ -69,9 +69,9 @@ def _request(latent_dim: int) -> bytes:
 def _serve(args: argparse.Namespace, port: int) -> tuple[Any, asyncio.AbstractEventLoop, threading.Thread]:
     import uvicorn
 
-    from service.connections import GuardedHttpToolsProtocol
     from service.inference import batcher
     from service.logs import configure_logging
+    from service.server.connections import GuardedHttpToolsProtocol
 
     batcher.ALONE_INLINE_S = float("inf")  # see the module doc: c=1 counts repeat exactly
     configure_logging("info")  # the access line is part of every request's cost; written to /dev/null

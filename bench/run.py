@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["gpu_table"] = gpu_table(models_dir, args, out)
             return finish(report, out)
         name = args.model or default_model(models_dir)
-        from service.manifest import model_dir
+        from vae_contract.manifest import model_dir
 
         raw_model = RawModel.open(model_dir(models_dir, name), args.provider)
         info = model_info(models_dir, name, raw_model)

@@ -173,7 +173,7 @@ def cost_ms_per_image(vae: Any, batch: int = 64, repeats: int = 5) -> dict[str, 
     """Best-of-`repeats` milliseconds per image of one batch: the mean image, and a draw (noise included)."""
     z = np.random.default_rng(0).standard_normal((batch, vae.latent_dim)).astype(np.float32)
     out: dict[str, float] = {}
-    from service.inference.pixel_draws import PixelDraw
+    from vae_contract.pixel_draws import PixelDraw
 
     for label, draw in (("mean", None), ("sample", PixelDraw(0, 1.0))):
         if draw is not None and not vae.can_draw():

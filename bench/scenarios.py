@@ -216,7 +216,7 @@ SCENARIOS = {
 
 def resolve_models(models_dir: Path) -> tuple[Path, bool]:
     """The models folder to serve; when it has none, a tiny model trained here (and fallback=True)."""
-    from service.manifest import list_model_names
+    from vae_contract.manifest import list_model_names
 
     if models_dir.is_dir() and list_model_names(models_dir):
         return models_dir, False
@@ -241,7 +241,7 @@ def resolve_models(models_dir: Path) -> tuple[Path, bool]:
 
 def default_model(models_dir: Path) -> str:
     """The model the service answers with when a request names none (service.inference.registry's rule)."""
-    from service.manifest import list_model_names
+    from vae_contract.manifest import list_model_names
 
     names = list_model_names(models_dir)
     chosen = os.environ.get("VAE_DEFAULT_MODEL") or ("mnist" if "mnist" in names else sorted(names)[0])
@@ -249,7 +249,7 @@ def default_model(models_dir: Path) -> str:
 
 
 def model_info(models_dir: Path, name: str, raw: RawModel) -> ModelInfo:
-    from service.manifest import model_dir
+    from vae_contract.manifest import model_dir
 
     path = model_dir(models_dir, name)
     pngs = [png_bytes(img) for img in raw.inputs("encoder", 64, seed=3)]  # decoded digits

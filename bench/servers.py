@@ -11,7 +11,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,9 @@ from pathlib import Path
 import httpx
 
 from bench.peers import Peer
+from bench.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -170,7 +164,7 @@ def _descendants(pid: int) -> list[int]:
 
 def ours_server(args: argparse.Namespace, models_dir: Path, model: str, out: Path, extra_env: dict) -> Server:
     script = Path(sys.executable).with_name("vae-serve")
-    exe = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    exe = [str(script)] if script.exists() else [sys.executable, "-m", "service.server.cli"]
     if getattr(args, "ours_cmd", None):
         exe = shlex.split(args.ours_cmd)
     workers = getattr(args, "workers", None)

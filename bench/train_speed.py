@@ -111,7 +111,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from training.data import load_mnist
+    from training.datasets.mnist import load_mnist
 
     dataset = load_mnist(Path(args.data_dir))
     examples, ours = [], []

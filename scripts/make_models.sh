@@ -96,6 +96,10 @@ FORCE_FLAG=()
   --version 4 --k "${EVAL_K_EMOJI:-100}" --data-dir "$DATA_DIR" "${FORCE_FLAG[@]}" \
   --description "Convolutional VAE, 64-D latent, 32x32 RGB emoji, seven pixel groups (two levels) with neighbour anchors"
 
+# Novelty calibration files (docs/novelty.md): the statistic on half of each version's test split.
+"$PY" -m training.novelty "$OUT_DIR"/mnist/1 "$OUT_DIR"/mnist/2 "$OUT_DIR"/mnist-2d/1 "$OUT_DIR"/fashion/1 \
+  "$OUT_DIR"/emoji/3 "$OUT_DIR"/emoji/4 --data-dir "$DATA_DIR"
+
 # models/emoji/5 (the served emoji default): emoji/4's files and weights plus sampler.onnx, which draws images
 # from p(x | z) pixel group by pixel group (docs/samples.md); a minute, no training.
 [ -e "$OUT_DIR/emoji/5" ] && [ "${#FORCE_FLAG[@]}" -gt 0 ] && rm -r "$OUT_DIR/emoji/5"

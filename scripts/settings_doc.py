@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "settings.md"
@@ -23,25 +22,16 @@ This page is generated from `service/config.py` by `scripts/settings_doc.py`; ed
 """
 
 
-def _default(field: Any) -> str:
-    value = field.default_factory() if field.default_factory is not None else field.default
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return ",".join(map(str, value)) or "empty"
-    return str(value)
-
-
 def render() -> str:
     sys.path.insert(0, str(ROOT))
-    from service.config import Settings
+    from service.config import Settings, shown_default
+    from service.server.cli import WORKERS_HELP
 
     rows = []
     for name, field in Settings.model_fields.items():
         description = " ".join((field.description or "").split()).replace("|", "\\|")
-        rows.append(f"| `VAE_{name.upper()}` | `{_default(field)}` | {description} |")
+        rows.append(f"| `VAE_{name.upper()}` | `{shown_default(field)}` | {description} |")
+    rows.append(f"| `VAE_WORKERS` | `unset` | {WORKERS_HELP} |")  # read by vae-serve before any worker
     return HEADER + "\n".join(rows) + "\n"
 
 

@@ -3,7 +3,7 @@
 When a worker process has a single open connection, nothing can join a batch around its request, so the
 batcher runs the call on the event loop instead of handing it to a worker thread and back (that hop was ~0.2
 ms of a lone request's 1.45 ms on a 2-core host). The HTTP server's connection set is handed over by
-`service.connections` when it accepts a connection; without one (tests, other servers) nothing is ever
+`service.server.connections` when it accepts a connection; without one (tests, other servers) nothing is ever
 "alone" and the batcher keeps its usual rule. Counting requests instead does not work: under load the
 requests whose bytes arrived together start one after another, each seeing itself alone.
 """

@@ -5,8 +5,9 @@
         images = vae.decode(emb.vectors, version=emb.version)              # (1, C, H, W) float32 in [0, 1]
         sample = vae.sample(16, seed=7)                                    # PNGs, latents and the seed
 
-`pip install "vae-service[client]"` is all it needs: importing this module loads httpx and numpy, never
-onnxruntime, FastAPI or the server's code; Pillow is loaded only to turn numpy arrays into PNG uploads.
+`pip install -e ".[client]"` in the checkout (or the wheel `make wheel` builds, with `[client]`) is all it
+needs: importing this module loads httpx and numpy, never onnxruntime, FastAPI or the server's code;
+Pillow is loaded only to turn numpy arrays into PNG uploads.
 Latents travel as `.npy` or little-endian float32 where the service accepts it (exact, no JSON floats).
 `version=` pins a model version (stored embeddings keep their meaning), `label=` asks a conditional model for
 a class; both are sent only when given. Any 4xx/5xx answer raises `VAEServiceError` carrying the status, the
@@ -75,6 +76,9 @@ class ReconstructResult:
     mse: np.ndarray  # (N,)
     mean: np.ndarray  # (N, D)
     log_var: np.ndarray  # (N, D)
+    novelty: np.ndarray | None = None  # (N,) higher = more novel (docs/novelty.md); None from older servers
+    p_values: np.ndarray | None = None  # (N,) conformal p-values; None without a calibration file
+    novel: np.ndarray | None = None  # (N,) bool, p_values <= alpha
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,9 @@ def _image_bytes(image: ImageInput) -> bytes:
         return bytes(image)
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
-        from service.imaging import encode_png  # the service's own float -> 8-bit rule, loaded on first use
+        from vae_contract.imaging import (
+            encode_png,
+        )  # the service's own float -> 8-bit rule, loaded on first use
 
         return encode_png(arr[None] if arr.ndim == 2 else arr)
     from PIL import Image
@@ -242,16 +248,22 @@ class _Calls:
         return SampleResult(b["model"], b["version"], images, latents, b["seed"], b.get("pixels", "mean"))
 
     @staticmethod
-    def reconstruct(images: Sequence[ImageInput], model: str | None, version: int | None) -> _Call:
-        data = _form(model=model, version=version)
+    def reconstruct(
+        images: Sequence[ImageInput], model: str | None, version: int | None, alpha: float | None = None
+    ) -> _Call:
+        data = _form(model=model, version=version, alpha=alpha)
         return _Call("POST", "/v1/reconstruct", {"files": _files(images), "data": data})
 
     @staticmethod
     def parse_reconstruct(resp: httpx.Response) -> ReconstructResult:
         b = resp.json()
+        optional = {
+            key: None if b.get(key) is None else np.asarray(b[key]) for key in ("novelty", "p_values")
+        }
+        novel = None if b.get("novel") is None else np.asarray(b["novel"], dtype=bool)
         return ReconstructResult(
             b["model"], b["version"], _b64s(b["images"]), _arr(b["scores"]), _arr(b["mse"]), _arr(b["mean"]),
-            _arr(b["log_var"]),
+            _arr(b["log_var"]), optional["novelty"], optional["p_values"], novel,
         )  # fmt: skip
 
     @staticmethod
@@ -382,9 +394,14 @@ class VAEClient:
         return _Calls.parse_sample(self._send(call))
 
     def reconstruct(
-        self, images: Sequence[ImageInput], *, model: str | None = None, version: int | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        alpha: float | None = None,
     ) -> ReconstructResult:
-        return _Calls.parse_reconstruct(self._send(_Calls.reconstruct(images, model, version)))
+        return _Calls.parse_reconstruct(self._send(_Calls.reconstruct(images, model, version, alpha)))
 
     def interpolate(
         self,
@@ -490,9 +507,14 @@ class AsyncVAEClient:
         return _Calls.parse_sample(await self._send(call))
 
     async def reconstruct(
-        self, images: Sequence[ImageInput], *, model: str | None = None, version: int | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        alpha: float | None = None,
     ) -> ReconstructResult:
-        return _Calls.parse_reconstruct(await self._send(_Calls.reconstruct(images, model, version)))
+        return _Calls.parse_reconstruct(await self._send(_Calls.reconstruct(images, model, version, alpha)))
 
     async def interpolate(
         self,

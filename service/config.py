@@ -7,7 +7,7 @@ answers 503 instead of growing without bound.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -57,8 +57,8 @@ class Settings(BaseSettings):
         "OTEL_* variables say. Also on when OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT "
         "is set (unless OTEL_SDK_DISABLED=true). Off: opentelemetry is never imported.",
     )
-    # Connection guard (service.connections, under `vae-serve`): every connection ends on its own unless it
-    # is idle, and idle ones make room for new clients, so sockets can never exhaust file descriptors.
+    # Connection guard (service.server.connections, under `vae-serve`): every connection ends on its own
+    # unless it is idle, and idle ones make room for new clients, so sockets never exhaust file descriptors.
     idle_timeout_s: float = Field(
         default=5.0,
         gt=0,
@@ -163,8 +163,32 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="Threads onnxruntime uses inside one operator (0: onnxruntime's default, one per "
-        "physical core). Left unset, `vae-serve` sets it with its worker plan (service/workers.py: 1 per "
-        "worker process on a CPU host, one worker per core).",
+        "physical core). Left unset, `vae-serve` sets it with its worker plan (service/server/workers.py: 1 "
+        "per worker process on a CPU host, one worker per core).",
+    )
+    cpu_arena: bool = Field(
+        default=False,
+        description="onnxruntime's CPU memory arena for every session. On, each session keeps the buffers "
+        "of its largest run for its whole life (a worker serving the default models idled at 1.6 GB with it "
+        "and warm-up runs at the largest batch); off, they go back to malloc after each run, with no "
+        "measurable cost per request (docs/benchmarks.md).",
+    )
+    batch_padding: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Pad each onnxruntime call's batch with zero rows to the next of a few sizes (powers of "
+        "two up to max_batch_size, and max_batch_size), each run at load, so a GPU sees no new input shape "
+        "after warm-up (the CUDA provider chooses convolution algorithms per new shape); the padding rows "
+        "are dropped before anything reads the outputs. 'auto': on CUDA only (on CPU the padded rows cost "
+        "their work, and CPU sessions are warmed at batch 1 only); 'on' / 'off': everywhere / nowhere.",
+    )
+    gpu_mem_limit_mb: int = Field(
+        default=0,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="Cap (MiB) on each CUDA session's memory arena (onnxruntime's gpu_mem_limit); 0: none. "
+        "Left unset, `vae-serve` on a GPU host sets it to each worker's share of its card "
+        "(service/server/workers.py), so that no arena of a worker grows past what the workers sharing the "
+        "card can spare; bench/gpu_workers.py measures what a worker really holds.",
     )
     inter_op_threads: int = Field(
         default=1,
@@ -291,6 +315,14 @@ class Settings(BaseSettings):
         description="Largest |value| accepted in a latent vector (422 beyond, 400 on /v2); the prior is "
         "N(0, I), so anything near this is already far outside what the decoder has seen.",
     )
+    novelty_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Default significance level of /v1/reconstruct's `novel` flags (a request's `alpha` "
+        "overrides it): an image is flagged when its conformal p-value is at most alpha, so on images like "
+        "the model's own data about this fraction is flagged (docs/novelty.md).",
+    )
     max_response_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,
@@ -369,3 +401,15 @@ class Settings(BaseSettings):
 
     def api_key_values(self) -> list[bytes]:
         return [key.get_secret_value().encode() for key in self.api_keys or []]
+
+
+def shown_default(field: Any) -> str:
+    """A Settings field's default as written in the environment (`vae-serve --help`, docs/settings.md)."""
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "empty"
+    return str(value)

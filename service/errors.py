@@ -1,7 +1,7 @@
 """The service's closed set of errors, each mapped to one HTTP status in one place.
 
 The data plane raises these (it knows nothing of HTTP beyond the status each class carries, as MLServer's
-`MLServerError` does); each protocol adapter renders them (`service.routes.error_handlers` for HTTP) as
+`MLServerError` does); each protocol adapter renders them (`service.http.error_handlers` for HTTP) as
 `{"error": "...", "error_type": "..."}`. No web framework here, so any adapter can import this module.
 Messages are written for clients: they never carry stack traces, paths of the host or secrets.
 """

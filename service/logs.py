@@ -87,7 +87,7 @@ def configure_logging(level: str = "info", json_lines: bool = False) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # service.middleware logs each request once, with its id and duration; uvicorn's line would repeat it.
+    # service.http.middleware logs each request once, with its id and duration: uvicorn's would repeat it.
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []
     access.propagate = False

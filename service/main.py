@@ -1,5 +1,6 @@
 """Wiring only: settings, data plane, middleware, error handlers, routers, static page; the lifespan (load,
-reload, drain, signals) is `service.lifecycle`, the hot inference requests' way through it `service.hot_path`.
+reload, drain, signals) is `service.lifecycle`, the hot inference requests' way through it
+`service.http.hot_path`.
 
 Run with `vae-serve`, or `uvicorn --factory service.main:create_app` (settings from `VAE_*` variables).
 """
@@ -13,16 +14,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__, tracing
 from service.config import Settings
-from service.hot_path import ServiceApp
+from service.http.error_handlers import install_error_handlers
+from service.http.hot_path import ServiceApp
+from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.http.routes import docs, embeddings, health, models, v1, v2
+from service.http.security import ApiKeyMiddleware, document_api_keys
+from service.http.static import page_mount
 from service.inference import ModelRegistry
 from service.lifecycle import lifespan
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.routes import embeddings, health, models, v1, v2
-from service.routes.error_handlers import install_error_handlers
-from service.routes.static import page_mount
-from service.security import ApiKeyMiddleware, document_api_keys
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -34,12 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level, settings.log_json)
     metrics = Metrics()
     # FastAPI, plus a shorter way through its own layers for the directly called inference routes (same
-    # middlewares, handlers and error rendering; see service.hot_path).
+    # middlewares, handlers and error rendering; see service.http.hot_path).
     app = ServiceApp(
         title="VAE Service",
         version=__version__,
         summary="Encode, decode, sample, reconstruct and interpolate with ONNX-exported VAEs.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.http.routes.docs, with their assets served here
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -53,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(docs.router)
+    app.router.routes.append(docs.assets_mount())
     if STATIC_DIR.is_dir():  # the web page; mounted last so it never shadows an API route
         app.router.routes.append(page_mount(STATIC_DIR))
 

@@ -6,7 +6,7 @@ API package; its own telemetry stays off, as no global tracer provider is set), 
 shared no-op context manager, and the batcher's hook is None. It turns on with `VAE_TRACING=true`, or when a
 standard variable asks for traces (OTEL_TRACES_EXPORTER other than `none`, or an OTLP endpoint in
 OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), unless OTEL_SDK_DISABLED=true. It needs
-the `tracing` extra (`pip install "vae-service[tracing]"`).
+the `tracing` extra (`pip install -e ".[tracing]"` in the checkout).
 
 Configuration is OpenTelemetry's own: OTEL_TRACES_EXPORTER (`otlp`, the default; `console`; `none`),
 OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL (`http/protobuf`, the default, or `grpc`), the OTLP endpoint, headers and
@@ -80,8 +80,10 @@ def install(
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
     except ImportError:
+        # The package is installed from its checkout (or a wheel built there), not from an index.
         message = (
-            'tracing is asked for but OpenTelemetry is not installed: pip install "vae-service[tracing]"'
+            "tracing is asked for but OpenTelemetry is not installed: in the project's checkout, "
+            'pip install -c requirements/constraints.txt -e ".[tracing]"'
         )
         if required:
             raise RuntimeError(f"VAE_TRACING=true: {message}") from None

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-# training.data.MNIST_CACHE, named here because training.data imports torch.
+# training.datasets.mnist.MNIST_CACHE, named here because the training package imports torch.
 MNIST_CACHE = "mnist.npz"
 # What the fixture models are fitted and measured on: a closed-form fit needs few images.
 FIT_TRAIN, FIT_TEST = 2000, 500
@@ -29,7 +29,7 @@ def data_dir() -> Path:
     """The MNIST cache folder (`make data` fills it; fetched here too so plain `pytest` works)."""
     path = Path(os.environ.get("VAE_DATA_DIR", ROOT / "data"))
     if not (path / MNIST_CACHE).is_file():
-        from training.data import fetch_mnist
+        from training.datasets.mnist import fetch_mnist
 
         fetch_mnist(path)
     return path
@@ -37,7 +37,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(data_dir: Path):
-    from training.data import load_mnist
+    from training.datasets.mnist import load_mnist
 
     return load_mnist(data_dir)
 

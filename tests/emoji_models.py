@@ -16,8 +16,8 @@ def train_and_export(tmp_path_factory: pytest.TempPathFactory, name: str, **opti
     `name`/1 into a fresh models folder; return that folder and the trained model."""
     pytest.importorskip("torch")
     from training.config import TrainConfig
-    from training.data import ImageDataset
     from training.datasets.emoji import CATEGORIES, composite_rgb, resize
+    from training.datasets.images import ImageDataset
     from training.export import export_run
     from training.train import train
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from onnx_models import LinearVAE, write_linear_vae
 
-from service.manifest import DatasetSpec, Metrics
+from vae_contract.manifest import DatasetSpec, EvaluationMetrics
 
 IMAGE = (1, 28, 28)
 # Names and latent sizes the service tests address: the default model, and a 2-D one for the manifold.
@@ -70,7 +70,7 @@ def fit_linear_vae(x_train: np.ndarray, latent_dim: int) -> LinearVAE:
     )
 
 
-def measured_metrics(vae: LinearVAE, x_test: np.ndarray) -> Metrics:
+def measured_metrics(vae: LinearVAE, x_test: np.ndarray) -> EvaluationMetrics:
     """The service's reconstruct score on `x_test` (N, D): BCE at the decoded posterior mean plus the KL."""
     x = np.asarray(x_test, dtype=np.float64)
     mean = x @ vae.w_enc + vae.b_enc
@@ -78,7 +78,7 @@ def measured_metrics(vae: LinearVAE, x_test: np.ndarray) -> Metrics:
     reconstruction = -(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(axis=1).mean()
     log_var = vae.log_var.astype(np.float64)
     kl = (-0.5 * (1 + log_var - mean**2 - np.exp(log_var)).sum(axis=1)).mean()
-    return Metrics(
+    return EvaluationMetrics(
         split=f"test[:{len(x)}]",
         examples=len(x),
         binarized=False,

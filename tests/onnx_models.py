@@ -23,12 +23,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.manifest import (
+from vae_contract.manifest import (
     PREVIEW_FILE,
     DatasetSpec,
+    EvaluationMetrics,
     GraphSpec,
     Manifest,
-    Metrics,
     TensorSpec,
     sha256_file,
     verify_model_dir,
@@ -178,13 +178,13 @@ def write_linear_vae(
     *,
     image: tuple[int, int, int],
     dataset: DatasetSpec,
-    metrics: Metrics | None = None,
+    metrics: EvaluationMetrics | None = None,
     description: str = "",
     version: int = 1,
 ) -> Path:
     """A verified version folder for `vae`: graphs, preview.png and model.json, as training.export lays
     one out."""
-    from service.imaging import encode_png, make_grid
+    from vae_contract.imaging import encode_png, make_grid
 
     c, h, w = image
     d = vae.latent_dim

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from training.config import Dataset, TrainConfig
-from training.data import ImageDataset, load_dataset, to_float
+from training.data import load_dataset, to_float
+from training.datasets.images import ImageDataset
 from training.pca import fit_pca
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def save_figure(panels: list[tuple[str, np.ndarray]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from service.imaging import make_grid
+    from vae_contract.imaging import make_grid
 
     fig, axes = plt.subplots(len(panels), 1, figsize=(SHOWN * 0.9, 4 * len(panels) * 0.95), squeeze=False)
     for ax, (name, images) in zip(axes[:, 0], panels, strict=True):

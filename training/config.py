@@ -43,7 +43,9 @@ class TrainConfig:
     )
     channels: Channels = option(3, "folder datasets only: 1 (grayscale) or 3 (RGB); emoji are RGB")
     binarize: bool = option(
-        False, "dynamic binarization (a fresh Bernoulli draw per batch), the likelihood papers' MNIST"
+        False,
+        "draw binary pixels afresh each batch (dynamic binarization); on for test NLLs comparable with the "
+        "published MNIST numbers",
     )
     hflip: bool = option(
         False,
@@ -55,13 +57,15 @@ class TrainConfig:
 
     # --- model ---
     arch: Arch = option(
-        "mlp", "mlp (pytorch/examples: 784-400-latent) or conv (stride-2 convolutions, side /4)"
+        "mlp", "mlp: fully connected layers (--hidden-dims); conv: stride-2 convolutions, better on images"
     )
     variational: bool = option(
-        True, "off gives the deterministic autoencoder baseline of the lecture (z = mean, no KL)"
+        True, "off: a plain deterministic autoencoder (z = mean, no KL) to compare the VAE against"
     )
-    latent_dim: int = option(20, "pytorch/examples' choice; 2 gives the lecture's plottable manifold")
-    hidden_dims: tuple[int, ...] = option((400,), "pytorch/examples uses one hidden layer of 400 units")
+    latent_dim: int = option(
+        20, "size of z: 2 gives a manifold you can plot; larger sizes reconstruct and score better"
+    )
+    hidden_dims: tuple[int, ...] = option((400,), "mlp: the hidden layers' widths, e.g. 512 256 for two")
     conv_channels: tuple[int, ...] = option(
         (), "empty: chosen from the image size (halve until the side is <= 8)"
     )
@@ -70,7 +74,7 @@ class TrainConfig:
         "conv: residual 3x3 blocks per resolution (encoder after each downsampling, decoder after each "
         "upsampling, then a 1x1 output layer); 0 is the plain stride-2 network",
     )
-    activation: Activation = option("relu", "relu as in pytorch/examples; elu/tanh/gelu for deeper models")
+    activation: Activation = option("relu", "relu suits the small mlp; elu, tanh or gelu for deeper models")
 
     # --- likelihood and objective ---
     likelihood: Likelihood = option(
@@ -123,9 +127,9 @@ class TrainConfig:
     vamp_components: int = option(500, "vamp only: the number of pseudo-inputs; Tomczak and Welling use 500")
 
     # --- optimisation ---
-    epochs: int = option(10, "pytorch/examples' default")
-    batch_size: int = option(128, "pytorch/examples' default")
-    lr: float = option(1e-3, "Adam at pytorch/examples' rate")
+    epochs: int = option(10, "passes over the training set; more lower the test NLL until the model overfits")
+    batch_size: int = option(128, "images per step; larger batches take more memory and fewer steps")
+    lr: float = option(1e-3, "Adam's learning rate; lower it (or set --grad-clip) if training diverges")
     lr_schedule: LrSchedule = option(
         "none", "none, or cosine (decays to lr_min over the run; helps long runs converge)"
     )
@@ -133,7 +137,7 @@ class TrainConfig:
     grad_clip: float = option(
         0.0, ">0: clip the gradient norm (guards deep/IWAE models against rare spikes and divergence)"
     )
-    seed: int = option(1, "pytorch/examples' default; fixes init, shuffling, noise and binarization")
+    seed: int = option(1, "fixes init, shuffling, noise and binarization: the same seed gives the same run")
     threads: int = option(0, "torch intra-op threads; 0 keeps torch's default (all cores)")
     device: Device = option("cpu", "auto takes cuda when available; results agree up to float noise")
 

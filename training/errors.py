@@ -1,6 +1,6 @@
 """The training package's own failures, importable without torch so that the CLI can map them to exit codes.
 
-Bad user input (options, data, paths) raises ValueError, FileNotFoundError or `training.data.DataError`.
+Bad user input (options, data, paths) raises ValueError, FileNotFoundError or `DataError`.
 """
 
 
@@ -10,3 +10,7 @@ class TrainingDiverged(RuntimeError):
 
 class ExportError(Exception):
     """The export could not be produced or did not verify; nothing was published."""
+
+
+class DataError(Exception):
+    """Missing or unusable training data; the message says what is wrong and how to get good data."""

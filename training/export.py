@@ -23,7 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.manifest import (
+from training.datasets.images import ImageDataset
+from training.errors import ExportError
+from training.likelihoods import bits_per_dim, mean_image, param_channels
+from training.losses import model_nll
+from training.models import VAE
+from vae_contract.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
     PREVIEW_FILE,
@@ -31,10 +36,10 @@ from service.manifest import (
     SCORER_FILE,
     ConditionalSpec,
     DatasetSpec,
+    EvaluationMetrics,
     GraphSpec,
     ImageSpec,
     Manifest,
-    Metrics,
     PriorSpec,
     TensorSpec,
     latest_version,
@@ -42,12 +47,7 @@ from service.manifest import (
     verify_model_dir,
     write_manifest,
 )
-from service.priors import MIXTURE_KIND, PRIOR_FILE, MixturePrior, read_mixture, write_mixture
-from training.data import ImageDataset
-from training.errors import ExportError
-from training.likelihoods import bits_per_dim, mean_image, param_channels
-from training.losses import model_nll
-from training.models import VAE
+from vae_contract.priors import MIXTURE_KIND, PRIOR_FILE, MixturePrior, read_mixture, write_mixture
 
 log = logging.getLogger(__name__)
 for _chatty in ("onnxscript", "onnx_ir"):  # the exporter logs every optimisation pass at INFO
@@ -261,13 +261,15 @@ def code_length_metrics(evaluation: dict[str, Any], vae: VAE, dataset: ImageData
     }
 
 
-def manifest_metrics(evaluation: dict[str, Any], model: VAE, measured_with: str | None = None) -> Metrics:
+def manifest_metrics(
+    evaluation: dict[str, Any], model: VAE, measured_with: str | None = None
+) -> EvaluationMetrics:
     """The manifest's test-set numbers from `training.evaluate.evaluate` output (plus `device`, `seconds`)."""
     config = model.config
     if measured_with is None:
         measured_with = f"python -m training eval on {evaluation['device']} in {evaluation['seconds']}s"
     examples = evaluation["examples"]
-    return Metrics(
+    return EvaluationMetrics(
         split=f"test[:{examples}]" if config.test_limit else "test",
         examples=examples,
         binarized=config.binarize,
@@ -308,18 +310,18 @@ def export_run(
     version: int | None = None,
     description: str = "",
     force: bool = False,
-) -> tuple[Path, Metrics]:
+) -> tuple[Path, EvaluationMetrics]:
     """Export a trained model with its test-set evaluation and data record; the CLI and the test fixtures.
 
     `dataset` is the data as trained and evaluated (limits applied); its first 16 test images join the
     random inputs of the parity check.
     """
-    from training.train import eval_tensor
+    from training.evaluate import eval_tensor
 
     metrics = manifest_metrics(evaluation, vae, measured_with)
     extra = code_length_metrics(evaluation, vae, dataset)
     if extra:
-        metrics = Metrics.model_validate({**metrics.model_dump(), **extra})
+        metrics = EvaluationMetrics.model_validate({**metrics.model_dump(), **extra})
     real = eval_tensor(dataset, vae.config)[:16].numpy()
     target = export_vae(
         vae,
@@ -342,7 +344,7 @@ def _dataset_extras(vae: VAE, dataset: ImageDataset) -> dict[str, Any]:
 
     extras: dict[str, Any] = {"background": image_background(dataset.name)}
     if dataset.classes and len(dataset.x_train):
-        from training.conditional import fit_class_gaussians
+        from training.class_gaussians import fit_class_gaussians
         from training.data import to_float
 
         extras["conditional"] = fit_class_gaussians(
@@ -357,7 +359,7 @@ def export_vae(
     name: str,
     *,
     dataset: DatasetSpec,
-    metrics: Metrics | None = None,
+    metrics: EvaluationMetrics | None = None,
     training_config: dict[str, Any] | None = None,
     version: int | None = None,
     real_images: np.ndarray | None = None,
@@ -412,7 +414,7 @@ def _assemble(
     name: str,
     version: int,
     dataset: DatasetSpec,
-    metrics: Metrics | None,
+    metrics: EvaluationMetrics | None,
     training_config: dict[str, Any] | None,
     real_images: np.ndarray | None,
     description: str,
@@ -420,8 +422,9 @@ def _assemble(
 ) -> dict[str, float]:
     """Write and verify the graphs, preview and manifest into `staging`; returns the parity numbers.
 
-    `extras` (optional): `conditional`, per-class latent Gaussians (training.conditional) written to a hashed
-    side file; `background`, the colour transparent pixels were composited onto in the training data."""
+    `extras` (optional): `conditional`, per-class latent Gaussians (training.class_gaussians) written to a
+    hashed side file; `background`, the colour transparent pixels were composited onto in the training
+    data."""
     extras = extras or {}
     c, h, w = vae.image_shape
     enc_path, dec_path = staging / ENCODER_FILE, staging / DECODER_FILE
@@ -506,9 +509,9 @@ def _conditional_fields(extras: dict[str, Any], staging: Path) -> dict[str, Any]
     gaussians = extras.get("conditional")
     if gaussians is None:
         return {}
-    from training.conditional import save_class_gaussians
+    from vae_contract.classes import write_class_gaussians
 
-    path, digest = save_class_gaussians(gaussians, staging)
+    path, digest = write_class_gaussians(gaussians, staging)
     spec = ConditionalSpec(file=path.name, sha256=digest, classes=list(gaussians.names))
     return {"conditional": spec}
 
@@ -553,7 +556,7 @@ def check_finite_weights(vae: VAE) -> None:
         raise ExportError(f"non-finite weights in {shown}; export a checkpoint from before training diverged")
 
 
-def check_finite_metrics(metrics: Metrics) -> None:
+def check_finite_metrics(metrics: EvaluationMetrics) -> None:
     values = metrics.model_dump()
     bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
@@ -567,9 +570,7 @@ def _export_prior(
     """A learned prior as the service's diagonal Gaussian mixture file: the encoder's posteriors at the
     pseudo-inputs, computed here once. The exported encoder must give the same components (recorded in
     `parity` as prior_max_abs_diff), so the file agrees with the graph the service runs."""
-    from training.priors import prior_components
-
-    components = prior_components(vae)
+    components = vae.prior_components()
     if components is None or vae.prior is None:
         return None, None
     means, log_vars, log_weights = (t.cpu().numpy() for t in components)
@@ -606,7 +607,7 @@ def _exporter_versions() -> dict[str, str]:
 def _write_preview(
     decoder_path: Path, latent_dim: int, path: Path, prior: MixturePrior | None = None
 ) -> None:
-    from service.imaging import encode_png, make_grid
+    from vae_contract.imaging import encode_png, make_grid
 
     z = np.random.default_rng(0).standard_normal((64, latent_dim), dtype=np.float32)
     if prior is not None:  # the samples the service would draw with seed 0

@@ -38,14 +38,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-BINS = 256
-HALF_BIN = 0.5 / (BINS - 1)  # 1/510: half the spacing of the values k/255
-# PixelCNN++ clamps log-scales at -7 on [-1, 1] pixels, i.e. -7.7 on [0, 1]; the floor keeps the density
-# finite where the decoder is certain, and at s = exp(-8) an edge pixel at mean 1 still costs under 0.01 bit.
-MIN_LOG_SCALE = -8.0
-# Below this bin probability the sigmoid difference loses float32 precision; the density at the bin centre
-# times the bin width replaces it there (as in PixelCNN++).
-MIN_BIN_PROB = 1e-5
+# The bins and floors are the contract's, so the service scores with the same numbers.
+from vae_contract.likelihoods import BINS, HALF_BIN, MIN_BIN_PROB, MIN_LOG_SCALE
+
 # PixelCNN++ uses 10 components on 32x32 CIFAR-10; 5 cover an edge pixel's few colours at a third the cost.
 DEFAULT_COMPONENTS = 5
 

@@ -11,21 +11,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+from training.gaussians import (
+    gaussian_log_density,
+    kl_divergence,
+    kl_per_unit,
+    mixture_log_density,
+    standard_normal_log_density,
+)
 from training.likelihoods import discretized_logistic_nll
 from training.models import VAE
-from training.priors import kl_estimate, log_prior
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def kl_per_unit(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """(B, D) KL(N(mean_j, var_j) || N(0, 1)) of each latent unit: -(1 + log_var - mean^2 - var) / 2."""
-    return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp())
-
-
-def kl_divergence(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(log_var)) || N(0, I)) in closed form, summed over the latent units."""
-    return kl_per_unit(mean, log_var).sum(dim=1)
+from vae_contract.likelihoods import LOG_2PI
 
 
 def reconstruction_nll(
@@ -65,9 +60,22 @@ def model_nll(model: VAE, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return reconstruction_nll(logits, x, cfg.likelihood, cfg.gaussian_sigma, cfg.channel_coupling)
 
 
-def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, exp(log_var)) summed over the last axis."""
-    return -0.5 * torch.sum(LOG_2PI + log_var + (z - mean).pow(2) / log_var.exp(), dim=-1)
+def log_prior(model: VAE, z: torch.Tensor) -> torch.Tensor:
+    """log p(z) under the model's prior, summed over the last axis of z (..., D)."""
+    if model.prior is None:
+        return standard_normal_log_density(z)
+    components = model.prior_components()
+    assert components is not None  # a model with a prior has its components
+    return mixture_log_density(z, *components)
+
+
+def kl_estimate(model: VAE, mean: torch.Tensor, log_var: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(B,) the ELBO's KL term: closed form against N(0, I) (Kingma and Welling 2014, appendix B), else the
+    single-sample Monte-Carlo estimate log q(z|x) - log p(z) at the posterior sample z (Tomczak and Welling,
+    eq. 4), which is unbiased and, summed with the reconstruction term, gives an unbiased -ELBO."""
+    if model.prior is None:
+        return kl_divergence(mean, log_var)
+    return gaussian_log_density(z, mean, log_var) - log_prior(model, z)
 
 
 def elbo_terms(

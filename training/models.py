@@ -159,6 +159,17 @@ class VAE(nn.Module):
             return mean_image(out, self.image_shape[0], self.config.channel_coupling)
         return torch.sigmoid(out)
 
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The prior as a diagonal Gaussian mixture (means (K, D), log_vars (K, D), log_weights (K,)), or None
+        for N(0, I). The VampPrior: the encoder at the pseudo-inputs, uniform weights (Tomczak and Welling,
+        eq. 9)."""
+        if self.prior is None:
+            return None
+        means, log_vars = self.encode(self.prior.inputs())
+        uniform = -math.log(self.prior.components)
+        log_weights = torch.full((self.prior.components,), uniform, device=means.device, dtype=means.dtype)
+        return means, log_vars, log_weights
+
     def noise_maps(self) -> int:
         """Noise maps per pixel `draw` reads; 0 where no mixture is drawn in a graph."""
         if self.config.likelihood != "discretized_logistic":
@@ -193,7 +204,3 @@ def build_model(config: TrainConfig, image_shape: tuple[int, int, int]) -> VAE:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def image_pixels(image_shape: tuple[int, int, int]) -> int:
-    return math.prod(image_shape)

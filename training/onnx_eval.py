@@ -2,9 +2,9 @@
 mixture file) with onnxruntime and numpy: the check that what is served has the likelihood PyTorch measured.
 
 log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x), z_i ~ q(z|x), bound = log mean_i w_i (Burda et al.
-2016). p(x|z) uses the decoder's mean image (Bernoulli or Gaussian, as `service.inference.model`), p(z) is
-N(0, I) or the manifest's mixture (`service.priors`). The noise comes from numpy's PCG64 with `seed`, so the
-number is reproducible but not the same draw as PyTorch's: the two agree within the estimator's noise.
+2016). p(x|z) uses the decoder's mean image (Bernoulli or Gaussian, as `vae_contract.likelihoods`), p(z)
+is N(0, I) or the manifest's mixture (`vae_contract.priors`). The noise comes from numpy's PCG64 with `seed`,
+so the number is reproducible but not the same draw as PyTorch's: the two agree within the estimator's noise.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.inference.model import reconstruction_nll
-from service.manifest import verify_model_dir
-from service.priors import read_mixture
-
-LOG_2PI = math.log(2 * math.pi)
+from vae_contract.likelihoods import LOG_2PI, reconstruction_nll
+from vae_contract.manifest import verify_model_dir
+from vae_contract.priors import read_mixture
 
 
 def onnx_iwae_bound(model_dir: Path, x: np.ndarray, k: int, seed: int = 0, chunk: int = 100) -> np.ndarray:
@@ -62,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from training.config import TrainConfig
-    from training.evaluate import evaluation_data
-    from training.train import eval_tensor
+    from training.evaluate import eval_tensor, evaluation_data
 
     parser = argparse.ArgumentParser(prog="python -m training.onnx_eval", description=main.__doc__)
     parser.add_argument("model_dir", type=Path)

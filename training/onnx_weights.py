@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.manifest import Manifest, verify_model_dir
 from training.config import TrainConfig
 from training.errors import ExportError
 from training.models import VAE
+from vae_contract.manifest import Manifest, verify_model_dir
 
 PREFIX = "vae."
 TOLERANCE = 1e-4

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.imaging import encode_png, make_grid
-from service.latents import manifold_latents
 from training.models import VAE
+from vae_contract.imaging import encode_png, make_grid
+from vae_contract.latents import manifold_latents
 
 
 def save_grid(images: np.ndarray, path: Path, columns: int | None = None) -> Path:

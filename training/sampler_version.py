@@ -22,7 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.manifest import (
+from training.errors import ExportError
+from training.export import PARITY_BATCHES, PARITY_TOLERANCE, SamplerGraph, _export_graph, _ort_session
+from training.models import VAE
+from training.onnx_weights import rebuild
+from vae_contract.manifest import (
     MANIFEST_FILE,
     PREVIEW_FILE,
     SAMPLER_FILE,
@@ -34,10 +38,6 @@ from service.manifest import (
     verify_model_dir,
     write_manifest,
 )
-from training.errors import ExportError
-from training.export import PARITY_BATCHES, PARITY_TOLERANCE, SamplerGraph, _export_graph, _ort_session
-from training.models import VAE
-from training.onnx_weights import rebuild
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def sampler_spec(vae: VAE, path: Path) -> GraphSpec:
 
 
 def example_noise(vae: VAE, batch: int, seed: int, temperature: float = 1.0) -> np.ndarray:
-    """Noise as the service draws it (service/inference/pixel_draws.py), for parity checks."""
-    from service.inference.pixel_draws import sampler_noise
+    """Noise as the service draws it (vae_contract/pixel_draws.py), for parity checks."""
+    from vae_contract.pixel_draws import sampler_noise
 
     c, h, w = vae.image_shape
     return sampler_noise(batch, vae.noise_maps(), c, h, w, np.random.default_rng(seed), temperature)
@@ -131,15 +131,15 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
 def write_preview(folder: Path, manifest: Manifest) -> None:
     """`preview.png`: 64 prior draws (seed 0) through the sampler at the default pixel temperature, what
     /v1/sample answers for n 64 and seed 0."""
-    from service.imaging import encode_png, make_grid
-    from service.inference.model import draw_prior
-    from service.inference.pixel_draws import DEFAULT_PIXEL_TEMPERATURE, pixel_rng, sampler_noise
+    from vae_contract.imaging import encode_png, make_grid
+    from vae_contract.pixel_draws import DEFAULT_PIXEL_TEMPERATURE, pixel_rng, sampler_noise
 
     assert manifest.sampler is not None
     c, h, w = manifest.image.shape
     maps = manifest.sampler.inputs[1].shape[1]
     assert isinstance(maps, int)
-    z = draw_prior(64, manifest.latent_dim, 0)
+    # N(0, I) with seed 0, as the service draws the latents of /v1/sample (service/inference/model.py)
+    z = np.random.default_rng(0).standard_normal((64, manifest.latent_dim), dtype=np.float32)
     noise = sampler_noise(64, maps, c, h, w, pixel_rng(0), DEFAULT_PIXEL_TEMPERATURE)
     (images,) = _ort_session(folder / manifest.sampler.file).run(None, {"z": z, "noise": noise})
     (folder / PREVIEW_FILE).write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.ports import free_port
+
 HERE = Path(__file__).resolve().parent
 PEERS_ROOT = Path(os.environ.get("BENCH_PEERS_DIR", "/tmp/vae-peers"))
 
@@ -59,8 +61,6 @@ LITSERVE_BATCH, LITSERVE_BATCH_TIMEOUT_S = 64, 0.001
 
 
 def _mlserver_argv(python: Path, port: int, model: Path, workers: int, work: Path) -> list[str]:
-    from bench.servers import free_port
-
     repo = work / "mlserver"
     (repo / "decoder").mkdir(parents=True, exist_ok=True)
     settings = {

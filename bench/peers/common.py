@@ -1,7 +1,8 @@
 """The work every peer does per request, written once: latents (N, D) -> N base64 PNGs.
 
 Imported inside the peers' own virtual environments, so it needs only numpy, Pillow and onnxruntime (no
-`service` imports). Pixels are rounded as `service.imaging.image_to_uint8` rounds them and the PNG is written
+`service` imports). Pixels are rounded as `vae_contract.imaging.image_to_uint8` rounds them and the PNG is
+written
 by Pillow at compress_level 1, as the service wrote it when the peers were first measured, so every peer does
 the same work per request and the comparison is between the servers.
 """

@@ -199,6 +199,15 @@ def compose_semantics(model: dict[str, Any], gpu: bool) -> list[str]:
         problems.append("train: must mount the `models` volume read-write")
     if "models" not in model.get("volumes", {}):
         problems.append("no top-level `models` volume")
-    if vae.get("build", {}).get("target") != "serve" or train.get("build", {}).get("target") != "train":
-        problems.append("vae must build target `serve`, train target `train`")
+    # The GPU file builds the CUDA image, the CPU override the CPU one; both as `make image` tags them.
+    serve_target, serve_image = ("serve", "vae-service:latest") if gpu else ("serve-cpu", "vae-service:cpu")
+    if vae.get("build", {}).get("target") != serve_target or train.get("build", {}).get("target") != "train":
+        problems.append(f"vae must build target `{serve_target}`, train target `train`")
+    for name in ("vae", "vae-replica"):
+        if services[name].get("image") not in (serve_image, f"${{VAE_IMAGE:-{serve_image}}}"):
+            problems.append(f"{name}: image must default to {serve_image}")
+    command = train.get("command", [])
+    latent = command[command.index("--latent-dim") + 1] if "--latent-dim" in command[:-1] else None
+    if command[:1] == ["mnist"] and latent != "32":
+        problems.append("train: a new mnist version must keep the served latent size (--latent-dim 32)")
     return problems

@@ -51,10 +51,18 @@ def dockerfile_stages(path: Path = DOCKERFILE) -> list[Stage]:
 
 
 def stage(name: str, path: Path = DOCKERFILE) -> Stage:
-    for s in dockerfile_stages(path):
-        if s.name == name:
-            return s
-    raise CheckError(f"{path.name} has no stage named {name!r}")
+    """A stage as the image it builds sees it: a stage FROM another stage inherits that stage's instructions
+    (its files, ENV, USER, CMD, HEALTHCHECK), listed first."""
+    stages = {s.name: s for s in dockerfile_stages(path)}
+    if name not in stages:
+        raise CheckError(f"{path.name} has no stage named {name!r}")
+    chain = [stages[name]]
+    while chain[-1].base in stages and len(chain) <= len(stages):
+        chain.append(stages[chain[-1].base])
+    merged = Stage(name=name, base=chain[-1].base)
+    for s in reversed(chain):
+        merged.instructions.extend(s.instructions)
+    return merged
 
 
 def _exec_form(args: str, what: str) -> list[str]:
@@ -72,7 +80,7 @@ def start_command(path: Path = DOCKERFILE) -> list[str]:
     stages = dockerfile_stages(path)
     if stages[-1].name != SERVE_STAGE:
         raise CheckError(f"the last stage (the default `docker build` target) must be {SERVE_STAGE!r}")
-    serve = stages[-1]
+    serve = stage(SERVE_STAGE, path)
     entrypoint = serve.all("ENTRYPOINT")
     cmd = serve.all("CMD")
     if not cmd:

@@ -74,8 +74,8 @@ def _docker_copy(src: Path, workdir: Path, dest: str, into_dir: bool) -> None:
 
 
 def install_project(venv: Path) -> None:
-    """Install the project as the image does: build it from what the serve-builder stage COPYs, --no-deps."""
-    builder = stage("serve-builder")
+    """Install the project as the image does: build it from what the build stage COPYs, --no-deps."""
+    builder = stage("build")
     with tempfile.TemporaryDirectory(prefix="vae-image-src-") as tmp:
         for sources, dest in copies(builder):
             if not any(s.startswith("requirements/") for s in sources):

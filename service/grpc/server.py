@@ -2,8 +2,8 @@
 
 It runs on the HTTP server's event loop, so it shares the models, batchers, limits and metrics of `/v1` and
 `/v2` and adds no rule of its own: a tensor is checked by the same functions as `/v2` REST
-(`service.inference.limits` through `service.routes.v2`), and an error of the service's closed set becomes
-one gRPC status (`STATUS_CODES`), its message the same text REST sends.
+(`service.inference.limits` through `service.http.routes.v2`), and an error of the service's closed set
+becomes one gRPC status (`STATUS_CODES`), its message the same text REST sends.
 
 - API keys (when configured) travel as metadata, `authorization: Bearer <key>` or `x-api-key: <key>`;
   ServerLive and ServerReady stay open, like `/v2/health/*`.
@@ -38,11 +38,11 @@ from service.config import Settings
 from service.errors import ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.http.security import key_matches
 from service.inference import ModelRegistry
 from service.inference.limits import check_output_names, check_tensor
 from service.inference.oip import EXTENSIONS, GraphRef, bound_response, resolve_graph, run_graph
 from service.metrics import Metrics
-from service.security import key_matches
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 SERVICE = "inference.GRPCInferenceService"
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
-CLIENT_CLOSED = 499  # as service.middleware counts an HTTP client that went away
+CLIENT_CLOSED = 499  # as service.http.middleware counts an HTTP client that went away
 
 STATUS_CODES: dict[ErrorType, grpc.StatusCode] = {
     ErrorType.invalid_input: grpc.StatusCode.INVALID_ARGUMENT,

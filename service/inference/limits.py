@@ -17,8 +17,8 @@ import numpy as np
 
 from service.config import Settings
 from service.errors import InvalidInput
-from service.imaging import ImageHeader
-from service.manifest import ImageSpec
+from vae_contract.imaging import ImageHeader
+from vae_contract.manifest import ImageSpec
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ the graphs, so the same seed gives the same result on every host.
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.conditional import ClassGaussians
 from service.errors import InvalidInput
 from service.inference.batcher import Batcher
-from service.inference.likelihoods import discretized_logistic_nll
 from service.inference.limits import check_finite_outputs
-from service.inference.pixel_draws import (
+from service.inference.runtime import Graph
+from vae_contract.classes import ClassGaussians
+from vae_contract.latents import lerp, manifold_latents, slerp
+from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior, reconstruction_nll
+from vae_contract.manifest import Manifest
+from vae_contract.novelty import Calibration, NoveltyReport, assess_novelty, default_statistic, to_uint8
+from vae_contract.pixel_draws import (
     PixelDraw,
     PixelMode,
     draw_bernoulli,
@@ -29,15 +32,7 @@ from service.inference.pixel_draws import (
     pixel_rng,
     sampler_noise,
 )
-from service.inference.runtime import Graph
-from service.latents import lerp, manifold_latents, slerp
-from service.manifest import Manifest
-from service.priors import MixturePrior
-
-LOG_2PI = math.log(2 * math.pi)
-# Decoder outputs are sigmoid probabilities in float32, which round to exactly 0 or 1 for large logits; the
-# clip keeps BCE finite (and caps one pixel's cost at -log(1e-7) ~ 16 nats).
-BCE_EPS = 1e-7
+from vae_contract.priors import MixturePrior
 
 
 def new_seed() -> int:
@@ -58,28 +53,6 @@ def reparameterize(mean: np.ndarray, log_var: np.ndarray, seed: int) -> np.ndarr
     return (mean + np.exp(0.5 * log_var) * eps).astype(np.float32)
 
 
-def kl_to_prior(mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
-    """(N,) KL(N(mean, exp(log_var)) || N(0, I)) in closed form (Kingma and Welling 2014, appendix B)."""
-    m, lv = mean.astype(np.float64), log_var.astype(np.float64)
-    return -0.5 * np.sum(1 + lv - m**2 - np.exp(lv), axis=1)
-
-
-def reconstruction_nll(
-    x: np.ndarray, x_hat: np.ndarray, likelihood: str, gaussian_sigma: float | None
-) -> np.ndarray:
-    """(N,) -log p(x | z) summed over pixels, the same terms as training's `reconstruction_nll`.
-
-    bernoulli: sum BCE(x, x_hat); gaussian: sum (x - x_hat)^2 / (2 sigma^2) + P (log sigma + log(2 pi) / 2).
-    """
-    xs, p = x.astype(np.float64).reshape(len(x), -1), x_hat.astype(np.float64).reshape(len(x), -1)
-    if likelihood == "bernoulli":
-        p = np.clip(p, BCE_EPS, 1 - BCE_EPS)
-        return -np.sum(xs * np.log(p) + (1 - xs) * np.log1p(-p), axis=1)
-    sigma = gaussian_sigma if gaussian_sigma is not None else 0.1
-    pixels = xs.shape[1]
-    return np.sum((xs - p) ** 2, axis=1) / (2 * sigma**2) + pixels * (math.log(sigma) + 0.5 * LOG_2PI)
-
-
 @dataclass(frozen=True)
 class Encoding:
     mean: np.ndarray  # (N, D)
@@ -95,6 +68,8 @@ class Reconstruction:
     mse: np.ndarray  # (N,) mean squared error per pixel
     mean: np.ndarray  # (N, D)
     log_var: np.ndarray  # (N, D)
+    nll: np.ndarray  # (N,) float64, -log p(x | z = mean) in nats, the score's first term
+    kl: np.ndarray  # (N,) float64, KL(q(z|x) || p(z)) in nats (the bound under a mixture), its second
 
 
 class VAEModel:
@@ -111,6 +86,7 @@ class VAEModel:
         prior: MixturePrior | None = None,
         classes: ClassGaussians | None = None,
         scorer: tuple[Graph, Batcher] | None = None,
+        calibration: Calibration | None = None,
         sampler: tuple[Graph, Batcher] | None = None,
     ):
         self.manifest = manifest
@@ -124,6 +100,8 @@ class VAEModel:
         # The manifest's scorer graph (pixel groups): x -> -log p(x | z = encoder mean), nats per image.
         self.scorer: Graph | None = scorer[0] if scorer is not None else None
         self.scorer_batcher: Batcher | None = scorer[1] if scorer is not None else None
+        # The manifest's novelty calibration (vae_contract/novelty.py), checked at load; None: no p-values.
+        self.calibration = calibration
         # The manifest's sampler graph: (z, noise) -> an image drawn from p(x | z), pixel group by group.
         self.sampler: Graph | None = sampler[0] if sampler is not None else None
         self.sampler_batcher: Batcher | None = sampler[1] if sampler is not None else None
@@ -166,6 +144,11 @@ class VAEModel:
             "source": spec.source if spec is not None else "",
             "kl": "upper bound -log sum_k w_k exp(-KL(q || p_k)), closed form per component",
         }
+
+    @property
+    def graphs(self) -> list[Graph]:
+        optional = (self.scorer, self.sampler)
+        return [self.encoder, self.decoder, *(g for g in optional if g is not None)]
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run each graph at the given batch sizes so the first request pays no lazy initialisation."""
@@ -277,7 +260,7 @@ class VAEModel:
             index = self.class_index(label)
             assert self.classes is not None
             latents = self.classes.draw(index, n, seed, temperature)
-        elif self.prior is not None:  # a component per draw, then a Gaussian draw (service/priors.py)
+        elif self.prior is not None:  # a component per draw, then a Gaussian draw (vae_contract/priors.py)
             latents = self.prior.draw(n, seed, temperature)
         else:
             latents = draw_prior(n, self.latent_dim, seed, temperature)
@@ -290,8 +273,8 @@ class VAEModel:
         score = -log p(x | z = mean) + KL(q(z|x) || p(z)): the reconstruction term estimated with the single
         point z = mean (no sampling, so the score is deterministic), the KL term exact against N(0, I). Under
         a mixture prior (a VampPrior) the KL has no closed form; the score then uses the deterministic upper
-        bound -log sum_k w_k exp(-KL(q || p_k)) (see `service/priors.py`), exact for one component. Higher
-        means the model finds the image less plausible, which makes it usable for novelty detection.
+        bound -log sum_k w_k exp(-KL(q || p_k)) (see `vae_contract/priors.py`), exact for one component.
+        Higher means the model finds the image less plausible, which makes it usable for novelty detection.
         With `draw`, the images returned (and their mse) are drawn from p(x | z = mean); the score is the
         same.
         """
@@ -315,7 +298,30 @@ class VAEModel:
             recon = await self.decode(mean, draw)
         flat = (images - recon).reshape(len(images), -1).astype(np.float64)
         mse = np.mean(flat**2, axis=1)
-        return Reconstruction(recon, scores.astype(np.float32), mse.astype(np.float32), mean, log_var)
+        return Reconstruction(
+            recon, scores.astype(np.float32), mse.astype(np.float32), mean, log_var, nll, np.asarray(kl)
+        )
+
+    @property
+    def novelty_statistic(self) -> str:
+        """The statistic `novelty` answers: the calibration file's, else the likelihood's default."""
+        if self.calibration is not None:
+            return self.calibration.statistic
+        return default_statistic(self.manifest.likelihood)
+
+    def novelty(self, images: np.ndarray, rec: Reconstruction, alpha: float) -> NoveltyReport:
+        """Novelty of images (N, C, H, W) from their reconstruction's terms, with conformal p-values and
+        flags at `alpha` where this version ships a calibration file (vae_contract/novelty.py)."""
+        u8 = to_uint8(images, self.manifest.image.pixel_range)
+        why_not = (
+            None
+            if self.calibration is not None
+            else f"model {self.name!r} v{self.manifest.version} ships no novelty calibration file (its "
+            "manifest has no `novelty` section): novelty is answered without p-values"
+        )
+        return assess_novelty(
+            self.novelty_statistic, rec.nll + rec.kl, rec.kl, u8, alpha, self.calibration, why_not
+        )
 
     async def interpolate(
         self,

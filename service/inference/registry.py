@@ -42,13 +42,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.conditional import ClassFileError, ClassGaussians, read_class_gaussians
 from service.config import Settings
 from service.errors import ModelNotFound, NotReady
 from service.inference.batcher import Batcher, BatchStats
 from service.inference.model import VAEModel
 from service.inference.runtime import Graph, ModelLoadError, session_options
-from service.manifest import (
+from service.inference.shapes import batch_shapes
+from service.metrics import Metrics
+from vae_contract.classes import ClassFileError, ClassGaussians, read_class_gaussians
+from vae_contract.manifest import (
     MANIFEST_FILE,
     ManifestError,
     is_inside,
@@ -57,8 +59,8 @@ from service.manifest import (
     list_versions,
     verify_model_dir,
 )
-from service.metrics import Metrics
-from service.priors import MixturePrior, PriorFileError, read_mixture
+from vae_contract.novelty import Calibration, NoveltyFileError, read_calibration
+from vae_contract.priors import MixturePrior, PriorFileError, read_mixture
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -206,34 +208,46 @@ class ModelRegistry:
         classes: ClassGaussians | None = None
         if cond is not None:
             classes = self._side_file(path / cond.file, lambda f: read_class_gaussians(f, cond.classes, d))
-        options = session_options(s.intra_op_threads, s.inter_op_threads)
-        encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider)
-        decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider)
+        calibration: Calibration | None = None
+        if (spec := manifest.novelty) is not None:
+            calibration = self._side_file(
+                path / spec.file, lambda f: read_calibration(f, spec.statistic, spec.count)
+            )
+        options = session_options(s.intra_op_threads, s.inter_op_threads, s.cpu_arena)
+        limit = s.gpu_mem_limit_mb
+        encoder = Graph(path / manifest.encoder.file, manifest.encoder, options, s.provider, limit)
+        decoder = Graph(path / manifest.decoder.file, manifest.decoder, options, s.provider, limit)
         scorer: tuple[Graph, Batcher] | None = None
         if manifest.scorer is not None:
-            graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider)
+            graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider, limit)
             scorer = (graph, self._batcher(name, version, "scorer", graph))
         sampler: tuple[Graph, Batcher] | None = None
         if manifest.sampler is not None:
-            graph = Graph(path / manifest.sampler.file, manifest.sampler, options, s.provider)
+            graph = Graph(path / manifest.sampler.file, manifest.sampler, options, s.provider, limit)
             sampler = (graph, self._batcher(name, version, "sampler", graph))
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
-            self._batcher(name, version, "decoder", decoder), prior, classes, scorer, sampler,
+            self._batcher(name, version, "decoder", decoder), prior, classes, scorer, calibration, sampler,
         )  # fmt: skip
+        pad = s.batch_padding == "on" or (s.batch_padding == "auto" and encoder.on_cuda)
+        shapes = batch_shapes(s.max_batch_size) if pad else None
+        for graph in model.graphs:
+            graph.shapes = shapes
         try:
-            model.warm_up(tuple(sorted({1, s.max_batch_size})))
+            # Padded: every shape the graphs will ever see. Else batch 1 only: a CPU session's first run at
+            # a new size costs no search, and a warm-up at the largest batch only raised the startup peak.
+            model.warm_up(shapes or (1,))
         except Exception as exc:
             raise ModelLoadError(f"{path}: warm-up failed ({type(exc).__name__}: {exc})") from exc
         return model
 
     def _side_file(self, file: Path, read: Callable[[Path], T]) -> T:
-        """A side file beside the graphs (prior, class statistics), inside models/ and read by `read`, whose
-        own refusal becomes this version's load error."""
+        """A side file beside the graphs (prior, class statistics, novelty calibration), inside models/ and
+        read by `read`, whose own refusal becomes this version's load error."""
         self._check_inside(file)
         try:
             return read(file)
-        except (PriorFileError, ClassFileError) as exc:
+        except (PriorFileError, ClassFileError, NoveltyFileError) as exc:
             raise ModelLoadError(str(exc)) from exc
 
     def _check_inside(self, *paths: Path) -> None:

@@ -21,7 +21,8 @@ import onnxruntime as ort
 from service.errors import InferenceFailed
 from service.inference import cuda
 from service.inference.limits import check_finite_outputs
-from service.manifest import GraphSpec
+from service.inference.shapes import pad_rows, padded_size
+from vae_contract.manifest import GraphSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class ModelLoadError(Exception):
     """A model that cannot be served; the message says why and is logged and shown on /readyz."""
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+def session_options(
+    intra_op_threads: int, inter_op_threads: int, cpu_arena: bool = False
+) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     # Constant folding, node fusion and layout changes; the exported graphs are fixed, so optimise them fully.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -48,9 +51,12 @@ def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Session
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.inter_op_num_threads = inter_op_threads
     opts.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default, one per physical core
-    # Reuse buffers between runs instead of asking malloc each time (the arena), and reuse the memory plan
-    # per input shape (the batcher produces few distinct batch sizes under steady load).
-    opts.enable_cpu_mem_arena = True
+    # The CPU arena keeps the largest run's buffers for the life of the session, and a worker holds a dozen
+    # sessions: with it, one worker serving the default models idled at 1.6 GB (bench/memory.py); without,
+    # buffers go back to malloc after each run, at no measurable cost per request (docs/benchmarks.md).
+    opts.enable_cpu_mem_arena = cpu_arena
+    # Plan each run's buffers once per input shape and allocate them as one block (less fragmentation of
+    # the heap than one allocation per tensor when the arena is off: ~60 MB less idle RSS after warm-up).
     opts.enable_mem_pattern = True
     # Idle intra-op threads otherwise spin for a while after each run, burning the cores that the event loop
     # needs for HTTP, JSON and PNG work between batches.
@@ -59,18 +65,29 @@ def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Session
     return opts
 
 
-def cuda_options() -> dict[str, Any]:
-    return {
+def cuda_options(gpu_mem_limit_mb: int = 0) -> dict[str, Any]:
+    options: dict[str, Any] = {
         # Grow the CUDA arena by what is asked for, not by powers of two: a batch-size sweep would otherwise
         # reserve far more device memory than the model needs.
         "arena_extend_strategy": "kSameAsRequested",
-        # Batch sizes vary from call to call; exhaustive cuDNN autotuning would rerun for every new shape.
+        # Cheap algorithm choice per convolution shape; batches are padded to a few sizes on CUDA (each
+        # warmed at load), so this runs a handful of times per graph, never per request.
         "cudnn_conv_algo_search": "HEURISTIC",
+        # cuDNN's workspace sized per convolution, not "as much as helps": several worker processes share
+        # one card, each with its own workspace.
+        "cudnn_conv_use_max_workspace": "0",
     }
+    # The worker's share of its card (service.server.workers): no arena grows beyond it.
+    if gpu_mem_limit_mb > 0:
+        options["gpu_mem_limit"] = gpu_mem_limit_mb * 1024 * 1024
+    return options
 
 
 def requested_providers(
-    mode: str, available: Sequence[str], cuda_here: cuda.CudaStatus | None = None
+    mode: str,
+    available: Sequence[str],
+    cuda_here: cuda.CudaStatus | None = None,
+    gpu_mem_limit_mb: int = 0,
 ) -> ProviderList:
     """The provider list for a session. 'auto' asks for CUDA only when `cuda.status()` finds it usable, so a
     CPU host never sees onnxruntime's errors about missing libraries; 'cuda' asks for it regardless, so its
@@ -89,7 +106,7 @@ def requested_providers(
         _log_choice(CUDA, f"auto: {found.reason}")
     if found.pip_libraries or mode == "cuda":
         _preload_cuda_libraries()
-    return [(CUDA, cuda_options()), CPU]
+    return [(CUDA, cuda_options(gpu_mem_limit_mb)), CPU]
 
 
 @functools.cache
@@ -134,12 +151,19 @@ class Graph:
     hold each input's row flattened, side by side in the manifest's order (`pack`): the batcher concatenates
     and splits rows of one array, so several inputs need nothing new from it."""
 
-    def __init__(self, path: Path, spec: GraphSpec, options: ort.SessionOptions, mode: str):
+    def __init__(
+        self,
+        path: Path,
+        spec: GraphSpec,
+        options: ort.SessionOptions,
+        mode: str,
+        gpu_mem_limit_mb: int = 0,
+    ):
         self.path = path
         self.name = path.stem  # what error messages call it; pathlib recomputes a stem on every access
         self.spec = spec
         available = ort.get_available_providers()
-        requested = requested_providers(mode, available)
+        requested = requested_providers(mode, available, gpu_mem_limit_mb=gpu_mem_limit_mb)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
@@ -165,6 +189,8 @@ class Graph:
         self.output_names = [t.name for t in spec.outputs]
         # Where I/O binding places inputs and outputs; None: plain run() (on CPU binding gains nothing).
         self.bind_device: str | None = "cuda" if self.on_cuda else None
+        # The batch sizes calls run at (service.inference.shapes); None: each call at its own size.
+        self.shapes: tuple[int, ...] | None = None
 
     def _check_signature(self) -> None:
         for kind, got, want in (
@@ -186,8 +212,15 @@ class Graph:
             raise ModelLoadError(f"{self.path.name}: only the first axis of an input may be the batch")
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        """One onnxruntime call on a batch; safe to call from several threads (sessions are thread-safe)."""
+        """One onnxruntime call on a batch; safe to call from several threads (sessions are thread-safe).
+
+        With `shapes` set, the batch runs padded with zero rows to the next of those sizes, and only its own
+        rows come back: every row of these graphs depends on its own input alone.
+        """
         x = np.ascontiguousarray(x, dtype=np.float32)
+        n = len(x)
+        if self.shapes is not None:
+            x = pad_rows(x, padded_size(n, self.shapes))
         if len(self.row_shapes) > 1:
             outputs = self.session.run(self.output_names, self.unpack(x))
         elif self.bind_device is not None:
@@ -195,9 +228,11 @@ class Graph:
         else:
             outputs = self.session.run(self.output_names, {self.input_name: x})
         result = tuple(np.asarray(o) for o in outputs)
+        if any(out.shape[:1] != x.shape[:1] for out in result):
+            raise InferenceFailed()
+        if len(x) != n:
+            result = tuple(out[:n] for out in result)
         for out in result:
-            if out.shape[:1] != x.shape[:1]:
-                raise InferenceFailed()
             # Inputs are checked finite and bounded, yet inputs inside the limits can still overflow a layer:
             # the request is outside the model's range, a client error (never NaN sent as an answer).
             check_finite_outputs(self.name, out)

@@ -539,7 +539,12 @@ function reconstruct() {
     const bits = manifestOf(state.model).likelihood === "discretized_logistic" && Number.isFinite(data.scores[0])
       ? ` · ${fmt(data.scores[0] / (dims * Math.LN2), 2)} bits/dim`
       : "";
-    $("score-unit").textContent = `nats (−ELBO; higher is less typical)${bits}${mse}`;
+    // The score is a likelihood, not a novelty test: the conformal p-value (docs/novelty.md) is shown beside it.
+    const p = Array.isArray(data.p_values) ? data.p_values[0] : null;
+    const novelty = p === null || p === undefined
+      ? " · novelty p-value: no calibration file"
+      : ` · novelty p = ${fmt(p, 3)}${data.novel && data.novel[0] ? ` (novel at α = ${data.alpha})` : ""}`;
+    $("score-unit").textContent = `nats (−ELBO)${bits}${mse}${novelty}`;
     state.posterior = { mean: data.mean ? data.mean[0] : null, logVar: data.log_var ? data.log_var[0] : null };
     renderPosterior(state.posterior);
     $("rec-to-a").disabled = false;

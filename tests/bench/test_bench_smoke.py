@@ -22,7 +22,7 @@ from bench.naive_app import create_app
 from bench.raw import RawModel, measure
 from bench.scenarios import SCENARIOS, model_info
 from bench.servers import Server
-from service.imaging import encode_png
+from vae_contract.imaging import encode_png
 
 
 def test_summarize_counts_errors_and_orders_percentiles():
@@ -97,7 +97,7 @@ def _run(models_dir, tmp_path, targets):
 
 def test_full_run_reports_rows_ratios_and_targets(models_dir, tmp_path):
     """A real run on loopback (raw client): the service (when it exists) and the naive app as subprocesses."""
-    with_service = find_spec("service.cli") is not None
+    with_service = find_spec("service.server.cli") is not None
     report = _run(models_dir, tmp_path, ["ours", "naive"] if with_service else ["naive"])
     if not with_service:
         assert report["targets"] == []  # nothing to compare without the service

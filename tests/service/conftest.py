@@ -14,8 +14,8 @@ import pytest
 from serving import TestClient, free_port, make_settings, serve, wait_until_ready
 
 from service.config import Settings
-from service.imaging import encode_png
 from service.main import create_app
+from vae_contract.imaging import encode_png
 
 T = TypeVar("T")
 

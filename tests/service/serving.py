@@ -120,8 +120,8 @@ def vae_serve(
     }  # fmt: skip
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli"], env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
-            cwd=ROOT, preexec_fn=preexec_fn,
+            [sys.executable, "-m", "service.server.cli"], env=full_env, stdout=log_file,
+            stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=preexec_fn,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

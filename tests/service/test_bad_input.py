@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from service.config import Settings
-from service.imaging import encode_png
 from service.main import create_app
+from vae_contract.imaging import encode_png
 
 # Models built with onnx.helper, not trained: this file needs no torch.
 models_dir, client = onnx_models.models_dir, onnx_models.client

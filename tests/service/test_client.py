@@ -40,6 +40,9 @@ def test_sync_client_covers_every_route(models_dir, settings_for, live, digit_pn
 
         rec = vae.reconstruct(digit_pngs[:2])
         assert rec.scores.shape == (2,) and rec.mse.shape == (2,) and len(rec.images) == 2
+        assert rec.novelty is not None and rec.novelty.shape == (2,)
+        assert rec.p_values is None and rec.novel is None  # the fixture models ship no calibration file
+        assert vae.reconstruct(digit_pngs[:1], alpha=0.2).novelty is not None
 
         path = vae.interpolate(images=digit_pngs[:2], steps=5, method="slerp")
         np.testing.assert_array_equal(path.latents[0], enc.mean[0])
@@ -130,7 +133,7 @@ def test_importing_the_client_loads_no_server_code():
     script = (
         "import sys, service.client\n"
         "heavy = ('onnxruntime', 'fastapi', 'starlette', 'uvicorn', 'grpc', 'PIL', 'pydantic',\n"
-        "         'service.inference', 'service.imaging')\n"
+        "         'service.inference', 'vae_contract.imaging')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

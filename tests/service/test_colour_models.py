@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.inference.likelihoods import discretized_logistic_nll
-from service.inference.model import kl_to_prior
 from tests.emoji_models import train_and_export
+from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior
 
 pytestmark = pytest.mark.timeout(240)
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "emoji"
@@ -22,7 +21,7 @@ def colour_models(tmp_path_factory) -> Path:
 
 
 def test_manifest_states_the_likelihood_and_baselines(colour_models):
-    from service.manifest import read_manifest
+    from vae_contract.manifest import read_manifest
 
     manifest = read_manifest(colour_models / "emoji-tiny" / "1")
     assert manifest.likelihood == "discretized_logistic" and manifest.mixture_components == 2
@@ -37,7 +36,7 @@ def test_manifest_states_the_likelihood_and_baselines(colour_models):
 
 
 def test_class_statistics_are_a_hashed_side_file(colour_models):
-    from service.manifest import ManifestError, read_manifest, verify_model_dir
+    from vae_contract.manifest import ManifestError, read_manifest, verify_model_dir
 
     folder = colour_models / "emoji-tiny" / "1"
     conditional = read_manifest(folder).conditional
@@ -67,8 +66,8 @@ def test_reconstruct_scores_with_the_mixture(colour_models, serve_app):
 
     from PIL import Image
 
-    from service.imaging import decode_image, prepare_image
-    from service.manifest import read_manifest
+    from vae_contract.imaging import decode_image, prepare_image
+    from vae_contract.manifest import read_manifest
 
     folder = colour_models / "emoji-tiny" / "1"
     spec = read_manifest(folder).image
@@ -81,8 +80,8 @@ def test_reconstruct_scores_with_the_mixture(colour_models, serve_app):
 
 
 def test_transparent_pixels_take_the_stated_background():
-    from service.imaging import decode_image, prepare_image
-    from service.manifest import ImageSpec
+    from vae_contract.imaging import decode_image, prepare_image
+    from vae_contract.manifest import ImageSpec
 
     png = (FIXTURES / "google-1f600.png").read_bytes()  # its corner is fully transparent
     white = prepare_image(decode_image(png), ImageSpec(channels=3, height=32, width=32, background="white"))

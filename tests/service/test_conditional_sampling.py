@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from serving import serve
 
-from service.conditional import ClassFileError, read_class_gaussians
+from vae_contract.classes import ClassFileError, read_class_gaussians
 
 pytestmark = pytest.mark.timeout(120)
 MODELS = Path(__file__).parents[2] / "models"
@@ -35,7 +35,7 @@ def client(models_root):
 
 
 def reference_draw(label: int, n: int, seed: int, temperature: float) -> np.ndarray:
-    """training/conditional.py's ClassGaussians.sample, written out on the committed file's arrays."""
+    """ClassGaussians.draw (vae_contract/classes.py), written out by hand on the committed file's arrays."""
     with np.load(MODELS / "fashion" / "1" / "classes.npz", allow_pickle=False) as npz:
         mean, chol = npz["mean"], npz["cholesky"]
     eps = np.random.default_rng(seed).standard_normal((n, mean.shape[1]), dtype=np.float32)

@@ -21,8 +21,8 @@ def coupled_model(tmp_path_factory):
 
 
 def test_manifest_states_the_coupled_layout(coupled_model):
-    from service.manifest import read_manifest
     from training.export import PARITY_TOLERANCE
+    from vae_contract.manifest import read_manifest
 
     root, _ = coupled_model
     manifest = read_manifest(root / "coupled" / "1")
@@ -35,10 +35,10 @@ def test_manifest_states_the_coupled_layout(coupled_model):
 def test_reconstruct_score_is_the_training_side_code_length(coupled_model, serve_app):
     import torch
 
-    from service.imaging import decode_image, prepare_image
-    from service.manifest import read_manifest
+    from training.gaussians import kl_divergence
     from training.likelihoods import discretized_logistic_nll
-    from training.losses import kl_divergence
+    from vae_contract.imaging import decode_image, prepare_image
+    from vae_contract.manifest import read_manifest
 
     root, model = coupled_model
     png = (FIXTURES / "twitter-1f600.png").read_bytes()
@@ -63,7 +63,7 @@ def test_reconstruct_score_is_the_training_side_code_length(coupled_model, serve
 def test_manifests_without_the_field_are_uncoupled_and_a_wrong_layout_is_refused(coupled_model, tmp_path):
     import shutil
 
-    from service.manifest import ManifestError, read_manifest
+    from vae_contract.manifest import ManifestError, read_manifest
 
     root, _ = coupled_model
     folder = tmp_path / "m"

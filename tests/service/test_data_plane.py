@@ -14,8 +14,9 @@ import pytest
 
 from service.errors import ModelNotFound, NotReady
 from service.inference import ModelRegistry, runtime
-from service.inference.model import draw_prior, kl_to_prior, reconstruction_nll, reparameterize
-from service.manifest import sha256_file
+from service.inference.model import draw_prior, reparameterize
+from vae_contract.likelihoods import kl_to_prior, reconstruction_nll
+from vae_contract.manifest import sha256_file
 
 # Models built with onnx.helper, not trained: this file needs no torch.
 models_dir, client = onnx_models.models_dir, onnx_models.client
@@ -155,8 +156,19 @@ def test_session_options_are_explicit():
     opts = runtime.session_options(intra_op_threads=2, inter_op_threads=1)
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
-    assert opts.enable_cpu_mem_arena and opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # The CPU arena would keep each session's largest run for its life: off unless asked for.
+    assert not opts.enable_cpu_mem_arena and opts.enable_mem_pattern
+    assert runtime.session_options(1, 1, cpu_arena=True).enable_cpu_mem_arena
+
+
+def test_cuda_options_bound_memory_per_session():
+    options = runtime.cuda_options(gpu_mem_limit_mb=512)
+    assert options["gpu_mem_limit"] == 512 * 1024 * 1024
+    assert options["arena_extend_strategy"] == "kSameAsRequested"
+    assert options["cudnn_conv_use_max_workspace"] == "0"
+    assert "gpu_mem_limit" not in runtime.cuda_options()  # 0: no cap
 
 
 # --- maths -------------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from service.routes import embeddings, v1, v2
-from service.routes.deadline import DeadlineRoute, direct_defaults
-from service.routes.error_handlers import install_error_handlers
+from service.http.deadline import DeadlineRoute, direct_defaults
+from service.http.error_handlers import install_error_handlers
+from service.http.routes import embeddings, v1, v2
 
 router = APIRouter(route_class=DeadlineRoute)
 calls: list[str] = []

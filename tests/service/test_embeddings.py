@@ -8,7 +8,7 @@ import numpy as np
 import onnx_models
 import pytest
 
-from service.routes.embeddings import order_by_kl
+from service.http.routes.embeddings import order_by_kl
 
 # Models built with onnx.helper (tests/onnx_models.py): no torch, no training.
 models_dir, client = onnx_models.models_dir, onnx_models.client
@@ -78,8 +78,8 @@ def test_dimensions_keep_the_highest_kl_dimensions(client, digit_pngs):
 
 
 def test_dimension_order_is_the_reference_sets_kl(app_runner, settings_for, models_dir):
+    from service.http.routes.embeddings import REFERENCE_N, REFERENCE_SEED, dimension_order
     from service.inference.model import draw_prior
-    from service.routes.embeddings import REFERENCE_N, REFERENCE_SEED, dimension_order
 
     async def check(client, app):
         model = app.state.registry.get("tiny")

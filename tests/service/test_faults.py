@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from serving import free_port, until, wait_until, wait_until_ready
 
-from service.imaging import encode_png
 from service.main import create_app
-from service.manifest import read_manifest, sha256_file, write_manifest
+from vae_contract.imaging import encode_png
+from vae_contract.manifest import read_manifest, sha256_file, write_manifest
 
 DIGIT = base64.b64encode(encode_png(np.full((1, 28, 28), 0.5, dtype=np.float32))).decode()
 Z8 = [[0.1] * 8]
@@ -364,7 +364,7 @@ def test_soak_memory_then_sigterm_drains_in_flight_requests(models_dir, tmp_path
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service.server.cli"], env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from service.config import Settings
 from service.errors import ErrorType
-from service.imaging import encode_png
 from service.main import create_app
+from vae_contract.imaging import encode_png
 
 # VAE_FUZZ_EXAMPLES=1000 for a deeper (and then randomized) run; the default keeps the suite quick.
 EXAMPLES = int(os.environ.get("VAE_FUZZ_EXAMPLES", "50"))

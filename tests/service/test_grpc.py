@@ -274,7 +274,7 @@ def test_pinned_versions_across_a_live_reload(tmp_path, live):
     from test_version_routes import publish
 
     from service.config import Settings
-    from service.imaging import encode_png
+    from vae_contract.imaging import encode_png
 
     models = tmp_path / "models"
     publish(models, 1)

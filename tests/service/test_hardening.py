@@ -24,9 +24,9 @@ from PIL import Image
 from serving import until
 
 from service.config import Settings
-from service.imaging import encode_png
-from service.inference.images import ImagePool
+from service.inference.decode_pool import ImagePool
 from service.main import create_app
+from vae_contract.imaging import encode_png
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from serving import TestClient, make_settings
 
-from service.hot_path import HotPath, hot_routes
+from service.http.hot_path import HotPath, hot_routes
 from service.main import create_app
 
 RID = {"X-Request-ID": "same-id-on-both-paths"}

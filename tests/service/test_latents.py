@@ -5,7 +5,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from service.latents import lerp, manifold_latents, slerp
+from vae_contract.latents import lerp, manifold_latents, slerp
 
 
 def test_manifold_grid_is_the_inverse_gaussian_cdf_of_an_even_grid():

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from serving import until
 
-from service import connections, lifecycle
+from service import lifecycle
 from service.config import Settings
+from service.server import connections
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -101,7 +102,7 @@ def test_refusals_are_logged_at_once_then_once_per_interval(monkeypatch, caplog)
         await until(lambda: len(caplog.records) >= 3, 5)
 
     try:
-        with caplog.at_level(logging.WARNING, logger="service.connections"):
+        with caplog.at_level(logging.WARNING, logger="service.server.connections"):
             asyncio.run(main())
     finally:
         connections.use_limits(None)

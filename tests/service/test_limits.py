@@ -10,7 +10,7 @@ import onnx_models
 import pytest
 from PIL import Image
 
-from service.imaging import encode_png
+from vae_contract.imaging import encode_png
 
 # Models built with onnx.helper, not trained: this file needs no torch.
 models_dir, client = onnx_models.models_dir, onnx_models.client

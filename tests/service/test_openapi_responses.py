@@ -18,8 +18,8 @@ import pytest
 from onnx_models import write_model
 
 from service.config import Settings
-from service.imaging import encode_png
 from service.main import create_app
+from vae_contract.imaging import encode_png
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.inference.likelihoods import discretized_logistic_nll
-from service.inference.pixel_draws import (
+from vae_contract.likelihoods import discretized_logistic_nll
+from vae_contract.pixel_draws import (
     draw_bernoulli,
     draw_mixture,
     pixel_rng,

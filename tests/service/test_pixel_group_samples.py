@@ -23,7 +23,7 @@ def grouped_model(tmp_path_factory):
 
 
 def test_manifest_declares_the_sampler(grouped_model):
-    from service.manifest import read_manifest
+    from vae_contract.manifest import read_manifest
 
     root, _ = grouped_model
     manifest = read_manifest(root / "grouped" / "1")
@@ -38,7 +38,7 @@ def test_sampler_graph_draws_what_the_modules_draw(grouped_model):
     import onnxruntime as ort
     import torch
 
-    from service.inference.pixel_draws import pixel_rng, sampler_noise
+    from vae_contract.pixel_draws import pixel_rng, sampler_noise
 
     root, model = grouped_model
     session = ort.InferenceSession(
@@ -89,9 +89,9 @@ def test_the_service_draws_by_default_and_gives_the_mean_when_asked(grouped_mode
 def test_rebuilt_from_the_graphs_and_republished_with_a_sampler(grouped_model, tmp_path, serve_app):
     import torch
 
-    from service.manifest import read_manifest
     from training.onnx_weights import rebuild
     from training.sampler_version import publish
+    from vae_contract.manifest import read_manifest
 
     root, model = grouped_model
     models = tmp_path / "models"

@@ -25,8 +25,8 @@ def grouped_model(tmp_path_factory, request):
 
 
 def test_manifest_states_the_groups_and_the_scorer(grouped_model):
-    from service.manifest import read_manifest
     from training.export import PARITY_TOLERANCE
+    from vae_contract.manifest import read_manifest
 
     root, model = grouped_model
     manifest = read_manifest(root / "grouped" / "1")
@@ -42,9 +42,10 @@ def test_manifest_states_the_groups_and_the_scorer(grouped_model):
 def test_reconstruct_score_is_the_training_side_code_length(grouped_model, serve_app):
     import torch
 
-    from service.imaging import decode_image, prepare_image
-    from service.manifest import read_manifest
-    from training.losses import kl_divergence, model_nll
+    from training.gaussians import kl_divergence
+    from training.losses import model_nll
+    from vae_contract.imaging import decode_image, prepare_image
+    from vae_contract.manifest import read_manifest
 
     root, model = grouped_model
     png = (FIXTURES / "twitter-1f600.png").read_bytes()
@@ -71,9 +72,9 @@ def test_scorer_graph_agrees_with_the_training_code_on_real_images(grouped_model
     import onnxruntime as ort
     import torch
 
-    from service.imaging import decode_image, prepare_image
-    from service.manifest import read_manifest
     from training.export import ScorerGraph
+    from vae_contract.imaging import decode_image, prepare_image
+    from vae_contract.manifest import read_manifest
 
     root, model = grouped_model
     spec = read_manifest(root / "grouped" / "1").image
@@ -89,7 +90,7 @@ def test_scorer_graph_agrees_with_the_training_code_on_real_images(grouped_model
 
 
 def test_a_manifest_that_disagrees_with_its_scorer_is_refused(grouped_model, tmp_path):
-    from service.manifest import ManifestError, read_manifest, verify_model_dir
+    from vae_contract.manifest import ManifestError, read_manifest, verify_model_dir
 
     root, _ = grouped_model
     folder = tmp_path / "m"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import encode_png, png_bytes
+from vae_contract.imaging import encode_png, png_bytes
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (1, 1), (7, 300), (32, 32, 3), (5, 9, 3)])

@@ -17,10 +17,11 @@ from starlette.testclient import TestClient
 
 from service.config import Settings
 from service.inference import ModelRegistry
-from service.inference.model import draw_prior, kl_to_prior
+from service.inference.model import draw_prior
 from service.main import create_app
-from service.manifest import PriorSpec, read_manifest, sha256_file, verify_model_dir, write_manifest
-from service.priors import PRIOR_FILE, write_mixture
+from vae_contract.likelihoods import kl_to_prior
+from vae_contract.manifest import PriorSpec, read_manifest, sha256_file, verify_model_dir, write_manifest
+from vae_contract.priors import PRIOR_FILE, write_mixture
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -144,7 +145,7 @@ def test_reconstruct_scores_with_the_kl_bound_under_the_mixture(registry):
 
 
 def test_the_kl_bound_lies_above_a_monte_carlo_kl():
-    from service.priors import MixturePrior
+    from vae_contract.priors import MixturePrior
 
     prior = MixturePrior(MEANS, LOG_VARS, WEIGHTS)
     mean, log_var = np.array([[1.0, 2.0]]), np.array([[0.5, -0.5]])

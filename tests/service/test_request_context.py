@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from service.http.middleware import CLIENT_CLOSED, BodyLimitMiddleware, RequestContextMiddleware
 from service.metrics import Metrics
-from service.middleware import CLIENT_CLOSED, BodyLimitMiddleware, RequestContextMiddleware
 
 SCOPE = {"type": "http", "method": "POST", "path": "/x", "headers": []}
 

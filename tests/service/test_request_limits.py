@@ -11,10 +11,10 @@ from PIL import Image
 
 from service.config import Settings
 from service.errors import InvalidInput, Overloaded
-from service.imaging import ImageDecodeError, ImageHeader, read_header
 from service.inference import limits
-from service.inference.images import ImagePool
-from service.manifest import ImageSpec
+from service.inference.decode_pool import ImagePool
+from vae_contract.imaging import ImageDecodeError, ImageHeader, read_header
+from vae_contract.manifest import ImageSpec
 
 pytestmark = pytest.mark.timeout(20)
 

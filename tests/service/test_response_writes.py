@@ -14,7 +14,7 @@ import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from service.response_writes import HeldHeadTransport, hold_head
+from service.server.response_writes import HeldHeadTransport, hold_head
 
 
 class RecordingTransport(asyncio.Transport):

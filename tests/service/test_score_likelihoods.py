@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from service.inference.likelihoods import discretized_logistic_nll
+from vae_contract.likelihoods import discretized_logistic_nll
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -61,12 +61,17 @@ def test_auth_off_is_an_explicit_value(monkeypatch, value, keys):
 def test_vae_serve_refuses_to_start_with_a_malformed_key_list_and_does_not_print_it(tmp_path):
     env = {**os.environ, "VAE_API_KEYS": f'["{SECRET}", 7', "VAE_MODELS_DIR": str(tmp_path)}
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-m", "service.server.cli"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert out.returncode != 0
     assert "api_keys" in out.stderr and SECRET not in out.stderr + out.stdout
     empty = subprocess.run(
-        [sys.executable, "-m", "service.cli"], env={**env, "VAE_API_KEYS": ""}, capture_output=True,
+        [sys.executable, "-m", "service.server.cli"], env={**env, "VAE_API_KEYS": ""}, capture_output=True,
         text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert empty.returncode != 0 and "set but holds no key" in empty.stderr

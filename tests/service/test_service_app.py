@@ -11,15 +11,15 @@ import httpx
 import pytest
 from serving import free_port, wait_until_ready
 
-from service.cli import parse_args
 from service.config import Settings
+from service.server.cli import parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_service_never_imports_torch():
     code = (
-        "import sys, service.main, service.client, service.cli\n"
+        "import sys, service.main, service.client, service.server.cli\n"
         "from service.config import Settings\n"
         "service.main.create_app(Settings(models_dir='nowhere'))\n"
         "bad = [m for m in ('torch', 'training') if m in sys.modules]\n"

@@ -172,7 +172,8 @@ print("ok")
 
 def test_without_the_sdk_vae_tracing_fails_and_otel_variables_warn(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if the extra were not installed
-    with pytest.raises(RuntimeError, match=r"vae-service\[tracing\]"):
+    hint = r'in the project.s checkout, pip install -c requirements/constraints.txt -e "\.\[tracing\]"'
+    with pytest.raises(RuntimeError, match=hint):  # an install line that works: the package is not on PyPI
         tracing.install(required=True)
     tracing.install(required=False)
     assert not tracing.active()

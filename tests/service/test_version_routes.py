@@ -25,9 +25,9 @@ from onnx_models import write_model
 from starlette.testclient import TestClient
 
 from service.config import Settings
-from service.imaging import encode_png
 from service.main import create_app
-from service.manifest import sha256_file
+from vae_contract.imaging import encode_png
+from vae_contract.manifest import sha256_file
 
 pytestmark = pytest.mark.timeout(120)
 

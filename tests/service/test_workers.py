@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.workers import Plan, cgroup_cpu_quota, choose
+from service.server import workers
+from service.server.workers import (
+    Plan,
+    cgroup_cpu_quota,
+    choose,
+    gpu_memory_mb,
+    usable_cores,
+    worker_environment,
+)
 from tests.service.serving import committed_model, vae_serve
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,10 +35,101 @@ def test_cpu_host_runs_one_single_threaded_worker_per_core():
     assert (many.workers, many.intra_op_threads, many.device) == (8, 1, "cpu")
 
 
-def test_gpu_host_runs_one_worker_per_gpu():
-    plan = choose(None, "auto", None, cores=16, gpus=4)
-    assert (plan.workers, plan.intra_op_threads, plan.device) == (4, 4, "cuda")
-    assert "one worker process per GPU" in plan.reason
+H100_MB = 81559  # what nvidia-smi reports for an H100 80GB
+
+
+def test_gpu_host_runs_a_worker_per_usable_core_spread_over_the_gpus():
+    plan = choose(None, "auto", None, cores=16, gpus=1, gpu_mb=H100_MB, cuda_usable=True)
+    assert (plan.workers, plan.intra_op_threads, plan.device, plan.gpus) == (16, 1, "cuda", 1)
+    assert plan.gpu_mem_limit_mb == int(H100_MB * 0.8) // 16 == 4077  # the workers' share of 80% of it
+    assert (
+        "16 worker process(es) per GPU" in plan.reason
+        and "capped at 4077 MiB (its share of the card)" in plan.reason
+    )
+    four = choose(None, "cuda", None, cores=32, gpus=4, gpu_mb=H100_MB)
+    assert (four.workers, four.gpus, four.gpu_mem_limit_mb) == (32, 4, int(H100_MB * 0.8) // 8)
+    assert "8 worker process(es) per GPU" in four.reason and "32 in all" in four.reason
+    few = choose(None, "cuda", None, cores=2, gpus=4, gpu_mb=H100_MB)  # fewer cores than GPUs: one each
+    assert (few.workers, few.gpus) == (4, 4)
+
+
+def test_a_small_card_takes_fewer_workers_and_an_unknown_one_no_bound(monkeypatch: pytest.MonkeyPatch):
+    small = choose(None, "cuda", None, cores=16, gpus=1, gpu_mb=4096)
+    assert small.workers == 3 and small.gpu_mem_limit_mb == int(4096 * 0.8) // 3  # >= 1 GiB each
+    assert "capped at 3 by the card's 4096 MiB" in small.reason
+    monkeypatch.setattr(workers, "gpu_memory_mb", lambda: None)  # nvidia-smi says nothing
+    unknown = choose(None, "cuda", None, cores=8, gpus=1)
+    assert (unknown.workers, unknown.gpu_mem_limit_mb) == (8, 0)  # no cap on the count, no bound
+    assert "no GPU memory bound" in unknown.reason
+
+
+def test_a_given_gpu_memory_bound_or_worker_count_wins():
+    given = choose(None, "cuda", None, cores=16, gpus=1, gpu_mb=H100_MB, gpu_mem_limit_mb=2000)
+    assert (given.workers, given.gpu_mem_limit_mb) == (16, 2000)
+    flags = choose(6, "cuda", None, cores=16, gpus=2, gpu_mb=H100_MB)
+    assert (flags.workers, flags.device, flags.gpus, flags.intra_op_threads) == (6, "cuda", 2, 1)
+    assert flags.gpu_mem_limit_mb == int(H100_MB * 0.8) // 3  # three workers on each card
+    assert flags.reason.startswith("--workers 6 given: spread over 2 GPU(s)")
+    assert choose(None, "cuda", 2, cores=16, gpus=1, gpu_mb=H100_MB).intra_op_threads == 2
+
+
+def test_gpus_without_a_usable_cuda_provider_serve_from_the_cpu_plan():
+    plan = choose(None, "auto", None, cores=4, gpus=2, cuda_usable=False)
+    assert (plan.workers, plan.device, plan.gpus, plan.gpu_mem_limit_mb) == (4, "cpu", 0, 0)
+    assert "2 GPU(s) seen but onnxruntime's CUDA provider cannot run here" in plan.reason
+
+
+def test_each_worker_is_pinned_to_one_gpu_in_its_environment():
+    plan = choose(None, "cuda", None, cores=4, gpus=2, gpu_mb=H100_MB)
+    pinned = [worker_environment(plan, slot, None) for slot in range(plan.workers)]
+    assert pinned == [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in ("0", "1", "0", "1")]
+    # Within the devices the operator made visible (CUDA renumbers them from 0 in each worker).
+    within = [worker_environment(plan, slot, "4,6")["CUDA_VISIBLE_DEVICES"] for slot in range(4)]
+    assert within == ["4", "6", "4", "6"]
+    uuids = worker_environment(plan, 1, "GPU-aaa,GPU-bbb,-1,GPU-ccc")  # CUDA stops at an invalid entry
+    assert uuids == {"CUDA_VISIBLE_DEVICES": "GPU-bbb"}
+    assert worker_environment(choose(None, "cpu", None, cores=4, gpus=2), 1, None) == {}
+    assert worker_environment(choose(1, "cuda", None, cores=4, gpus=1, gpu_mb=H100_MB), 0, None) == {}
+    env = plan.environment()
+    assert env["VAE_GPU_MEM_LIMIT_MB"] == str(plan.gpu_mem_limit_mb) and env["VAE_INTRA_OP_THREADS"] == "1"
+
+
+def test_a_worker_pins_itself_before_building_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """create_worker_app in a worker of a 2-GPU plan: the first free slot, its GPU in CUDA_VISIBLE_DEVICES,
+    and /v1/models's `serving` saying so; a second worker gets the next slot and the other GPU."""
+    plan = choose(None, "cuda", None, cores=4, gpus=2, gpu_mb=H100_MB)
+    for key, value in {**plan.environment(), workers.MULTIPROC_ENV: str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("VAE_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("VAE_PROVIDER", "cpu")  # the app is built, never started: no session is created
+    held = []
+    try:
+        served = []
+        for _ in range(2):
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+            app = workers.create_worker_app()
+            held.append(workers._slot_lock)
+            served.append(app.state.serving)
+        assert [(s["slot"], s["cuda_visible_devices"]) for s in served] == [(0, "0"), (1, "1")]
+        assert served[0]["gpu_mem_limit_mb"] == plan.gpu_mem_limit_mb and served[0]["device"] == "cuda"
+    finally:
+        for handle in held:
+            handle.close()
+        workers._slot_lock = None
+
+
+def test_gpu_memory_is_read_from_nvidia_smi_for_the_visible_cards(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '81559\\n40960\\n81559\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_memory_mb() == 40960  # the smallest card
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
+    assert gpu_memory_mb() == 81559
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert gpu_memory_mb() is None
 
 
 def test_flags_override_the_choice():
@@ -125,3 +224,19 @@ def test_a_container_cpu_limit_caps_the_cores(tmp_path: Path):
     assert cgroup_cpu_quota(v1) == 2.0
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1")  # no limit
     assert cgroup_cpu_quota(v1) is None
+
+
+def test_the_plan_counts_a_container_cpu_limit_not_the_node_cores(tmp_path: Path):
+    """A 64-core node, a container limited to 6 CPUs (cgroup v2), or 2.5 (v1, rounded up), one GPU."""
+    (tmp_path / "cpu.max").write_text("600000 100000\n")
+    cores = usable_cores(tmp_path, affinity=64)
+    assert cores == 6
+    plan = choose(None, "cuda", None, cores=cores, gpus=1, gpu_mb=H100_MB)
+    assert plan.workers == 6 and "6 usable core(s)" in plan.reason
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("250000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert usable_cores(v1, affinity=64) == 3
+    assert usable_cores(tmp_path / "no-cgroup", affinity=64) == 64
+    assert usable_cores(v1, affinity=2) == 2  # the affinity mask is the smaller

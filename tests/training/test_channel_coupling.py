@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from service.inference.likelihoods import discretized_logistic_nll as service_nll
 from training.likelihoods import (
     coupling_coefficients,
     discretized_logistic_nll,
@@ -17,6 +16,7 @@ from training.likelihoods import (
     param_channels,
     split_params,
 )
+from vae_contract.likelihoods import discretized_logistic_nll as service_nll
 
 pytestmark = pytest.mark.timeout(60)
 H = 1 / 510

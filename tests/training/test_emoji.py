@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError
 from training.datasets import emoji
 from training.datasets.archives import sha256_bytes
+from training.errors import DataError
 
 pytestmark = pytest.mark.timeout(60)
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "emoji"

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.manifest import ManifestError, read_manifest, verify_model_dir
 from training.export import PARITY_TOLERANCE, ExportError, export_vae
+from vae_contract.manifest import ManifestError, read_manifest, verify_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_invalid_manifest_is_rejected_on_read(model_copy):
 
 
 def test_versions_are_immutable_unless_forced(trained_small, tmp_path, mnist_digits):
-    from service.manifest import DatasetSpec
+    from vae_contract.manifest import DatasetSpec
 
     spec = DatasetSpec(name="mnist", source="test", train_examples=5000, test_examples=300)
     model = trained_small.model
@@ -106,8 +106,8 @@ def test_versions_are_immutable_unless_forced(trained_small, tmp_path, mnist_dig
 
 
 def test_parity_failure_fails_loudly_and_publishes_nothing(trained_small, tmp_path, monkeypatch):
-    from service.manifest import DatasetSpec
     from training import export
+    from vae_contract.manifest import DatasetSpec
 
     original = export.check_parity
 
@@ -128,9 +128,9 @@ def test_parity_failure_fails_loudly_and_publishes_nothing(trained_small, tmp_pa
 
 
 def test_autoencoder_baseline_is_not_exported(tmp_path):
-    from service.manifest import DatasetSpec
     from training.config import TrainConfig
     from training.models import build_model
+    from vae_contract.manifest import DatasetSpec
 
     model = build_model(TrainConfig(variational=False, latent_dim=2, hidden_dims=(8,)), (1, 28, 28))
     spec = DatasetSpec(name="x", source="x", train_examples=1, test_examples=1)
@@ -150,7 +150,7 @@ def _random_vae(**overrides):
 
 
 def _spec():
-    from service.manifest import DatasetSpec
+    from vae_contract.manifest import DatasetSpec
 
     return DatasetSpec(name="mnist", source="test", train_examples=1, test_examples=32)
 
@@ -168,9 +168,9 @@ def test_non_finite_weights_are_refused_before_any_work(tmp_path):
 
 
 def test_non_finite_metrics_are_refused(tmp_path):
-    from service.manifest import Metrics
+    from vae_contract.manifest import EvaluationMetrics
 
-    metrics = Metrics(
+    metrics = EvaluationMetrics(
         split="test", examples=32, binarized=False, neg_elbo=float("nan"), reconstruction=1.0, kl=1.0,
         active_units=2, measured_with="hand",
     )  # fmt: skip
@@ -190,7 +190,7 @@ def test_non_finite_outputs_are_refused_not_skipped_by_the_parity_max(tmp_path):
 
 
 def _checkpoint(tmp_path, data_dir):
-    from training.train import save_checkpoint
+    from training.checkpoints import save_checkpoint
 
     model = _random_vae(data_dir=str(data_dir))
     path = tmp_path / "last.pt"

@@ -8,9 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from training.data import DataError
 from training.datasets import fashion
 from training.datasets.archives import read_ar, sha256_bytes
+from training.errors import DataError
 
 pytestmark = pytest.mark.timeout(30)
 

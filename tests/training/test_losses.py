@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig
+from training.gaussians import kl_divergence
 from training.losses import (
     elbo_terms,
     iwae_bound,
-    kl_divergence,
     log_importance_weights,
     reconstruction_nll,
     training_loss,

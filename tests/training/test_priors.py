@@ -9,13 +9,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.manifest import ManifestError, verify_model_dir
-from service.priors import PRIOR_FILE, read_mixture
 from training.config import TrainConfig
-from training.data import ImageDataset
-from training.losses import elbo_terms, gaussian_log_density, iwae_bound, reconstruction_nll
+from training.datasets.images import ImageDataset
+from training.gaussians import gaussian_log_density, mixture_log_density
+from training.losses import elbo_terms, iwae_bound, log_prior, reconstruction_nll
 from training.models import build_model
-from training.priors import log_prior, mixture_log_density, prior_components
+from vae_contract.manifest import ManifestError, verify_model_dir
+from vae_contract.priors import PRIOR_FILE, read_mixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,7 +89,7 @@ def test_vamp_log_prior_is_the_uniform_mixture_of_posteriors_at_the_pseudo_input
 def test_standard_prior_is_unchanged():
     config = TrainConfig(latent_dim=3, hidden_dims=(16,))
     model = build_model(config, SHAPE)
-    assert model.prior is None and prior_components(model) is None
+    assert model.prior is None and model.prior_components() is None
     z = torch.randn(5, 3)
     assert torch.equal(log_prior(model, z), gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)))
 
@@ -158,7 +158,7 @@ def trained_vamp(tmp_path_factory):
 
 
 def test_training_moves_the_pseudo_inputs_and_checkpoints_them(trained_vamp):
-    from training.train import LAST_CHECKPOINT, load_checkpoint
+    from training.checkpoints import LAST_CHECKPOINT, load_checkpoint
 
     torch.manual_seed(trained_vamp.model.config.seed)
     fresh = build_model(trained_vamp.model.config, SHAPE)
@@ -220,7 +220,7 @@ def test_export_ships_the_mixture_and_the_onnx_encoder_reproduces_it(exported_va
     mixture = read_mixture(exported_vamp / PRIOR_FILE, 6, 3)
     np.testing.assert_allclose(mixture.weights, np.full(6, 1 / 6))
     with torch.no_grad():
-        means, log_vars, _ = prior_components(model)
+        means, log_vars, _ = model.prior_components()
         pseudo = model.prior.inputs().numpy()
     np.testing.assert_array_equal(mixture.means, means.numpy())
     np.testing.assert_array_equal(mixture.log_vars, log_vars.numpy())

@@ -2,17 +2,17 @@
 checkpoints carry their config, resume continues where a run stopped."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from training.checkpoints import LAST_CHECKPOINT, load_checkpoint
 from training.config import TrainConfig
 from training.errors import TrainingDiverged
-from training.evaluate import evaluate
-from training.train import LAST_CHECKPOINT, eval_tensor, load_checkpoint, train
+from training.evaluate import eval_tensor, evaluate
+from training.train import train
 
 
 def test_test_loss_goes_down_and_run_folder_is_complete(trained_small):
@@ -100,8 +100,8 @@ def photo_folder(tmp_path_factory):
 
 
 def test_gaussian_rgb_vae_on_real_photos_trains_and_exports(photo_folder, tmp_path):
-    from service.manifest import DatasetSpec, verify_model_dir
     from training.export import export_vae
+    from vae_contract.manifest import DatasetSpec, verify_model_dir
 
     config = TrainConfig(
         dataset="folder",
@@ -200,35 +200,3 @@ def test_resume_without_a_checkpoint_changes_nothing(mnist, tmp_path):
     with pytest.raises(FileNotFoundError):
         train(_tiny(epochs=1), tmp_path / "missing", dataset=mnist, progress=False, resume=True)
     assert not (tmp_path / "missing").exists()
-
-
-def test_foreign_or_broken_checkpoints_are_one_clear_error(tmp_path):
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(ValueError, match="not a checkpoint written by `python -m training train`"):
-        load_checkpoint(foreign)
-    (tmp_path / "junk.pt").write_bytes(b"\x00junk")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
-        load_checkpoint(tmp_path / "junk.pt")
-
-
-def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
-    import errno
-
-    from training import train as train_module
-    from training.models import build_model
-
-    config = _tiny()
-    model = build_model(config, (1, 28, 28))
-    path = tmp_path / LAST_CHECKPOINT
-    train_module.save_checkpoint(path, model, config, epoch=1)
-    before = path.read_bytes()
-
-    def disk_full(payload, target):
-        Path(target).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device", str(target))
-
-    monkeypatch.setattr(train_module.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        train_module.save_checkpoint(path, model, config, epoch=2)
-    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [LAST_CHECKPOINT]

@@ -4,12 +4,12 @@ with their licences recorded: Fashion-MNIST (a Debian package) and colour emoji 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.data import ImageDataset
+    from training.datasets.images import ImageDataset
 
 
 def dataset_record(name: str) -> dict[str, str]:
@@ -35,24 +35,40 @@ def dataset_record(name: str) -> dict[str, str]:
 FETCHABLE = ("mnist", "fashion", "emoji")
 
 
-def fetch_datasets(which: str, data_dir: Path) -> list[str]:
-    """Fetch one dataset, or `all` (what the default models need), into data_dir; one line per dataset."""
-    from training.data import fetch_mnist, load_mnist
+def fetch_datasets(which: str, data_dir: Path) -> Iterator[str]:
+    """Fetch one dataset, or `all` (what the committed models use), into data_dir; a line per dataset as it is
+    ready. With `all`, a dataset that cannot be fetched (its tool missing: apt-get for Fashion-MNIST, npm for
+    emoji) does not stop the others: its line says why, and one DataError naming them follows at the end.
+    """
     from training.datasets.emoji import fetch_emoji, load_emoji
     from training.datasets.fashion import fetch_fashion, load_fashion
+    from training.datasets.mnist import fetch_mnist, load_mnist
+    from training.errors import DataError
 
     fetchers: dict[str, tuple[Callable[[Path], Path], Callable[[Path], ImageDataset]]] = {
         "mnist": (fetch_mnist, load_mnist),
         "fashion": (fetch_fashion, load_fashion),
         "emoji": (fetch_emoji, load_emoji),
     }
-    lines = []
+    failed = []
     for name in FETCHABLE if which == "all" else (which,):
         fetch, load = fetchers[name]
-        path = fetch(Path(data_dir))
-        ds = load(Path(data_dir))
-        lines.append(f"{path}: {len(ds.x_train)} train and {len(ds.x_test)} test images ({ds.source})")
-    return lines
+        try:
+            path = fetch(Path(data_dir))
+            ds = load(Path(data_dir))
+        except DataError as exc:
+            if which != "all":
+                raise
+            failed.append(name)
+            yield f"{name}: not fetched: {exc}"
+            continue
+        yield f"{path}: {len(ds.x_train)} train and {len(ds.x_test)} test images ({ds.source})"
+    if failed:
+        ready = [name for name in FETCHABLE if name not in failed]
+        raise DataError(
+            f"not fetched: {', '.join(failed)} (see above); ready: {', '.join(ready) or 'none'}. "
+            "Training fetches only the dataset it uses, so the ready ones train as they are"
+        )
 
 
 def image_background(name: str) -> str | None:

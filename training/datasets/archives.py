@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
-from training.data import DataError
+from training.errors import DataError
+
+log = logging.getLogger("training")
 
 AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60
@@ -89,6 +92,7 @@ def tar_members(archive: bytes, wanted: set[str]) -> dict[str, bytes]:
 def _run(cmd: list[str], cwd: Path, what: str, how_to_fix: str) -> None:
     if shutil.which(cmd[0]) is None:
         raise DataError(f"{cmd[0]} is not installed, so {what} cannot be fetched. {how_to_fix}")
+    log.info("fetching %s: %s", what, " ".join(cmd))
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]

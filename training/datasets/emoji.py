@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.data import DataError, ImageDataset
 from training.datasets.archives import check_sha256, download_npm, tar_members
+from training.datasets.images import ImageDataset
+from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,8 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, 3, S, S) -> (N, 3, size, size), resampled exactly as the service resamples uploads."""
     if x.shape[-1] == size:
         return x
-    from service.imaging import prepare_image
-    from service.manifest import ImageSpec
+    from vae_contract.imaging import prepare_image
+    from vae_contract.manifest import ImageSpec
 
     spec = ImageSpec(channels=3, height=size, width=size)
     out = [

@@ -13,8 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from training.data import DataError, ImageDataset, load_idx_dir
 from training.datasets.archives import check_sha256, deb_data_files, download_deb
+from training.datasets.images import ImageDataset, load_idx_dir
+from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
