@@ -100,4 +100,9 @@ FORCE_FLAG=()
 "$PY" -m training.novelty "$OUT_DIR"/mnist/1 "$OUT_DIR"/mnist/2 "$OUT_DIR"/mnist-2d/1 "$OUT_DIR"/fashion/1 \
   "$OUT_DIR"/emoji/3 "$OUT_DIR"/emoji/4 --data-dir "$DATA_DIR"
 
+# models/emoji/5 (the served emoji default): emoji/4's files and weights plus sampler.onnx, which draws images
+# from p(x | z) pixel group by pixel group (docs/samples.md); a minute, no training.
+[ -e "$OUT_DIR/emoji/5" ] && [ "${#FORCE_FLAG[@]}" -gt 0 ] && rm -r "$OUT_DIR/emoji/5"
+"$PY" -m training.sampler_version "$OUT_DIR/emoji/4" --version 5
+
 "$PY" scripts/compare_models.py "$OUT_DIR" models

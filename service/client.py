@@ -64,6 +64,7 @@ class SampleResult:
     images: list[bytes]  # PNGs
     latents: np.ndarray  # (N, D)
     seed: int
+    pixels: str = "mean"  # "sample": drawn from p(x | z); "mean": the decoder's mean (older servers: mean)
 
 
 @dataclass(frozen=True)
@@ -231,14 +232,20 @@ class _Calls:
         seed: int | None,
         temperature: float,
         label: Label | None,
+        pixels: str | None = None,
+        pixel_temperature: float | None = None,
     ) -> _Call:
-        body = _query(n=n, model=model, version=version, seed=seed, temperature=temperature, label=label)
+        body = _query(
+            n=n, model=model, version=version, seed=seed, temperature=temperature, label=label, pixels=pixels,
+            pixel_temperature=pixel_temperature,
+        )  # fmt: skip
         return _Call("POST", "/v1/sample", {"json": body})
 
     @staticmethod
     def parse_sample(resp: httpx.Response) -> SampleResult:
         b = resp.json()
-        return SampleResult(b["model"], b["version"], _b64s(b["images"]), _arr(b["latents"]), b["seed"])
+        images, latents = _b64s(b["images"]), _arr(b["latents"])
+        return SampleResult(b["model"], b["version"], images, latents, b["seed"], b.get("pixels", "mean"))
 
     @staticmethod
     def reconstruct(
@@ -378,9 +385,13 @@ class VAEClient:
         seed: int | None = None,
         temperature: float = 1.0,
         label: Label | None = None,
+        pixels: Literal["sample", "mean"] | None = None,
+        pixel_temperature: float | None = None,
     ) -> SampleResult:
-        """`label`: a class of a conditional model (when the server and model support it)."""
-        return _Calls.parse_sample(self._send(_Calls.sample(n, model, version, seed, temperature, label)))
+        """`label`: a class of a conditional model (when the server and model support it). `pixels`: images
+        drawn from p(x | z) or the decoder's mean (None: the model's default; docs/samples.md)."""
+        call = _Calls.sample(n, model, version, seed, temperature, label, pixels, pixel_temperature)
+        return _Calls.parse_sample(self._send(call))
 
     def reconstruct(
         self,
@@ -489,8 +500,10 @@ class AsyncVAEClient:
         seed: int | None = None,
         temperature: float = 1.0,
         label: Label | None = None,
+        pixels: Literal["sample", "mean"] | None = None,
+        pixel_temperature: float | None = None,
     ) -> SampleResult:
-        call = _Calls.sample(n, model, version, seed, temperature, label)
+        call = _Calls.sample(n, model, version, seed, temperature, label, pixels, pixel_temperature)
         return _Calls.parse_sample(await self._send(call))
 
     async def reconstruct(

@@ -32,6 +32,7 @@ from vae_contract.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
     PREVIEW_FILE,
+    SAMPLER_FILE,
     SCORER_FILE,
     ConditionalSpec,
     DatasetSpec,
@@ -98,6 +99,20 @@ class ScorerGraph(nn.Module):
         return model_nll(self.vae, self.vae.decode_logits(mean, x), x)
 
 
+class SamplerGraph(nn.Module):
+    """z (B, D), noise (B, N, H, W) -> an image drawn from p(x | z) (B, C, H, W), 8-bit values in [0, 1]:
+    the mixture drawn pixel group after pixel group (`training.likelihoods.draw_mixture` says what the noise
+    maps are). The service draws the noise with its seeded RNG and scales it by the pixel temperature, so
+    the graph stays free of random nodes and every answer is reproducible."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.vae.draw(z, noise)
+
+
 def decoder_outputs(vae: VAE) -> list[str]:
     """The decoder graph's output names: `x`, and `params` where the likelihood needs more than a mean and
     z alone determines it (a pixel-group decoder's likelihood is the scorer graph's)."""
@@ -107,18 +122,24 @@ def decoder_outputs(vae: VAE) -> list[str]:
 
 
 def _export_graph(
-    module: nn.Module, example: torch.Tensor, input_name: str, outputs: list[str], path: Path
+    module: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    input_name: str | list[str],
+    outputs: list[str],
+    path: Path,
 ) -> None:
     import onnx
 
+    examples = example if isinstance(example, tuple) else (example,)
+    names = input_name if isinstance(input_name, list) else [input_name]
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     program = torch.onnx.export(
         module,
-        (example,),
+        examples,
         dynamo=True,
-        input_names=[input_name],
+        input_names=names,
         output_names=outputs,
-        dynamic_shapes={input_name: {0: batch}},
+        dynamic_shapes={name: {0: batch} for name in names},
         opset_version=OPSET,
         external_data=False,  # weights inside the .onnx file: one file per graph, nothing to lose beside it
         optimize=True,
@@ -411,7 +432,7 @@ def _assemble(
     outputs = decoder_outputs(vae)
     _export_graph(DecoderGraph(vae).eval(), torch.zeros(2, vae.latent_dim), "z", outputs, dec_path)
     parity = check_parity(vae, enc_path, dec_path, real_images)
-    scorer_spec = None
+    scorer_spec, sampler = None, None
     if vae.pixel_decoder is not None:
         scorer_path = staging / SCORER_FILE
         _export_graph(ScorerGraph(vae).eval(), torch.zeros(2, c, h, w), "x", ["nll"], scorer_path)
@@ -422,6 +443,12 @@ def _assemble(
             inputs=[TensorSpec(name="x", shape=["batch", c, h, w])],
             outputs=[TensorSpec(name="nll", shape=["batch"])],
         )
+        # The model's draws from p(x | z), pixel group after pixel group (the decoder returns their means).
+        from training.sampler_version import export_sampler, sampler_spec
+
+        sampler_path = staging / SAMPLER_FILE
+        parity["sampler_max_abs_diff"] = export_sampler(vae, sampler_path)
+        sampler = sampler_spec(vae, sampler_path)
     prior_spec, prior = _export_prior(vae, staging, enc_path, parity)
     _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE, prior)
     latent = ["batch", vae.latent_dim]
@@ -448,6 +475,7 @@ def _assemble(
             outputs=[TensorSpec(name="x", shape=image), *_params_specs(vae, outputs)],  # type: ignore[arg-type]
         ),
         scorer=scorer_spec,
+        sampler=sampler,
         prior=prior_spec,
         training=training_config if training_config is not None else vae.config.to_dict(),
         dataset=dataset,

@@ -171,3 +171,55 @@ def discretized_logistic_nll(params: torch.Tensor, x: torch.Tensor, coupled: boo
 def bits_per_dim(nats_per_image: float, dims: int) -> float:
     """A code length in nats per image -> bits per dimension (pixel and channel)."""
     return nats_per_image / (dims * math.log(2))
+
+
+def noise_maps(components: int, channels: int) -> int:
+    """Noise maps per pixel a mixture draw reads (`draw_mixture`): a Gumbel per component, a logistic per
+    channel."""
+    return components + channels
+
+
+def draw_mixture(
+    logits: torch.Tensor,
+    locations: torch.Tensor,
+    log_scales: torch.Tensor,
+    coefficients: torch.Tensor | None,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """One draw per pixel (B, C, H, W) of 8-bit values k/255 from a discretized logistic mixture, with the
+    randomness given: noise (B, M + C, H, W) holds T g_m, g_m ~ Gumbel(0, 1) per component, then T e_c,
+    e_c ~ Logistic(0, 1) per channel, for a pixel temperature T (the graph has no random nodes).
+
+    The component is argmax_m (logit_m + T g_m): the Gumbel-max trick, a draw from softmax(logits / T).
+    Within it, channel c is loc_c + s_c T e_c with loc_c coupled to the channels already drawn (PixelCNN++'s
+    coupling reads the pixel's own earlier channels), rounded to the nearest k/255 and clamped to [0, 1]:
+    rounding a continuous logistic draw falls in bin k with exactly the bin's probability, and the clamp
+    gives the edge bins their tails, so at T = 1 this is the likelihood's own distribution. T = 0 picks the
+    heaviest component at its location: the mode of the component choice, sharp where the mean blends.
+
+    logits (B, M, H, W); locations and log-scales (B, M, C, H, W); coefficients (B, M, C(C-1)/2, H, W) or
+    None (no coupling)."""
+    m, c = logits.shape[1], locations.shape[2]
+    gumbel, logistic = noise.split([m, c], dim=1)
+    scores = logits + gumbel
+    chosen = (scores == scores.amax(dim=1, keepdim=True)).to(locations.dtype).unsqueeze(2)  # (B, M, 1, H, W)
+    mu = (chosen * locations).sum(dim=1)  # (B, C, H, W)
+    scale = (chosen * log_scales).sum(dim=1).exp()
+    coef = None if coefficients is None else (chosen * coefficients).sum(dim=1)
+    drawn: list[torch.Tensor] = []
+    pair = 0
+    for channel in range(c):
+        loc = mu[:, channel]
+        for previous in range(channel):
+            assert coef is not None
+            loc = loc + coef[:, pair] * (drawn[previous] - 0.5)
+            pair += 1
+        value = torch.clamp(loc + scale[:, channel] * logistic[:, channel], 0.0, 1.0)
+        drawn.append(torch.round(value * (BINS - 1)) / (BINS - 1))
+    return torch.stack(drawn, dim=1)
+
+
+def draw_image(params: torch.Tensor, channels: int, coupled: bool, noise: torch.Tensor) -> torch.Tensor:
+    """A draw (B, C, H, W) from the mixture whose maps are `params` (a factorised decoder's output)."""
+    logits, means, log_scales, coefficients = mixture_parts(params, channels, coupled)
+    return draw_mixture(logits, means, log_scales, coefficients, noise)

@@ -170,6 +170,26 @@ class VAE(nn.Module):
         log_weights = torch.full((self.prior.components,), uniform, device=means.device, dtype=means.dtype)
         return means, log_vars, log_weights
 
+    def noise_maps(self) -> int:
+        """Noise maps per pixel `draw` reads; 0 where no mixture is drawn in a graph."""
+        if self.config.likelihood != "discretized_logistic":
+            return 0
+        from training.likelihoods import noise_maps
+
+        if self.pixel_decoder is not None:
+            return self.pixel_decoder.noise_maps(self.config.mixture_components)
+        return noise_maps(self.config.mixture_components, self.image_shape[0])
+
+    def draw(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """An image drawn from p(x|z) with the randomness given (`training.likelihoods.draw_mixture`):
+        noise (B, noise_maps, H, W); pixel groups are drawn one after another."""
+        coupled = self.config.channel_coupling
+        if self.pixel_decoder is not None:
+            return self.pixel_decoder.draw(self.decoder_body(z), coupled, noise)
+        from training.likelihoods import draw_image
+
+        return draw_image(self.decode_logits(z), self.image_shape[0], coupled, noise)
+
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -38,7 +38,8 @@ resolution reads, for group g, those features (space-to-depth: 4 cells' worth pe
 pixels of groups < g (zero elsewhere) and four constant planes flagging which groups are decoded, and emits
 group g's mixture maps. One net serves all four steps (the flags tell it which step it is in). Training and
 scoring run the four steps on the true pixels at once (teacher forcing); decoding an image runs them in
-order, each group at its mixture's mean.
+order, each group at its mixture's mean, or (`draw`) each group drawn from its mixture given the groups drawn
+before it: the model's own samples, with the noise as an input so that the graph stays deterministic.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from training.likelihoods import (
     coupled_locations,
     discretized_logistic_log_prob,
     discretized_logistic_nll,
+    draw_mixture,
     mean_image,
     mixture_parts,
 )
@@ -261,6 +263,57 @@ class PixelGroupDecoder(nn.Module):
         anchors = neighbour_anchors(self._full(cells))[..., row::CELL, column::CELL]
         no_anchors = torch.full((1, 1, *cells.shape[3:]), step == 0, device=cells.device)
         return anchored_mean(out, self.channels, coupled, anchors, no_anchors)
+
+    def noise_maps(self, mixture_components: int) -> int:
+        """Noise maps per pixel `draw` reads: a Gumbel per component (anchors included), a logistic per
+        channel."""
+        return mixture_components + (ANCHORS if self.anchored else 0) + self.channels
+
+    def draw(self, features: torch.Tensor, coupled: bool, noise: torch.Tensor) -> torch.Tensor:
+        """Group by group, each drawn from its mixture given the groups drawn before (`draw_mixture`; noise
+        (B, `noise_maps`, H, W)): an image (B, C, H, W) of 8-bit values."""
+        low = F.pixel_unshuffle(features, CELL)
+        b, _, h, w = low.shape
+        noise_cells = F.pixel_unshuffle(noise, CELL).reshape(b, noise.shape[1], GROUPS, h, w)
+        cells = torch.zeros(b, self.channels, GROUPS, h, w, dtype=low.dtype, device=low.device)
+        for step, position in enumerate(POSITIONS):
+            if step == 0 and self.inner is not None:  # the inner image is this level's (0, 0) group
+                group = self.inner.draw(low, coupled, noise_cells[:, :, position])
+            else:
+                out = self.body(self._step_input(low, cells, step))
+                group = self._group_draw(out, cells, step, coupled, noise_cells[:, :, position])
+            onehot = self.onehots[position].view(1, 1, GROUPS, 1, 1)  # type: ignore[index]
+            cells = cells + group.unsqueeze(2) * onehot
+        return self._full(cells)
+
+    def _group_draw(
+        self, out: torch.Tensor, cells: torch.Tensor, step: int, coupled: bool, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """A draw (B, C, h, w) of group `step` under its maps `out`, given the cells drawn so far."""
+        c = self.channels
+        if not self.anchored:
+            logits, means, log_scales, coefficients = mixture_parts(out, c, coupled)
+            return draw_mixture(logits, means, log_scales, coefficients, noise)
+        b, maps, h, w = out.shape
+        extra = anchor_maps(c)
+        mixture, anchor_logits, anchor_scales = out.split([maps - extra, ANCHORS, extra - ANCHORS], dim=1)
+        logits, means, log_scales, coefficients = mixture_parts(mixture, c, coupled)
+        row, column = ORDER[step]
+        anchors = neighbour_anchors(self._full(cells))[..., row::CELL, column::CELL]  # (B, A, C, h, w)
+        if step == 0:  # no decoded neighbours: the anchors get no weight, as in the likelihood
+            anchor_logits = torch.full_like(anchor_logits, NO_WEIGHT)
+        anchor_scales = torch.clamp(anchor_scales.reshape(b, ANCHORS, c, h, w), min=MIN_LOG_SCALE)
+        if coefficients is not None:  # an anchor is a colour, not coupled across its channels
+            coefficients = torch.cat(
+                [coefficients, coefficients.new_zeros(b, ANCHORS, *coefficients.shape[2:])], 1
+            )
+        return draw_mixture(
+            torch.cat([logits, anchor_logits], dim=1),
+            torch.cat([means, anchors], dim=1),
+            torch.cat([log_scales, anchor_scales], dim=1),
+            coefficients,
+            noise,
+        )
 
     def nll(self, params: torch.Tensor, x: torch.Tensor, coupled: bool) -> torch.Tensor:
         """-log p(x|z) per image in nats from the teacher-forced maps `params(features, x)`."""

@@ -25,6 +25,7 @@ MANIFEST_FILE = "model.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 SCORER_FILE = "scorer.onnx"
+SAMPLER_FILE = "sampler.onnx"
 PREVIEW_FILE = "preview.png"
 SCHEMA_VERSION: Literal[1] = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -206,6 +207,12 @@ class Manifest(_Strict):
     encoder: GraphSpec
     decoder: GraphSpec
     scorer: GraphSpec | None = None
+    # A discretized logistic model's draws from p(x | z), not its mean (training.export.SamplerGraph): inputs
+    # `z` (batch, D) and `noise` (batch, N, H, W), N = M + C: per pixel, M Gumbel draws (one per mixture
+    # component, neighbour anchors included) then C logistic draws, each already multiplied by the pixel
+    # temperature (vae_contract/pixel_draws.py); output `x` (batch, C, H, W), 8-bit values in [0, 1].
+    # Absent, as in every older manifest: the service draws a factorised model's pixels from `params` itself.
+    sampler: GraphSpec | None = None
     prior: PriorSpec | None = None  # None: N(0, I)
     novelty: NoveltySpec | None = None  # None: novelty without p-values
     training: dict[str, Any]
@@ -222,10 +229,12 @@ class Manifest(_Strict):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     def graphs(self) -> dict[str, GraphSpec]:
-        """The model's graphs by role: encoder, decoder and, with pixel groups, scorer."""
+        """The model's graphs by role: encoder, decoder and, with pixel groups, scorer and sampler."""
         found = {"encoder": self.encoder, "decoder": self.decoder}
         if self.scorer is not None:
             found["scorer"] = self.scorer
+        if self.sampler is not None:
+            found["sampler"] = self.sampler
         return found
 
     def expected_graphs(self) -> None:
@@ -250,6 +259,14 @@ class Manifest(_Strict):
         }
         if self.scorer is not None:
             want["scorer"] = ([["batch", *img]], [["batch"]])
+        if self.sampler is not None:
+            if self.mixture_components is None:
+                raise ManifestError("a sampler graph needs likelihood discretized_logistic")
+            noise = self.sampler.inputs[1].shape[1] if len(self.sampler.inputs) == 2 else 0
+            c, h, w = self.image.shape
+            if not isinstance(noise, int) or noise < self.mixture_components + c:
+                raise ManifestError(f"sampler noise needs at least {self.mixture_components + c} maps")
+            want["sampler"] = ([["batch", self.latent_dim], ["batch", noise, h, w]], [["batch", *img]])
         for role, (ins, outs) in want.items():
             graph: GraphSpec = getattr(self, role)
             got = ([t.shape for t in graph.inputs], [t.shape for t in graph.outputs])

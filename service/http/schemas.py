@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.config import Settings
 from vae_contract.manifest import MAX_VERSION, NAME_PATTERN, VERSION_DIGITS
+from vae_contract.pixel_draws import DEFAULT_PIXEL_TEMPERATURE, MAX_PIXEL_TEMPERATURE
 
 MAX_SEED = 2**63 - 1
 # `name` or `name@version`: a model name, optionally pinned to one of its loaded versions.
@@ -59,6 +60,34 @@ LatentsField = Field(
     f"{limit('max_latent_abs')}. At most {limit('max_latents_per_request')}.",
 )
 Latents = list[list[float]]
+PixelsField = Field(
+    None,
+    description='"sample": images drawn from p(x | z), seeded by `seed`; "mean": the decoder\'s mean image. '
+    "Omitted: the model's default (its /v1/models entry says which): sample where a sampler graph draws the "
+    "pixel groups one after another (a draw is an image, the mean a blend of every likely one), mean for "
+    "factorised decoders (independent pixel draws only add speckle). The response says which it returned.",
+)
+PixelTemperatureField = Field(
+    DEFAULT_PIXEL_TEMPERATURE,
+    ge=0,
+    le=MAX_PIXEL_TEMPERATURE,
+    description='Temperature of the pixel draws (pixels "sample"), separate from the latent temperature: '
+    "mixture weights softmax(logits / T), logistic scales T s, Bernoulli logits / T. 1: the model's own "
+    "distribution; 0: each pixel's heaviest mixture component at its location (Bernoulli: p > 1/2).",
+)
+PixelSeedField = Field(
+    None,
+    ge=0,
+    le=MAX_SEED,
+    description='Seed of the pixel draws (pixels "sample"); omitted: a random seed is drawn and returned.',
+)
+
+
+class PixelOptions(BaseModel):
+    """The pixel fields of every route that returns decoded images."""
+
+    pixels: Literal["sample", "mean"] | None = PixelsField
+    pixel_temperature: float = PixelTemperatureField
 
 
 class _Options(BaseModel):
@@ -79,16 +108,17 @@ class EncodeRequest(EncodeOptions):
     images: list[str] = ImagesField
 
 
-class DecodeOptions(_Options):
+class DecodeOptions(_Options, PixelOptions):
     model: str | None = ModelField
     version: int | None = VersionField
+    seed: int | None = PixelSeedField
 
 
 class DecodeRequest(DecodeOptions):
     latents: Latents = LatentsField
 
 
-class SampleRequest(_Options):
+class SampleRequest(_Options, PixelOptions):
     model: str | None = ModelField
     version: int | None = VersionField
     n: int = Field(1, ge=1, description=f"Number of samples; at most {limit('max_sample_n')}.")
@@ -105,9 +135,10 @@ class SampleRequest(_Options):
     )
 
 
-class ReconstructOptions(_Options):
+class ReconstructOptions(_Options, PixelOptions):
     model: str | None = ModelField
     version: int | None = VersionField
+    seed: int | None = PixelSeedField
     alpha: float | None = Field(
         None,
         gt=0,
@@ -122,9 +153,10 @@ class ReconstructRequest(ReconstructOptions):
     images: list[str] = ImagesField
 
 
-class InterpolateOptions(_Options):
+class InterpolateOptions(_Options, PixelOptions):
     model: str | None = ModelField
     version: int | None = VersionField
+    seed: int | None = PixelSeedField
     steps: int = Field(
         8,
         ge=2,
@@ -150,6 +182,14 @@ class _ModelTagged(BaseModel):
     version: int = Field(description="Its version.")
 
 
+class _PixelTagged(_ModelTagged):
+    pixels: Literal["sample", "mean"] = Field(
+        description="Which images these are: drawn from p(x | z) or the decoder's mean (also in the "
+        "`X-Pixels` header)."
+    )
+    pixel_temperature: float | None = Field(None, description="The pixel temperature, for drawn images.")
+
+
 class EncodeResponse(_ModelTagged):
     latent_dim: int
     mean: Latents = Field(description="Posterior means, (N, latent_dim).")
@@ -158,11 +198,12 @@ class EncodeResponse(_ModelTagged):
     seed: int | None = Field(None, description="The seed used for `z`.")
 
 
-class DecodeResponse(_ModelTagged):
+class DecodeResponse(_PixelTagged):
     images: list[str] = Field(description="Base64 PNGs, one per latent.")
+    seed: int | None = Field(None, description="The seed of the pixel draws, for drawn images.")
 
 
-class SampleResponse(_ModelTagged):
+class SampleResponse(_PixelTagged):
     images: list[str]
     latents: Latents
     seed: int
@@ -170,8 +211,10 @@ class SampleResponse(_ModelTagged):
     label: str | None = Field(None, description="The class sampled from, when the request gave one.")
 
 
-class ReconstructResponse(_ModelTagged):
-    images: list[str] = Field(description="Base64 PNG reconstructions (decoder mean at z = encoder mean).")
+class ReconstructResponse(_PixelTagged):
+    images: list[str] = Field(
+        description="Base64 PNG reconstructions at z = encoder mean (the decoder mean, or a draw: `pixels`)."
+    )
     scores: list[float] = Field(
         description="Negative ELBO per image in nats: -log p(x | z = mean) summed over pixels plus the exact "
         "KL(q(z|x) || N(0, I)); under a mixture prior (see /v1/models) the KL is the deterministic upper "
@@ -204,12 +247,14 @@ class ReconstructResponse(_ModelTagged):
         "dimension."
     )
     complexity: list[float] = Field(description="bits_per_dim - codec_bits_per_dim.")
+    seed: int | None = Field(None, description="The seed of the pixel draws, for drawn images.")
 
 
-class InterpolateResponse(_ModelTagged):
+class InterpolateResponse(_PixelTagged):
     method: Literal["lerp", "slerp"]
     images: list[str]
     latents: Latents
+    seed: int | None = Field(None, description="The seed of the pixel draws (one draw for the whole path).")
 
 
 class ManifoldResponse(_ModelTagged):
@@ -246,6 +291,9 @@ class ModelInfo(BaseModel):
     latent_dim: int | None = None
     providers: list[str] = Field(default_factory=list, description="Active onnxruntime execution providers.")
     error: str | None = Field(None, description="Why the model is not served.")
+    pixels: dict[str, Any] | None = Field(
+        None, description="`default`: what `pixels` is when a request omits it; `choices`: what it accepts."
+    )
     reload_error: str | None = Field(
         None, description="Why a newer version was refused by hot reload (this version keeps serving)."
     )

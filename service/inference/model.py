@@ -23,6 +23,15 @@ from vae_contract.latents import lerp, manifold_latents, slerp
 from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior, reconstruction_nll
 from vae_contract.manifest import Manifest
 from vae_contract.novelty import Calibration, NoveltyReport, assess_novelty, default_statistic, to_uint8
+from vae_contract.pixel_draws import (
+    PixelDraw,
+    PixelMode,
+    draw_bernoulli,
+    draw_gaussian,
+    draw_mixture,
+    pixel_rng,
+    sampler_noise,
+)
 from vae_contract.priors import MixturePrior
 
 
@@ -78,6 +87,7 @@ class VAEModel:
         classes: ClassGaussians | None = None,
         scorer: tuple[Graph, Batcher] | None = None,
         calibration: Calibration | None = None,
+        sampler: tuple[Graph, Batcher] | None = None,
     ):
         self.manifest = manifest
         self.path = path
@@ -92,6 +102,9 @@ class VAEModel:
         self.scorer_batcher: Batcher | None = scorer[1] if scorer is not None else None
         # The manifest's novelty calibration (vae_contract/novelty.py), checked at load; None: no p-values.
         self.calibration = calibration
+        # The manifest's sampler graph: (z, noise) -> an image drawn from p(x | z), pixel group by group.
+        self.sampler: Graph | None = sampler[0] if sampler is not None else None
+        self.sampler_batcher: Batcher | None = sampler[1] if sampler is not None else None
 
     @property
     def name(self) -> str:
@@ -114,6 +127,10 @@ class VAEModel:
             "providers": self.providers,
             "manifest": self.manifest.model_dump(mode="json"),
             "prior": self.describe_prior(),
+            "pixels": {
+                "default": self.default_pixels,
+                "choices": ["sample", "mean"] if self.can_draw() else ["mean"],
+            },
         }
 
     def describe_prior(self) -> dict[str, Any]:
@@ -130,7 +147,8 @@ class VAEModel:
 
     @property
     def graphs(self) -> list[Graph]:
-        return [self.encoder, self.decoder, *([self.scorer] if self.scorer is not None else [])]
+        optional = (self.scorer, self.sampler)
+        return [self.encoder, self.decoder, *(g for g in optional if g is not None)]
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run each graph at the given batch sizes so the first request pays no lazy initialisation."""
@@ -140,12 +158,57 @@ class VAEModel:
             self.decoder.run(np.zeros((n, self.latent_dim), dtype=np.float32))
             if self.scorer is not None:
                 self.scorer.run(np.zeros((n, c, h, w), dtype=np.float32))
+            if self.sampler is not None:
+                self.sampler.run(np.zeros((n, sum(self.sampler.row_sizes)), dtype=np.float32))
 
     async def close(self) -> None:
         await self.encoder_batcher.close()
         await self.decoder_batcher.close()
         if self.scorer_batcher is not None:
             await self.scorer_batcher.close()
+        if self.sampler_batcher is not None:
+            await self.sampler_batcher.close()
+
+    # --- pixels: the decoder's mean or a draw from p(x | z) ------------------------------------------------
+
+    @property
+    def default_pixels(self) -> PixelMode:
+        """What a request that does not choose gets. A sampler graph draws each pixel group given the groups
+        drawn before, so neighbours agree and a draw is an image, sharper than the mean that blends every
+        likely image (docs/samples.md measures it). A factorised decoder draws every pixel independently
+        given z, which speckles the image: its mean is the better picture, and stays the default."""
+        return "sample" if self.sampler is not None else "mean"
+
+    def can_draw(self) -> bool:
+        """Whether pixels can be drawn: a sampler graph, or a factorised likelihood drawn here in numpy."""
+        return self.sampler is not None or self.manifest.pixel_groups == 1
+
+    def check_pixels(self, mode: PixelMode) -> None:
+        """InvalidInput, before any work, for a draw this version cannot make."""
+        if mode == "sample" and not self.can_draw():
+            raise InvalidInput(
+                f"pixels: model {self.name!r} v{self.manifest.version} decodes pixel groups but has no "
+                'sampler graph; use pixels "mean" or a version whose /v1/models manifest lists a sampler'
+            )
+
+    async def _decode_drawn(self, latents: np.ndarray, draw: PixelDraw) -> np.ndarray:
+        """(N, D) -> (N, C, H, W) drawn from p(x | z) with the request's seed and pixel temperature."""
+        rng, t, shared = pixel_rng(draw.seed), draw.temperature, draw.shared
+        c, h, w = self.manifest.image.shape
+        if self.sampler is not None and self.sampler_batcher is not None:
+            maps = self.sampler.row_shapes[1][0]
+            noise = sampler_noise(len(latents), maps, c, h, w, rng, t, shared)
+            return (await self.sampler_batcher.submit(self.sampler.pack(latents, noise)))[0]
+        likelihood = self.manifest.likelihood
+        if likelihood == "discretized_logistic":
+            params = (await self.decoder_batcher.submit(latents))[1]
+            k = self.manifest.mixture_components or 1
+            noise = sampler_noise(len(latents), k + c, c, h, w, rng, t, shared)
+            return draw_mixture(params, c, self.manifest.channel_coupling, noise)
+        mean = await self.decode(latents)
+        if likelihood == "bernoulli":
+            return draw_bernoulli(mean, rng, t, shared)
+        return draw_gaussian(mean, self.manifest.gaussian_sigma or 0.1, rng, t, shared)
 
     # --- operations ----------------------------------------------------------------------------------------
 
@@ -158,8 +221,12 @@ class VAEModel:
         check_finite_outputs("encoder's sample", z)
         return Encoding(mean, log_var, z, sample_seed)
 
-    async def decode(self, latents: np.ndarray) -> np.ndarray:
-        """(N, D) -> (N, C, H, W) in the pixel range."""
+    async def decode(self, latents: np.ndarray, draw: PixelDraw | None = None) -> np.ndarray:
+        """(N, D) -> (N, C, H, W) in the pixel range: the decoder's mean, or with `draw` an image drawn from
+        p(x | z)."""
+        if draw is not None:
+            self.check_pixels("sample")
+            return await self._decode_drawn(latents, draw)
         images = (await self.decoder_batcher.submit(latents))[0]  # `x`; a mixture's `params` follow it
         low, high = self.manifest.image.pixel_range
         # In place: these rows of the batch output belong to this request alone.
@@ -179,9 +246,15 @@ class VAEModel:
         return index
 
     async def sample(
-        self, n: int, seed: int, temperature: float, label: str | None = None
+        self,
+        n: int,
+        seed: int,
+        temperature: float,
+        label: str | None = None,
+        pixel_temperature: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """n seeded draws from the prior, or with a label from that class's Gaussian, and their images."""
+        """n seeded draws from the prior, or with a label from that class's Gaussian, and their images (with a
+        pixel temperature: drawn from p(x | z), seeded by the same seed)."""
         if label is not None:
             index = self.class_index(label)
             assert self.classes is not None
@@ -190,9 +263,10 @@ class VAEModel:
             latents = self.prior.draw(n, seed, temperature)
         else:
             latents = draw_prior(n, self.latent_dim, seed, temperature)
-        return await self.decode(latents), latents
+        draw = None if pixel_temperature is None else PixelDraw(seed, pixel_temperature)
+        return await self.decode(latents, draw), latents
 
-    async def reconstruct(self, images: np.ndarray) -> Reconstruction:
+    async def reconstruct(self, images: np.ndarray, draw: PixelDraw | None = None) -> Reconstruction:
         """Decode at the posterior mean and score each image by its negative ELBO.
 
         score = -log p(x | z = mean) + KL(q(z|x) || p(z)): the reconstruction term estimated with the single
@@ -200,6 +274,8 @@ class VAEModel:
         a mixture prior (a VampPrior) the KL has no closed form; the score then uses the deterministic upper
         bound -log sum_k w_k exp(-KL(q || p_k)) (see `vae_contract/priors.py`), exact for one component.
         Higher means the model finds the image less plausible, which makes it usable for novelty detection.
+        With `draw`, the images returned (and their mse) are drawn from p(x | z = mean); the score is the
+        same.
         """
         encoding = await self.encode(images)
         mean, log_var = encoding.mean, encoding.log_var
@@ -217,6 +293,8 @@ class VAEModel:
             nll = reconstruction_nll(images, recon, self.manifest.likelihood, self.manifest.gaussian_sigma)
         kl = kl_to_prior(mean, log_var) if self.prior is None else self.prior.kl_bound(mean, log_var)
         scores = nll + kl
+        if draw is not None:
+            recon = await self.decode(mean, draw)
         flat = (images - recon).reshape(len(images), -1).astype(np.float64)
         mse = np.mean(flat**2, axis=1)
         return Reconstruction(
@@ -245,11 +323,16 @@ class VAEModel:
         )
 
     async def interpolate(
-        self, start: np.ndarray, end: np.ndarray, steps: int, method: Literal["lerp", "slerp"]
+        self,
+        start: np.ndarray,
+        end: np.ndarray,
+        steps: int,
+        method: Literal["lerp", "slerp"],
+        draw: PixelDraw | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Two (D,) latents -> images (steps, C, H, W) and latents (steps, D), endpoints exact."""
         path = slerp(start, end, steps) if method == "slerp" else lerp(start, end, steps)
-        return await self.decode(path), path
+        return await self.decode(path, draw), path
 
     async def manifold(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The decoded (size*size) inverse-CDF grid of a 2-D latent model (Kingma and Welling, fig. 4)."""

@@ -228,9 +228,13 @@ class ModelRegistry:
         if manifest.scorer is not None:
             graph = Graph(path / manifest.scorer.file, manifest.scorer, options, s.provider, limit)
             scorer = (graph, self._batcher(name, version, "scorer", graph))
+        sampler: tuple[Graph, Batcher] | None = None
+        if manifest.sampler is not None:
+            graph = Graph(path / manifest.sampler.file, manifest.sampler, options, s.provider, limit)
+            sampler = (graph, self._batcher(name, version, "sampler", graph))
         model = VAEModel(
             manifest, path, encoder, decoder, self._batcher(name, version, "encoder", encoder),
-            self._batcher(name, version, "decoder", decoder), prior, classes, scorer, calibration,
+            self._batcher(name, version, "decoder", decoder), prior, classes, scorer, calibration, sampler,
         )  # fmt: skip
         pad = s.batch_padding == "on" or (s.batch_padding == "auto" and encoder.on_cuda)
         shapes = batch_shapes(s.max_batch_size) if pad else None

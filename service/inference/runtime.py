@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,11 @@ def _dims_match(manifest_shape: Sequence[int | str], ort_shape: Sequence[Any]) -
 
 
 class Graph:
-    """One exported graph in one session: a single input, outputs returned in the manifest's order."""
+    """One exported graph in one session, outputs returned in the manifest's order.
+
+    A graph of several inputs (the sampler's `z` and `noise`) is run, and batched, as one array whose rows
+    hold each input's row flattened, side by side in the manifest's order (`pack`): the batcher concatenates
+    and splits rows of one array, so several inputs need nothing new from it."""
 
     def __init__(
         self,
@@ -178,6 +183,9 @@ class Graph:
             log.warning("!!! %s; serving on CPU (later sessions will not try CUDA again)", message)
         self._check_signature()
         self.input_name = spec.inputs[0].name
+        # Each input's row shape and its width in a packed row (several inputs only).
+        self.row_shapes = [tuple(int(d) for d in t.shape[1:]) for t in spec.inputs]
+        self.row_sizes = [math.prod(shape) for shape in self.row_shapes]
         self.output_names = [t.name for t in spec.outputs]
         # Where I/O binding places inputs and outputs; None: plain run() (on CPU binding gains nothing).
         self.bind_device: str | None = "cuda" if self.on_cuda else None
@@ -200,8 +208,8 @@ class Graph:
                 raise ModelLoadError(
                     f"{self.path.name}: graph {kind} {got_sig} disagree with the manifest {want_sig}"
                 )
-        if len(self.spec.inputs) != 1:
-            raise ModelLoadError(f"{self.path.name}: expected exactly one input")
+        if any(d == "batch" for t in self.spec.inputs for d in t.shape[1:]):
+            raise ModelLoadError(f"{self.path.name}: only the first axis of an input may be the batch")
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """One onnxruntime call on a batch; safe to call from several threads (sessions are thread-safe).
@@ -213,7 +221,9 @@ class Graph:
         n = len(x)
         if self.shapes is not None:
             x = pad_rows(x, padded_size(n, self.shapes))
-        if self.bind_device is not None:
+        if len(self.row_shapes) > 1:
+            outputs = self.session.run(self.output_names, self.unpack(x))
+        elif self.bind_device is not None:
             outputs = self._run_bound(x, self.bind_device)
         else:
             outputs = self.session.run(self.output_names, {self.input_name: x})
@@ -227,6 +237,17 @@ class Graph:
             # the request is outside the model's range, a client error (never NaN sent as an answer).
             check_finite_outputs(self.name, out)
         return result
+
+    def pack(self, *inputs: np.ndarray) -> np.ndarray:
+        """The inputs (each (n, ...)) as one (n, sum of row sizes) float32 array, the form `run` takes."""
+        return np.concatenate([a.reshape(len(a), -1) for a in inputs], axis=1, dtype=np.float32)
+
+    def unpack(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        bounds = np.cumsum([0, *self.row_sizes])
+        return {
+            t.name: np.ascontiguousarray(x[:, bounds[i] : bounds[i + 1]]).reshape(len(x), *self.row_shapes[i])
+            for i, t in enumerate(self.spec.inputs)
+        }
 
     def _run_bound(self, x: np.ndarray, device: str) -> list[np.ndarray]:
         # I/O binding: copy the batch to the device once, keep outputs on the device until one copy back,

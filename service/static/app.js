@@ -255,6 +255,25 @@ function renderClassPicker(m) {
   updateSampleHeading();
 }
 
+// Pixels: models that can draw images from p(x | z) (their /v1/models entry lists "sample" among
+// pixels.choices) get a picker; its value goes with every request that returns decoded images, with the
+// seed field's seed so that the same settings give the same pictures.
+function renderPixelPicker(m) {
+  const choices = (m.pixels || {}).choices || ["mean"];
+  const select = $("pixels");
+  if (!choices.includes(select.value)) select.value = "";
+  const def = (m.pixels || {}).default || "mean";
+  select.options[0].textContent = `model's default (${def === "sample" ? "drawn" : "mean"})`;
+  $("pixels-field").hidden = !choices.includes("sample");
+}
+
+function pixelOptions() {
+  const pixels = $("pixels-field").hidden ? "" : $("pixels").value;
+  const out = pixels ? { pixels } : {};
+  if (pixels !== "mean") out.seed = numberFrom("seed", "Seed", { integer: true });
+  return out;
+}
+
 function updateSampleHeading() {
   const label = $("label").value;
   $("sample-heading").textContent = label ? `Samples of class “${label}”` : "Samples from the prior";
@@ -277,6 +296,7 @@ async function selectModel(m) {
   state.model = m;
   renderModelInfo(m);
   renderClassPicker(m);
+  renderPixelPicker(m);
   renderImageKind(m);
   const url = new URL(location.href);
   url.searchParams.set("model", modelName(m));
@@ -492,7 +512,11 @@ function reconstruct() {
     const input = state.input;
     let data;
     try {
-      data = await api("POST", "v1/reconstruct", { images: [input.src], model: modelName(state.model) });
+      data = await api("POST", "v1/reconstruct", {
+        images: [input.src],
+        model: modelName(state.model),
+        ...pixelOptions(),
+      });
     } catch (err) {
       if (current()) {
         resetReconstruction();
@@ -598,6 +622,7 @@ function sample() {
       seed: numberFrom("seed", "Seed", { integer: true }),
       temperature: numberFrom("temperature", "Temperature"),
       model: modelName(state.model),
+      ...pixelOptions(),
     };
     const label = $("label").value;
     if (label) body.label = label;
@@ -709,7 +734,12 @@ function interpolate() {
     const { a, b } = state.ends;
     if (!a || !b) throw new Error("set both endpoints first: click samples, or use a drawing/upload as A and B");
     const method = $("method-slerp").checked ? "slerp" : "lerp";
-    const body = { steps: numberFrom("steps", "Steps", { integer: true }), method, model: modelName(state.model) };
+    const body = {
+      steps: numberFrom("steps", "Steps", { integer: true }),
+      method,
+      model: modelName(state.model),
+      ...pixelOptions(),
+    };
     // Two images go to the service as images (it encodes them); anything else as latents.
     if (a.image && b.image) body.images = [a.image, b.image];
     else body.latents = [await latentOf(a), await latentOf(b)];
@@ -889,6 +919,10 @@ function init() {
   });
   $("seed").addEventListener("change", sample);
   $("temperature").addEventListener("change", sample);
+  $("pixels").addEventListener("change", () => {
+    sample();
+    if (state.ends.a && state.ends.b) interpolate();
+  });
   $("label").addEventListener("change", () => {
     updateSampleHeading();
     sample();

@@ -35,6 +35,8 @@ def test_sync_client_covers_every_route(models_dir, settings_for, live, digit_pn
         assert len(sample.images) == 4 and sample.latents.shape == (4, 8) and sample.seed == 9
         assert png_to_array(sample.images[0]).shape == (1, 28, 28)
         assert vae.sample(4, seed=9, temperature=0.7).images == sample.images
+        drawn = vae.sample(4, seed=9, temperature=0.7, pixels="sample", pixel_temperature=0.3)
+        assert sample.pixels == "mean" and drawn.pixels == "sample" and drawn.images != sample.images
 
         rec = vae.reconstruct(digit_pngs[:2])
         assert rec.scores.shape == (2,) and rec.mse.shape == (2,) and len(rec.images) == 2
@@ -115,6 +117,8 @@ def test_version_and_label_are_sent_only_when_given():
     }
     body = _Calls.sample(4, "faces", 3, None, 0.5, "smiling").kwargs["json"]
     assert body == {"n": 4, "model": "faces", "version": 3, "temperature": 0.5, "label": "smiling"}
+    body = _Calls.sample(1, None, None, None, 1.0, None, "sample", 0.0).kwargs["json"]
+    assert body == {"n": 1, "temperature": 1.0, "pixels": "sample", "pixel_temperature": 0.0}
     assert _Calls.encode([b"png"], "tiny", 1, False, None).kwargs["data"] == {
         "model": "tiny", "version": "1", "sample": "false"
     }  # fmt: skip

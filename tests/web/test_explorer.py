@@ -679,3 +679,27 @@ def test_label_colour_model_upload_samples_and_interpolation(
         problems.check()
     finally:
         page.context.close()
+
+
+@browser_mark
+@pytest.mark.timeout(240)
+def test_pixels_picker_shows_drawn_or_mean_images(browser, committed_url: str) -> None:
+    page, problems = _new_page(browser)
+    try:
+        _load(page, f"{committed_url}/?model=emoji")
+        assert page.locator("#pixels-field").is_visible()
+        assert page.locator("#pixels option").all_inner_texts()[0] == "model's default (drawn)"
+        _wait_loaded(page, "#samples .tile img")
+        seed, count = int(page.input_value("#seed")), int(page.input_value("#count"))
+        for choice in ("mean", "sample"):
+            want = _api_sample(committed_url, {"n": count, "seed": seed, "model": "emoji", "pixels": choice})
+            srcs = [f"data:image/png;base64,{b64}" for b64 in want["images"]]
+            page.select_option("#pixels", choice)
+            page.wait_for_function(
+                "(first) => document.querySelector('#samples .tile img').getAttribute('src') === first",
+                arg=srcs[0],
+            )
+            assert [img.get_attribute("src") for img in page.locator("#samples .tile img").all()] == srcs
+        problems.check()
+    finally:
+        page.context.close()

@@ -25,6 +25,7 @@ from service.http.deadline import DeadlineRoute
 from service.http.deps import image_pool_of, model_of, registry_of, settings_of, version_headers
 from service.http.error_handlers import INFERENCE_ERRORS, responses
 from service.http.paths import V1
+from service.http.pixels import choose_pixels
 from service.http.requests import JSON, MULTIPART, NPY, PNG, Payload, read_payload, validate
 from service.http.responses import (
     NumpyJSONResponse,
@@ -124,6 +125,7 @@ VersionQuery = Annotated[
     Query(ge=1, le=MAX_VERSION, description=VersionField.description),
 ]
 NpyOutput = Query(description="Which array an `Accept: application/x-npy` response holds.")
+PIXELS_QUERY = "As the JSON body's field of the same name, for `application/x-npy` bodies."
 
 
 @router.post(
@@ -166,10 +168,19 @@ async def encode(
     responses=_responses(DecodeResponse, PNG, NPY),
     openapi_extra=_body(DecodeRequest, None, npy=True),
 )
-async def decode(request: Request, model: ModelQuery = None, version: VersionQuery = None) -> Response:
+async def decode(
+    request: Request,
+    model: ModelQuery = None,
+    version: VersionQuery = None,
+    pixels: Annotated[Literal["sample", "mean"] | None, Query(description=PIXELS_QUERY)] = None,
+    pixel_temperature: Annotated[float | None, Query(description=PIXELS_QUERY)] = None,
+    seed: Annotated[int | None, Query(description=PIXELS_QUERY)] = None,
+) -> Response:
     settings, registry = settings_of(request), registry_of(request)
     payload = await read_payload(request, settings, accepts_npy=True)
-    opts = validate(DecodeOptions, payload.fields)
+    # An npy body has no fields: the pixel options may come in the query (the body's win over it).
+    query = {"pixels": pixels, "pixel_temperature": pixel_temperature, "seed": seed}
+    opts = validate(DecodeOptions, {**{k: v for k, v in query.items() if v is not None}, **payload.fields})
     if payload.images is not None:
         raise InvalidInput("images: not accepted here; send latents")
     if model and opts.model and model != opts.model:
@@ -177,10 +188,13 @@ async def decode(request: Request, model: ModelQuery = None, version: VersionQue
     if version is not None and opts.version is not None and version != opts.version:
         raise InvalidInput(f"version given twice: {version} in the query, {opts.version} in the body")
     vae = model_of(registry, opts.model or model, opts.version or version)
+    chosen = choose_pixels(vae, opts, opts.seed)
     z = as_latents(payload.latents, settings, vae.latent_dim)
     _bound_response(settings, vae, len(z), 0)
-    images = await vae.decode(z)
-    return await _images_out(request, vae, images, {"images": images})
+    images = await vae.decode(z, chosen.draw)
+    return await _images_out(
+        request, vae, images, {"images": images}, extra=chosen.fields, headers=chosen.headers
+    )
 
 
 @router.post(
@@ -208,9 +222,13 @@ async def sample(
         vae.class_index(label)  # an unknown label or a model without classes: 422 before any work
     _bound_response(settings, vae, opts.n, opts.n * vae.latent_dim)
     seed = opts.seed if opts.seed is not None else new_seed()
-    images, latents = await vae.sample(opts.n, seed, opts.temperature, label)
-    headers = {"X-Seed": str(seed)}
-    extra: dict[str, Any] = {"latents": latents, "seed": seed, "temperature": opts.temperature}
+    pixels = choose_pixels(vae, opts, seed)  # the pixel draws are seeded by the same seed, a stream apart
+    pixel_temperature = None if pixels.draw is None else pixels.draw.temperature
+    images, latents = await vae.sample(opts.n, seed, opts.temperature, label, pixel_temperature)
+    headers = {"X-Seed": str(seed), **pixels.headers}
+    extra: dict[str, Any] = {
+        "latents": latents, "seed": seed, "temperature": opts.temperature, **pixels.fields,
+    }  # fmt: skip
     if label is not None:
         extra["label"] = label
     return await _images_out(
@@ -243,15 +261,18 @@ async def reconstruct(
     opts = validate(ReconstructOptions, payload.fields)
     _no_latents(payload)
     vae = model_of(registry, opts.model, opts.version)
+    pixels = choose_pixels(vae, opts, opts.seed)
     n = len(payload.images or [])
     _bound_response(settings, vae, n, n * (2 * vae.latent_dim + 9))
     x = await _images_in(request, payload, vae)
-    rec = await vae.reconstruct(x)
+    rec = await vae.reconstruct(x, pixels.draw)
     report = vae.novelty(x, rec, opts.alpha if opts.alpha is not None else settings.novelty_alpha)
     extra = {"scores": rec.scores, "mse": rec.mse, "mean": rec.mean, "log_var": rec.log_var,
              **novelty_fields(report)}  # fmt: skip
     arrays = {"images": rec.images, **extra}
-    return await _images_out(request, vae, rec.images, arrays, output, extra=extra)
+    return await _images_out(
+        request, vae, rec.images, arrays, output, extra={**extra, **pixels.fields}, headers=pixels.headers
+    )
 
 
 @router.post(
@@ -271,6 +292,7 @@ async def interpolate(
     opts = validate(InterpolateOptions, payload.fields)
     check_steps(opts.steps, settings)
     vae = model_of(registry, opts.model, opts.version)
+    pixels = choose_pixels(vae, opts, opts.seed, shared=True)  # one draw along the path: no flicker
     if (payload.images is None) == (payload.latents is None):
         raise InvalidInput("give either two images or two latents")
     _bound_response(settings, vae, opts.steps, opts.steps * vae.latent_dim)
@@ -279,10 +301,12 @@ async def interpolate(
         ends = (await vae.encode(x)).mean
     else:
         ends = as_latents(payload.latents, settings, vae.latent_dim, exactly=2)
-    images, latents = await vae.interpolate(ends[0], ends[1], opts.steps, opts.method)
-    extra = {"method": opts.method, "latents": latents}
+    images, latents = await vae.interpolate(ends[0], ends[1], opts.steps, opts.method, pixels.draw)
+    extra = {"method": opts.method, "latents": latents, **pixels.fields}
     arrays = {"images": images, "latents": latents}
-    return await _images_out(request, vae, images, arrays, output, extra=extra, columns=opts.steps)
+    return await _images_out(
+        request, vae, images, arrays, output, extra=extra, columns=opts.steps, headers=pixels.headers
+    )
 
 
 @router.get(

@@ -1,0 +1,158 @@
+"""A published version again as a new version with a sampler graph: the same weights, the same encoder,
+decoder and scorer files byte for byte, plus `sampler.onnx` (`training.export.SamplerGraph`), which draws
+images from p(x | z) instead of returning the mixture's mean.
+
+A new version rather than a file added to the old one: versions are immutable, and a service that does not
+know the manifest's `sampler` field refuses the whole folder (DESIGN: an old service never serves a new model
+wrongly), so an older service keeps serving the old version beside it. Embeddings do not change: the encoder
+is the same file.
+
+    python -m training.sampler_version models/emoji/4            # -> models/emoji/5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.errors import ExportError
+from training.export import PARITY_BATCHES, PARITY_TOLERANCE, SamplerGraph, _export_graph, _ort_session
+from training.models import VAE
+from training.onnx_weights import rebuild
+from vae_contract.manifest import (
+    MANIFEST_FILE,
+    PREVIEW_FILE,
+    SAMPLER_FILE,
+    GraphSpec,
+    Manifest,
+    TensorSpec,
+    latest_version,
+    sha256_file,
+    verify_model_dir,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+
+def sampler_spec(vae: VAE, path: Path) -> GraphSpec:
+    c, h, w = vae.image_shape
+    return GraphSpec(
+        file=path.name,
+        sha256=sha256_file(path),
+        inputs=[
+            TensorSpec(name="z", shape=["batch", vae.latent_dim]),
+            TensorSpec(name="noise", shape=["batch", vae.noise_maps(), h, w]),
+        ],
+        outputs=[TensorSpec(name="x", shape=["batch", c, h, w])],
+    )
+
+
+def example_noise(vae: VAE, batch: int, seed: int, temperature: float = 1.0) -> np.ndarray:
+    """Noise as the service draws it (vae_contract/pixel_draws.py), for parity checks."""
+    from vae_contract.pixel_draws import sampler_noise
+
+    c, h, w = vae.image_shape
+    return sampler_noise(batch, vae.noise_maps(), c, h, w, np.random.default_rng(seed), temperature)
+
+
+@torch.no_grad()
+def export_sampler(vae: VAE, path: Path, seed: int = 0) -> float:
+    """Write and verify the sampler graph; returns max |onnxruntime - torch| over the parity draws.
+
+    A draw rounds to 8-bit values, so a difference in the last float bit can move a pixel by one level;
+    the check counts pixels off by more than half a level (ExportError if any) and reports the largest
+    difference among the others."""
+    h, w = vae.image_shape[1:]
+    example = (torch.zeros(2, vae.latent_dim), torch.zeros(2, vae.noise_maps(), h, w))
+    _export_graph(SamplerGraph(vae).eval(), example, ["z", "noise"], ["x"], path)
+    session = _ort_session(path)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for batch in PARITY_BATCHES:
+        z = rng.standard_normal((batch, vae.latent_dim), dtype=np.float32)
+        noise = example_noise(vae, batch, seed + batch)
+        (x,) = session.run(None, {"z": z, "noise": noise})
+        ref = vae.draw(torch.from_numpy(z), torch.from_numpy(noise)).numpy()
+        diff = np.abs(x - ref)
+        moved = float((diff > PARITY_TOLERANCE).mean())
+        if moved > 0.01:  # a one-level flip now and then is rounding; more is a different graph
+            raise ExportError(f"sampler: {moved:.2%} of pixels differ between onnxruntime and PyTorch")
+        worst = max(worst, float(diff.max()))
+    return float(f"{worst:.3g}")
+
+
+def publish(source: Path, models_dir: Path | None = None, version: int | None = None) -> Path:
+    """Copy `source` (a version folder) to a new version of the same model with a sampler graph."""
+    source = Path(source)
+    vae, manifest = rebuild(source)
+    models_dir = Path(models_dir) if models_dir is not None else source.parent.parent
+    chosen = version if version is not None else (latest_version(models_dir, manifest.name) or 0) + 1
+    target = models_dir / manifest.name / str(chosen)
+    if target.exists():
+        raise ExportError(f"{target} already exists; model versions are immutable")
+    staging = Path(tempfile.mkdtemp(prefix=f".{chosen}.", dir=target.parent))
+    try:
+        for item in source.iterdir():
+            if item.is_file() and item.name not in (MANIFEST_FILE, "README.md"):
+                shutil.copy2(item, staging / item.name)
+        sampler_path = staging / SAMPLER_FILE
+        diff = export_sampler(vae, sampler_path)
+        parity = {**(manifest.parity or {}), "sampler_max_abs_diff": diff}
+        raw = manifest.model_dump()
+        raw.update(
+            version=chosen,
+            created=datetime.now(UTC),
+            description=f"{manifest.description}; draws pixels from the mixture (sampler.onnx), weights of "
+            f"{manifest.name}/{manifest.version}",
+            sampler=sampler_spec(vae, sampler_path).model_dump(),
+            parity=parity,
+        )
+        published = Manifest.model_validate(raw)
+        write_manifest(staging, published)
+        write_preview(staging, published)
+        verify_model_dir(staging)
+        staging.chmod(0o755)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("published %s (sampler parity %.3g)", target, diff)
+    return target
+
+
+def write_preview(folder: Path, manifest: Manifest) -> None:
+    """`preview.png`: 64 prior draws (seed 0) through the sampler at the default pixel temperature, what
+    /v1/sample answers for n 64 and seed 0."""
+    from vae_contract.imaging import encode_png, make_grid
+    from vae_contract.pixel_draws import DEFAULT_PIXEL_TEMPERATURE, pixel_rng, sampler_noise
+
+    assert manifest.sampler is not None
+    c, h, w = manifest.image.shape
+    maps = manifest.sampler.inputs[1].shape[1]
+    assert isinstance(maps, int)
+    # N(0, I) with seed 0, as the service draws the latents of /v1/sample (service/inference/model.py)
+    z = np.random.default_rng(0).standard_normal((64, manifest.latent_dim), dtype=np.float32)
+    noise = sampler_noise(64, maps, c, h, w, pixel_rng(0), DEFAULT_PIXEL_TEMPERATURE)
+    (images,) = _ort_session(folder / manifest.sampler.file).run(None, {"z": z, "noise": noise})
+    (folder / PREVIEW_FILE).write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path, help="a version folder, e.g. models/emoji/4")
+    parser.add_argument("--version", type=int, default=None, help="the new version (default: latest + 1)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(publish(args.source, version=args.version))
+
+
+if __name__ == "__main__":
+    main()
