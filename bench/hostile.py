@@ -55,21 +55,12 @@ from hostile_inputs import (  # noqa: E402
     ztxt_chunks,
 )
 
+from bench.ports import free_port  # noqa: E402
+from bench.servers import cli_module  # noqa: E402
 from service.grpc import grpc_predict_v2_pb2 as pb  # noqa: E402
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 
 MB = 1 << 20
-
-
-def _cli_module(source: Path) -> str:
-    """`vae-serve`'s module in that source tree (it moved into service/server/)."""
-    return "service.server.cli" if (source / "service" / "server" / "cli.py").is_file() else "service.cli"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status(pid: int, key: str) -> int:
@@ -81,7 +72,7 @@ def _status(pid: int, key: str) -> int:
 
 class Target:
     def __init__(self, source: Path, models: Path, env: dict[str, str]):
-        self.http_port, self.grpc_port = _free_port(), _free_port()
+        self.http_port, self.grpc_port = free_port(), free_port()
         self.log = models.parent / "server.log"
         full = {
             **os.environ, "PYTHONPATH": str(source), "VAE_MODELS_DIR": str(models), "VAE_PROVIDER": "cpu",
@@ -90,7 +81,7 @@ class Target:
         }  # fmt: skip
         with self.log.open("wb") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", _cli_module(source)],
+                [sys.executable, "-m", cli_module(source)],
                 env=full,
                 cwd=source,
                 stdout=sink,

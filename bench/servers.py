@@ -25,6 +25,12 @@ from bench.ports import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cli_module(source: Path) -> str:
+    """`vae-serve`'s module in that source tree (it moved into service/server/), so an older checkout can be
+    measured beside this one."""
+    return "service.server.cli" if (source / "service" / "server" / "cli.py").is_file() else "service.cli"
+
+
 @dataclass
 class Server:
     """A server subprocess in its own process group, on loopback, logging to a file."""

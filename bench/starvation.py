@@ -17,7 +17,6 @@ import asyncio
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,18 +27,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench.ports import free_port
+from bench.servers import cli_module
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cli_module(source: Path) -> str:
-    """`vae-serve`'s module in that source tree (it moved into service/server/)."""
-    return "service.server.cli" if (source / "service" / "server" / "cli.py").is_file() else "service.cli"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _emoji_pngs(n: int) -> list[str]:
@@ -114,7 +105,7 @@ def main() -> None:
     parser.add_argument("--request-timeout-s", type=float, default=10)
     parser.add_argument("--probe-interval-s", type=float, default=0.05)
     args = parser.parse_args()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ, "PYTHONPATH": str(args.source.resolve()), "VAE_MODELS_DIR": str(ROOT / "models"),
         "VAE_MODELS": "emoji,mnist", "VAE_PROVIDER": "cpu", "VAE_PORT": str(port), "VAE_GRPC_PORT": "0",
@@ -123,7 +114,7 @@ def main() -> None:
     }  # fmt: skip
     log = Path("/tmp") / f"vae-starvation-{port}.log"
     with log.open("wb") as sink:
-        argv = [sys.executable, "-m", _cli_module(args.source)]
+        argv = [sys.executable, "-m", cli_module(args.source)]
         proc = subprocess.Popen(argv, env=env, cwd=args.source, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
