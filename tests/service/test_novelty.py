@@ -4,7 +4,6 @@ data that MNIST digits are more novel than Fashion-MNIST test images under the c
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import shutil
@@ -222,22 +221,18 @@ def test_nan_alpha_in_a_form_is_a_422(client, digit_pngs):
 # --- real data: the committed fashion model -----------------------------------------------------------------
 
 
-def _fashion_test(data_dir: Path) -> np.ndarray:
-    path = data_dir / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"
-    if not path.is_file():
-        pytest.skip(f"{path} missing: run `make data`")
-    return np.frombuffer(gzip.decompress(path.read_bytes()), np.uint8, offset=16).reshape(-1, 28, 28)
+FASHION_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fashion" / "t10k-evaluation-20.npz"
 
 
-def test_mnist_digits_are_more_novel_than_fashion_test_images_under_the_fashion_model(
-    tmp_path, data_dir, mnist_arrays
-):
+def test_mnist_digits_are_more_novel_than_fashion_test_images_under_the_fashion_model(tmp_path, mnist_arrays):
     from training.novelty import held_out_split
 
     shutil.copytree(MODELS / "fashion" / "1", tmp_path / "fashion" / "1")
-    fashion = _fashion_test(data_dir)
-    _, evaluate = held_out_split(len(fashion))  # images the calibration file never saw
-    inside = [encode_png_b64(encode_png(fashion[i][None] / 255.0)) for i in evaluate[:20]]
+    with np.load(FASHION_FIXTURE, allow_pickle=False) as npz:
+        fashion, indices = npz["images"], npz["indices"]
+    _, evaluate = held_out_split(10_000)
+    assert set(indices.tolist()) <= set(np.asarray(evaluate).tolist())  # images calibration never saw
+    inside = [encode_png_b64(encode_png(image[None] / 255.0)) for image in fashion]
     digits = [encode_png_b64(encode_png(x / 255.0)) for x in mnist_arrays["x_test"][:20]]
     with serve(tmp_path, default_model="fashion") as c:
         own = c.post("/v1/reconstruct", json={"images": inside}).json()
