@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.load import LoadResult, RequestSpec, run_load_sync
 from bench.scenarios import default_model, json_body
-from bench.servers import ROOT, Server, floor_server, naive_server
+from bench.servers import ROOT, Server, cli_module, floor_server, naive_server
 from bench.wrk import available as wrk_available
 from bench.wrk import run_wrk
 
@@ -39,8 +39,10 @@ TARGETS = ["ours", "base", "naive", "floor-http", "floor-work"]
 
 
 def _service(name: str, source: Path, args: argparse.Namespace, model: str) -> Server:
-    argv = [sys.executable, "-m", "service.server.cli", "--host", "127.0.0.1", "--port", "{port}"]
-    argv += ["--models-dir", str(args.models_dir.resolve())]
+    argv = [sys.executable, "-m", cli_module(source), "--host", "127.0.0.1", "--port", "{port}"]
+    # Each checkout serves its own models folder: an older service refuses manifests that name newer files.
+    models_dir = args.models_dir if source.resolve() == ROOT else source / "models"
+    argv += ["--models-dir", str(models_dir.resolve())]
     if args.workers:
         argv += ["--workers", str(args.workers)]
     env = {"VAE_DEFAULT_MODEL": model, "VAE_PROVIDER": "cpu"}  # otherwise the defaults, access log included
