@@ -53,12 +53,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     grpc_server = None
     if settings.grpc_port:
         from service.grpc.server import start as start_grpc  # grpcio is imported only when gRPC is on
-        from service.server.workers import Plan
 
-        plan = Plan.from_env()  # `--workers N`: the processes share the gRPC port on purpose
-        grpc_server = await start_grpc(
-            registry, settings, state.metrics, shared_port=plan is not None and plan.workers > 1
-        )
+        # Under `vae-serve --workers N` the processes share the gRPC port on purpose (their plan, set by
+        # service.server.workers before this lifespan runs).
+        shared_port = state.serving is not None and state.serving["workers"] > 1
+        grpc_server = await start_grpc(registry, settings, state.metrics, shared_port=shared_port)
         state.grpc_port = grpc_server.port
     watcher = None
     if settings.reload_interval_s > 0:

@@ -159,6 +159,53 @@ def _ort_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def sampler_spec(vae: VAE, path: Path) -> GraphSpec:
+    c, h, w = vae.image_shape
+    return GraphSpec(
+        file=path.name,
+        sha256=sha256_file(path),
+        inputs=[
+            TensorSpec(name="z", shape=["batch", vae.latent_dim]),
+            TensorSpec(name="noise", shape=["batch", vae.noise_maps(), h, w]),
+        ],
+        outputs=[TensorSpec(name="x", shape=["batch", c, h, w])],
+    )
+
+
+def example_noise(vae: VAE, batch: int, seed: int, temperature: float = 1.0) -> np.ndarray:
+    """Noise as the service draws it (vae_contract/pixel_draws.py), for parity checks."""
+    from vae_contract.pixel_draws import sampler_noise
+
+    c, h, w = vae.image_shape
+    return sampler_noise(batch, vae.noise_maps(), c, h, w, np.random.default_rng(seed), temperature)
+
+
+@torch.no_grad()
+def export_sampler(vae: VAE, path: Path, seed: int = 0) -> float:
+    """Write and verify the sampler graph; returns max |onnxruntime - torch| over the parity draws.
+
+    A draw rounds to 8-bit values, so a difference in the last float bit can move a pixel by one level;
+    the check counts pixels off by more than half a level (ExportError if any) and reports the largest
+    difference among the others."""
+    h, w = vae.image_shape[1:]
+    example = (torch.zeros(2, vae.latent_dim), torch.zeros(2, vae.noise_maps(), h, w))
+    _export_graph(SamplerGraph(vae).eval(), example, ["z", "noise"], ["x"], path)
+    session = _ort_session(path)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for batch in PARITY_BATCHES:
+        z = rng.standard_normal((batch, vae.latent_dim), dtype=np.float32)
+        noise = example_noise(vae, batch, seed + batch)
+        (x,) = session.run(None, {"z": z, "noise": noise})
+        ref = vae.draw(torch.from_numpy(z), torch.from_numpy(noise)).numpy()
+        diff = np.abs(x - ref)
+        moved = float((diff > PARITY_TOLERANCE).mean())
+        if moved > 0.01:  # a one-level flip now and then is rounding; more is a different graph
+            raise ExportError(f"sampler: {moved:.2%} of pixels differ between onnxruntime and PyTorch")
+        worst = max(worst, float(diff.max()))
+    return float(f"{worst:.3g}")
+
+
 def _max_abs_diff(what: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
     """Max |a - b|, refusing non-finite outputs: a NaN difference would otherwise compare as "within
     tolerance" (every comparison with NaN is false, so a running max() silently skips it)."""
@@ -444,8 +491,6 @@ def _assemble(
             outputs=[TensorSpec(name="nll", shape=["batch"])],
         )
         # The model's draws from p(x | z), pixel group after pixel group (the decoder returns their means).
-        from training.sampler_version import export_sampler, sampler_spec
-
         sampler_path = staging / SAMPLER_FILE
         parity["sampler_max_abs_diff"] = export_sampler(vae, sampler_path)
         sampler = sampler_spec(vae, sampler_path)
