@@ -1,7 +1,7 @@
 """The hot path against the router in one process: CPU per one-latent decode through the app, no HTTP server.
 
 One app, one event loop; blocks of requests alternately through the hot path (service.http.hot_path) and
-through FastAPI's usual stack (the same app with its hot path switched off), the order flipping every block,
+through the router's matching and FastAPI's handler (the same app with its hot path switched off), the order flipping every block,
 so a neighbour's load falls on both alike. CPU time of the process and of the event loop's thread, per
 request, and the number of Python calls per request (cProfile, a second pass), which no load moves.
 
@@ -82,17 +82,18 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _compare(args: argparse.Namespace, app: Any) -> dict[str, Any]:
+    from service.http.hot_path import hot_path_of
+
     async with app.router.lifespan_context(app):
         model = app.state.service.registry.get(args.model)
         z = np.random.default_rng(1).standard_normal(model.latent_dim).round(5).tolist()
         scope, body = _request(json.dumps({"latents": [z], "model": model.name}).encode())
-        app.middleware_stack = app.build_middleware_stack()  # as the first call does; with it, the hot path
-        hot = app._hot
+        hot = hot_path_of(app)
         assert hot is not None, "this app has no hot path"
-        paths = {"hot": hot, "router": None}
+        paths = {"hot": True, "router": False}
         answers = set()
         for path in paths.values():
-            app._hot = path
+            hot.enabled = path
             answers.add(await _one(app, scope, body))
         assert len(answers) == 1 and next(iter(answers))[0] == 200, "the two paths answered differently"
         for _ in range(args.warmup):
@@ -100,7 +101,7 @@ async def _compare(args: argparse.Namespace, app: Any) -> dict[str, Any]:
         cpu = {name: [0.0, 0.0] for name in paths}
         for b in range(args.blocks):
             for name in list(paths) if b % 2 == 0 else list(reversed(paths)):
-                app._hot = paths[name]
+                hot.enabled = paths[name]
                 c0, t0 = time.process_time(), time.thread_time()
                 for _ in range(args.block):
                     await _one(app, scope, body)
@@ -108,14 +109,14 @@ async def _compare(args: argparse.Namespace, app: Any) -> dict[str, Any]:
                 cpu[name][1] += time.thread_time() - t0
         calls = {}
         for name, path in paths.items():
-            app._hot = path
+            hot.enabled = path
             profile = cProfile.Profile()
             profile.enable()
             for _ in range(args.block):
                 await _one(app, scope, body)
             profile.disable()
             calls[name] = pstats.Stats(profile).total_calls / args.block
-        app._hot = hot
+        hot.enabled = True
     n = args.blocks * args.block
     rows = {
         name: {"process_cpu_ms": round(1000 * p / n, 4), "thread_cpu_ms": round(1000 * t / n, 4),

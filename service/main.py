@@ -1,5 +1,5 @@
 """Wiring only: settings, data plane, middleware, error handlers, routers, static page; the lifespan (load,
-reload, drain, signals) is `service.lifecycle`, the hot inference requests' way through it
+reload, drain, signals) is `service.lifecycle`, the hot inference requests' lookup in front of the router
 `service.http.hot_path`.
 
 Run with `vae-serve`, or `uvicorn --factory service.main:create_app` (settings from `VAE_*` variables).
@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import __version__, tracing
 from service.config import Settings
 from service.http.error_handlers import install_error_handlers
-from service.http.hot_path import ServiceApp
+from service.http import hot_path
 from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.http.routes import docs, embeddings, health, models, v1, v2
 from service.http.security import ApiKeyMiddleware, document_api_keys
@@ -26,15 +26,18 @@ from service.state import ServiceState
 
 STATIC_DIR = Path(__file__).parent / "static"
 
+# In the router's order. Inference first: the router tries routes in order (an included router's twice, for
+# the one that matches), and no two routers share a path, so the order decides only how much matching a
+# request that misses the hot path costs.
+ROUTERS = (v1.router, embeddings.router, v2.router, health.router, models.router, docs.router)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app. Without settings (uvicorn's factory mode) they are read from the environment."""
     if settings is None:
         settings = Settings()
         configure_logging(settings.log_level, settings.log_json)
-    # FastAPI, plus a shorter way through its own layers for the directly called inference routes (same
-    # middlewares, handlers and error rendering; see service.http.hot_path).
-    app = ServiceApp(
+    app = FastAPI(
         title="VAE Service",
         version=__version__,
         summary="Encode, decode, sample, reconstruct and interpolate with ONNX-exported VAEs.",
@@ -45,14 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state = ServiceState.create(settings)
 
     install_error_handlers(app)
-    # Inference routes first: FastAPI matches a request against the routers in order (twice for the one that
-    # matches), and no two routers share a path, so the order decides only how much matching a request costs.
-    app.include_router(v1.router)
-    app.include_router(embeddings.router)
-    app.include_router(v2.router)
-    app.include_router(health.router)
-    app.include_router(models.router)
-    app.include_router(docs.router)
+    for router in ROUTERS:
+        app.include_router(router)
+    routes = [route for router in ROUTERS for route in router.routes]  # the app's first routes, in order
+    hot_path.install(app, routes)
     app.router.routes.append(docs.assets_mount())
     if STATIC_DIR.is_dir():  # the web page; mounted last so it never shadows an API route
         app.router.routes.append(page_mount(STATIC_DIR))
@@ -60,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: the request context wraps everything, so even a 413 carries a request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_values(), routes=app.router.routes)
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_values(), routes=routes)
         document_api_keys(app)
     if settings.cors_origins:
         app.add_middleware(

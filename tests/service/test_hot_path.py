@@ -1,4 +1,5 @@
-"""The hot path answers exactly as the router and FastAPI's handler do: same status, headers and bytes, for
+"""The hot path (a lookup in front of the router, inside the one middleware stack) answers exactly as the
+router and FastAPI's handler do: same status, headers and bytes, for
 successes and for every kind of refusal, with the same metrics; requests it does not take go the usual way."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from serving import TestClient, make_settings
 
-from service.http.hot_path import HotPath, hot_routes
+from service.http.hot_path import HotPath, hot_path_of
 from service.main import create_app
 
 RID = {"X-Request-ID": "same-id-on-both-paths"}
@@ -39,7 +40,9 @@ def both(models_dir: Path, **overrides: Any) -> Iterator[tuple[TestClient, TestC
     """Two apps with the same settings: as served (hot path on), and with every request taking the router."""
     hot_app = create_app(make_settings(models_dir, **overrides))
     cold_app = create_app(make_settings(models_dir, **overrides))
-    cold_app.serve_hot = False  # type: ignore[attr-defined]
+    hot_path = hot_path_of(cold_app)
+    assert hot_path is not None
+    hot_path.enabled = False
     with TestClient(hot_app) as hot, TestClient(cold_app) as cold:
         yield hot, cold
 
@@ -57,7 +60,9 @@ def post_both(clients: tuple[TestClient, TestClient], path: str, **kwargs: Any) 
 
 
 def test_the_hot_routes_are_the_directly_called_inference_routes(models_dir):
-    table = hot_routes(create_app(make_settings(models_dir)).router.routes)
+    hot_path = hot_path_of(create_app(make_settings(models_dir)))
+    assert hot_path is not None
+    table = hot_path.routes
     posts = {path for method, path in table if method == "POST"}
     assert {"/v1/decode", "/v1/encode", "/v1/sample", "/v1/reconstruct", "/v1/interpolate"} <= posts
     assert "/v1/embeddings" in posts
@@ -174,3 +179,25 @@ def test_metrics_count_hot_requests_under_their_route(models_dir, taken):
     assert value(r'vae_http_requests_total\{method="POST",route="/v1/decode",status="200"\}') == 3
     assert value(r'vae_http_requests_total\{method="POST",route="/v1/decode",status="422"\}') == 1
     assert value(r'vae_http_request_duration_seconds_count\{route="/v1/decode"\}') == 4
+
+
+def test_hot_requests_pass_every_layer_of_the_one_stack(models_dir, taken):
+    """A middleware and an exception handler added after create_app see hot requests too: the lookup sits
+    inside the stack Starlette builds, not beside it."""
+    app = create_app(make_settings(models_dir))
+    seen: list[str] = []
+
+    class Tag:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append(scope["path"])
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Tag)
+    with TestClient(app) as client:
+        assert client.post("/v1/decode", json={"latents": [[0.0] * 8]}).status_code == 200
+        assert client.get("/v1/models").status_code == 200
+    assert seen == ["/v1/decode", "/v1/models"] and taken == ["/v1/decode"]
