@@ -14,8 +14,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__, tracing
 from service.config import Settings
-from service.http.error_handlers import install_error_handlers
 from service.http import hot_path
+from service.http.error_handlers import install_error_handlers
 from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.http.routes import docs, embeddings, health, models, v1, v2
 from service.http.security import ApiKeyMiddleware, document_api_keys

@@ -57,8 +57,9 @@ class HotPath:
             and scope.get("fastapi.telemetry") is None
             and (route := self.routes.get((scope["method"], scope["path"]))) is not None
         ):
+            # The keys the router's match would have set.
             scope.setdefault("router", self.router)
-            scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, {}  # the router's
+            scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, {}
             await self._handle(scope, receive, send)
             return
         await self.fallback(scope, receive, send)
