@@ -2,8 +2,9 @@
 
 One app, one event loop; blocks of requests alternately through the hot path (service.http.hot_path) and
 through the router's matching and FastAPI's handler (the same app with its hot path switched off), the order
-flipping every block, so a neighbour's load falls on both alike. CPU time of the process and of the event loop's thread, per
-request, and the number of Python calls per request (cProfile, a second pass), which no load moves.
+flipping every block, so a neighbour's load falls on both alike. CPU time of the process and of the event
+loop's thread, per request, and the number of Python calls per request (cProfile, a second pass), which no
+load moves.
 
     python -m bench.hot_path_ab --models-dir models --blocks 10 --block 50
 """
