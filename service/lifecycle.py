@@ -27,6 +27,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from service.config import Settings
+from service.state import LIFESPAN_KEY
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The app's lifespan: models loaded and warm before the first request, closed after the last."""
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    """The app's lifespan: models loaded and warm before the first request, closed after the last. Its state
+    (the app's ServiceState under LIFESPAN_KEY) is what the server hands each connection's protocol."""
     state: ServiceState = app.state.service
     registry, settings = state.registry, state.settings
     # Loading verifies hashes and warms sessions up: seconds of blocking work, kept off the event loop so
@@ -57,14 +59,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Under `vae-serve --workers N` the processes share the gRPC port on purpose (their plan, set by
         # service.server.workers before this lifespan runs).
         shared_port = state.serving is not None and state.serving["workers"] > 1
-        grpc_server = await start_grpc(registry, settings, state.metrics, shared_port=shared_port)
+        grpc_server = await start_grpc(
+            registry, settings, state.metrics, clients=state.clients, shared_port=shared_port
+        )
         state.grpc_port = grpc_server.port
     watcher = None
     if settings.reload_interval_s > 0:
         watcher = asyncio.create_task(registry.watch(settings.reload_interval_s), name="model-reload")
     restore = install_signal_handlers(registry, settings.drain_s)
     try:
-        yield
+        yield {LIFESPAN_KEY: state}
     finally:
         restore()
         registry.draining = True

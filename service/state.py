@@ -8,10 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from service import tracing
 from service.config import Settings
 from service.inference import ModelRegistry
 from service.inference.decode_pool import ImagePool
 from service.metrics import Metrics
+from service.open_clients import OpenClients
+
+# The key under which the lifespan hands this state to the server (uvicorn gives each connection's protocol
+# the lifespan's state): the HTTP connection guard reads its limits and reports its connections through it.
+LIFESPAN_KEY = "vae_service"
 
 
 @dataclass
@@ -20,13 +26,15 @@ class ServiceState:
     metrics: Metrics
     registry: ModelRegistry
     image_pool: ImagePool  # threads start on the first image, so an app that never sees one starts none
+    clients: OpenClients  # both ports' open clients, which the batchers ask about
     serving: dict[str, Any] | None = None  # the worker plan, under `vae-serve` (service.server.workers)
     grpc_port: int | None = None  # the bound gRPC port, while gRPC serves
 
     @classmethod
     def create(cls, settings: Settings) -> ServiceState:
-        metrics = Metrics()
-        return cls(settings, metrics, ModelRegistry(settings, metrics), ImagePool.from_settings(settings))
+        metrics, clients = Metrics(), OpenClients()
+        registry = ModelRegistry(settings, metrics, alone=clients.alone, job_observer=tracing.observe_job)
+        return cls(settings, metrics, registry, ImagePool.from_settings(settings), clients)
 
     def close(self) -> None:
         """Stop the decoding threads (the registry closes its sessions and batchers itself)."""

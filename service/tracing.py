@@ -98,17 +98,11 @@ def install(
     for each in [processor] if processor is not None else _processors(environ):
         provider.add_span_processor(each)
     _provider, _tracer = provider, provider.get_tracer("service")
-    from service.inference import batcher
-
-    batcher.job_observer = _observe_job
 
 
 def uninstall() -> None:
     """Flush and turn tracing off again (tests; an app that is shut down)."""
     global _tracer, _provider
-    from service.inference import batcher
-
-    batcher.job_observer = None
     if _provider is not None:
         _provider.shutdown()
     _tracer = _provider = None
@@ -169,10 +163,9 @@ def server_span(name: str, carrier: Mapping[str, str], attributes: Mapping[str, 
         yield current
 
 
-def _observe_job(
-    graph: str, enqueued: float, started: float, finished: float, batch: int, items: int
-) -> None:
-    """Called by the batcher in the request's context for each batch its items ran in (monotonic times)."""
+def observe_job(graph: str, enqueued: float, started: float, finished: float, batch: int, items: int) -> None:
+    """Called by the batcher in the request's context for each batch its items ran in (monotonic times); the
+    registry hands it to every batcher, and it does nothing while tracing is off."""
     if _tracer is None:
         return
     offset = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch nanoseconds

@@ -43,6 +43,7 @@ from service.inference import ModelRegistry
 from service.inference.limits import check_output_names, check_tensor
 from service.inference.oip import EXTENSIONS, GraphRef, bound_response, resolve_graph, run_graph
 from service.metrics import Metrics
+from service.open_clients import OpenClients
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,11 @@ def _version(text: str) -> str | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The six RPCs; method names are the protocol's."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics):
+    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics, clients: OpenClients):
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
+        self.clients = clients
         self.keys = settings.api_key_values()
 
     async def _call(
@@ -91,7 +93,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata = context.invocation_metadata() or ()
         attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
         carrier = {k: v for k, v in metadata if isinstance(v, str)}
-        with tracing.server_span(f"{SERVICE}/{method}", carrier, attributes) as current:
+        with (
+            self.clients.grpc_call(),
+            tracing.server_span(f"{SERVICE}/{method}", carrier, attributes) as current,
+        ):
 
             def count(status: int, code: grpc.StatusCode) -> None:
                 self.metrics.observe_request(f"grpc:{method}", "GRPC", status, time.perf_counter() - started)
@@ -374,11 +379,17 @@ class GrpcServer:
 
 
 async def start(
-    registry: ModelRegistry, settings: Settings, metrics: Metrics, *, shared_port: bool = False
+    registry: ModelRegistry,
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    clients: OpenClients | None = None,
+    shared_port: bool = False,
 ) -> GrpcServer:
     """Bind `settings.host:settings.grpc_port` and start serving; raises if the port cannot be bound.
 
-    `shared_port`: this process is one of `vae-serve --workers N`, which share the port (SO_REUSEPORT)."""
+    `clients`: where the calls in flight are counted (service.open_clients); `shared_port`: this process is
+    one of `vae-serve --workers N`, which share the port (SO_REUSEPORT)."""
     from service.server.connections import connection_shares, fd_budget
 
     max_connections = connection_shares(settings, fd_budget())[1]
@@ -386,7 +397,8 @@ async def start(
         options=server_options(settings, max_connections, shared_port=shared_port),
         maximum_concurrent_rpcs=settings.grpc_max_calls,
     )
-    handlers = _handlers(InferenceServicer(registry, settings, metrics), settings)
+    servicer = InferenceServicer(registry, settings, metrics, clients or OpenClients())
+    handlers = _handlers(servicer, settings)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
     address = _address(settings.host, settings.grpc_port)

@@ -36,20 +36,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import activity
 from service.errors import InferenceFailed, NotReady, Overloaded, ServiceError, Timeout
 
 log = logging.getLogger(__name__)
 
-# Longest call run on the event loop for a request alone in the process (see service.activity).
+# Longest call run on the event loop for a request alone in the process (see service.open_clients).
 ALONE_INLINE_S = 0.002
 
 Outputs = tuple[np.ndarray, ...]
 RunFn = Callable[[np.ndarray], Outputs]
 
-# Set by service.tracing while tracing is on: called in the submitting request's context, once per batch its
-# items ran in, with (name, enqueued, started, finished, batch items, its own items); monotonic seconds.
-job_observer: Callable[[str, float, float, float, int, int], None] | None = None
+# Called in the submitting request's context, once per batch its items ran in, with (name, enqueued, started,
+# finished, batch items, its own items); monotonic seconds. service.tracing's records spans.
+JobObserver = Callable[[str, float, float, float, int, int], None]
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(eq=False)
@@ -85,8 +88,12 @@ class Batcher:
         retry_after_s: int = 1,
         inline_below_s: float = 0.0,
         stats: BatchStats | None = None,
+        alone: Callable[[], bool] | None = None,
+        job_observer: JobObserver | None = None,
     ):
         self.name = name
+        self._alone = alone or _never  # whether the process serves a single client now (service.open_clients)
+        self._job_observer = job_observer
         self._run_fn = run
         self._executor = executor
         self.max_batch_size = max_batch_size
@@ -133,7 +140,7 @@ class Batcher:
         # A lone request on an idle graph runs in its own task: no queue, no wake-up of the worker task and
         # back, so batching costs a lone client nothing. Anything arriving meanwhile queues as usual.
         direct = self.max_delay_s == 0 and len(jobs) == 1 and not self._running and not self._queue
-        limit = self._inline_limit(activity.alone()) if direct else self.inline_below_s
+        limit = self._inline_limit(self._alone()) if direct else self.inline_below_s
         if not direct:
             self._queue.extend(jobs)
             self._queued_items += n
@@ -154,9 +161,11 @@ class Batcher:
                     job.future.cancel()  # tells the worker to skip what has not run yet
                 elif not job.future.cancelled():
                     job.future.exception()  # mark a sibling chunk's failure as seen
-        if job_observer is not None:
+        if self._job_observer is not None:
             for job in jobs:
-                job_observer(self.name, job.enqueued, job.started, job.finished, job.batch_items, len(job.x))
+                self._job_observer(
+                    self.name, job.enqueued, job.started, job.finished, job.batch_items, len(job.x)
+                )
         if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate(rows) for rows in zip(*parts, strict=True))

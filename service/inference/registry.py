@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from service.config import Settings
 from service.errors import ModelNotFound, NotReady, shown
-from service.inference.batcher import Batcher, BatchStats
+from service.inference.batcher import Batcher, BatchStats, JobObserver
 from service.inference.model import VAEModel
 from service.inference.model_files import ModelFileError, check_external_data, check_file_sizes
 from service.inference.runtime import Graph, ModelLoadError, session_options
@@ -73,9 +73,18 @@ Stamp = tuple[tuple[str, int, int], ...]
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        alone: Callable[[], bool] | None = None,
+        job_observer: JobObserver | None = None,
+    ):
+        """`alone` and `job_observer` are handed to every batcher (service.inference.batcher)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self._alone, self._job_observer = alone, job_observer
         self.models: dict[str, VAEModel] = {}  # per model, the newest loaded version: unpinned requests
         self.versions: dict[str, dict[int, VAEModel]] = {}  # per model, every loaded version
         self.failures: dict[str, str] = {}
@@ -293,6 +302,8 @@ class ModelRegistry:
             retry_after_s=s.retry_after_s,
             inline_below_s=s.inline_run_us / 1e6,
             stats=stats,
+            alone=self._alone,
+            job_observer=self._job_observer,
         )
 
     # --- state ---------------------------------------------------------------------------------------------

@@ -41,10 +41,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service import activity
 from service.config import Settings
 from service.errors import ErrorType, error_body
 from service.server.response_writes import hold_head
+from service.state import LIFESPAN_KEY
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +73,6 @@ class ConnectionLimits:
             send_timeout_s=settings.send_timeout_s,
             max_connections=connection_shares(settings, fd_budget())[0],
         )
-
-
-_limits: ConnectionLimits | None = None
-
-
-def connection_limits() -> ConnectionLimits:
-    """This process's limits, read once from the `VAE_*` environment (every uvicorn worker reads the same)."""
-    global _limits
-    if _limits is None:
-        _limits = ConnectionLimits.from_settings(Settings())
-    return _limits
-
-
-def use_limits(limits: ConnectionLimits | None) -> None:
-    """Set this process's limits explicitly (None: read them from the environment at the next connection)."""
-    global _limits
-    _limits = limits
 
 
 # --- file descriptors ---------------------------------------------------------------------------------------
@@ -150,9 +133,10 @@ class _Guard:
     """What all connections of one server share: the idle connections in the order they went idle, and the
     rate-limited log of refusals."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any], limits: ConnectionLimits):
         self.loop = loop
         self.connections = connections  # uvicorn's set of open connections
+        self.limits = limits
         self.idle: OrderedDict[GuardedHttpToolsProtocol, None] = OrderedDict()
         self.counts: Counter[str] = Counter()
         self.last_log: dict[str, float] = {}
@@ -188,7 +172,7 @@ class _Guard:
         self.timers.pop(what, None)
         if count := self.counts.pop(what, 0):
             log.warning(
-                "shedding connections (cap %d, %d open): %s: %d", connection_limits().max_connections,
+                "shedding connections (cap %d, %d open): %s: %d", self.limits.max_connections,
                 len(self.connections), what, count,
             )  # fmt: skip
             self.last_log[what] = self.loop.time()
@@ -208,10 +192,19 @@ class _DropParserWarnings(logging.Filter):
 _drop_parser_warnings = _DropParserWarnings()
 
 
-def _guard_for(server_state: Any, loop: asyncio.AbstractEventLoop) -> _Guard:
+def _guard_for(server_state: Any, loop: asyncio.AbstractEventLoop, app_state: dict[str, Any]) -> _Guard:
+    """The guard of one server, made at its first connection from the app's settings, which the lifespan
+    hands over in its state (uvicorn passes that state to every connection's protocol)."""
     guard = _guards.get(server_state)
     if guard is None:
-        guard = _guards[server_state] = _Guard(loop, server_state.connections)
+        service = app_state.get(LIFESPAN_KEY)
+        if service is None:
+            raise RuntimeError(
+                "GuardedHttpToolsProtocol serves service.main's app, whose lifespan hands over its settings"
+            )
+        limits = ConnectionLimits.from_settings(service.settings)
+        guard = _guards[server_state] = _Guard(loop, server_state.connections, limits)
+        service.clients.watch_http(server_state.connections)  # a lone client's calls skip the thread hop
     return guard
 
 
@@ -233,9 +226,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = connection_limits()
+        self.guard = _guard_for(self.server_state, self.loop, self.app_state)
+        self.limits = self.guard.limits
         self.timeout_keep_alive = self.limits.idle_timeout_s  # type: ignore[assignment]
-        self.guard = _guard_for(self.server_state, self.loop)
         if _drop_parser_warnings not in self.logger.filters:
             self.logger.addFilter(_drop_parser_warnings)
         self._refused = False
@@ -267,7 +260,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
-        activity.watch(self.connections)  # a lone connection's calls skip the batcher's thread hop
         self._go_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -278,7 +278,7 @@ def test_a_lone_request_runs_in_its_own_task_and_what_arrives_meanwhile_forms_th
 def test_a_request_alone_in_the_process_runs_on_the_event_loop(run_clock):
     """With one open connection nothing can join a batch, so the call skips the thread hop; with two, the
     usual rule (here: the thread, since the measured run is slower than inline_below_s)."""
-    from service import activity
+    from service.open_clients import OpenClients
 
     threads: list[str] = []
 
@@ -287,18 +287,37 @@ def test_a_request_alone_in_the_process_runs_on_the_event_loop(run_clock):
         run_clock.now += 0.001  # slower than inline_below_s below, far below the alone limit
         return (x,)
 
-    batcher = make(run, max_delay_s=0.0, inline_below_s=0.0001)
+    clients = OpenClients()
+    batcher = make(run, max_delay_s=0.0, inline_below_s=0.0001, alone=clients.alone)
 
     async def main(connections: list[object]) -> None:
-        activity.watch(connections)
+        clients.watch_http(connections)
         for i in range(3):
             await batcher.submit(rows(i, 1))
 
-    try:
-        asyncio.run(main([object(), object()]))  # two connections: the first run measures, all on the thread
-        asyncio.run(main([object()]))  # one connection: on the loop
-    finally:
-        activity.watch(None)
+    asyncio.run(main([object(), object()]))  # two connections: the first run measures, all on the thread
+    asyncio.run(main([object()]))  # one connection: on the loop
     loop_thread = threading.main_thread().name
     assert all(name != loop_thread for name in threads[:3])
     assert threads[3:] == [loop_thread] * 3
+
+
+def test_both_ports_count_towards_a_lone_client():
+    """One HTTP connection or one gRPC call in flight is alone; one of each is not (they share the loop)."""
+    from service.open_clients import OpenClients
+
+    clients = OpenClients()
+    assert not clients.alone()  # no HTTP guard has handed its set over: never alone
+    connections: set[object] = set()
+    clients.watch_http(connections)
+    assert clients.alone()
+    connections.add(object())
+    assert clients.alone()
+    with clients.grpc_call():
+        assert not clients.alone()
+    connections.clear()
+    with clients.grpc_call():
+        assert clients.alone()
+        with clients.grpc_call():
+            assert not clients.alone()
+    assert clients.alone()

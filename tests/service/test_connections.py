@@ -233,3 +233,41 @@ def test_sockets_beyond_the_connection_cap_never_lock_a_new_client_out(tmp_path)
     assert "closed idle to admit a new one" in text and "refused at the cap (none idle)" in text
     assert text.count("shedding connections") <= 4  # rate-limited: a line per kind and 10 s, not per socket
     assert "Traceback" not in text
+
+
+def test_the_guard_tells_the_batchers_how_many_clients_are_open(tmp_path):
+    """The lifespan hands the app's state to uvicorn, which gives it to every connection's protocol: the guard
+    reads its limits there and reports the open connections, which decide whether a call is alone."""
+    import threading
+
+    import uvicorn
+
+    from service.config import Settings
+    from service.main import create_app
+    from service.server.connections import GuardedHttpToolsProtocol
+
+    settings = Settings(models_dir=committed_model(tmp_path), provider="cpu", grpc_port=0, reload_interval_s=0)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, http=GuardedHttpToolsProtocol, lifespan="on", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        clients = app.state.service.clients
+        assert not clients.alone()  # no connection yet: the guard has not reported anything
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as first:
+            assert first.get("/healthz").status_code == 200
+            assert clients.alone()
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as second:
+                assert second.get("/healthz").status_code == 200
+                assert not clients.alone()
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -91,21 +91,18 @@ def test_graceful_timeout_covers_the_longest_request():
 
 def test_refusals_are_logged_at_once_then_once_per_interval(monkeypatch, caplog):
     monkeypatch.setattr(connections, "LOG_INTERVAL_S", 0.2)
-    connections.use_limits(connections.ConnectionLimits(5, 10, 32768, 15, 30, 64))
+    limits = connections.ConnectionLimits(5, 10, 32768, 15, 30, 64)
 
     async def main() -> None:
-        guard = connections._Guard(asyncio.get_running_loop(), set())
+        guard = connections._Guard(asyncio.get_running_loop(), set(), limits)
         for _ in range(50):
             guard.note("slow headers")
         guard.note("stalled body")
         # One interval (0.2 s) later the 49 held back are written as one line, the third.
         await until(lambda: len(caplog.records) >= 3, 5)
 
-    try:
-        with caplog.at_level(logging.WARNING, logger="service.server.connections"):
-            asyncio.run(main())
-    finally:
-        connections.use_limits(None)
+    with caplog.at_level(logging.WARNING, logger="service.server.connections"):
+        asyncio.run(main())
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "shedding connections (cap 64, 0 open): slow headers: 1",
