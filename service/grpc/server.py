@@ -33,15 +33,15 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from service import __version__, tracing
+from service import tracing
 from service.api_keys import key_matches, offered_key
 from service.config import Settings
 from service.errors import CLIENT_CLOSED, ErrorType, InvalidInput, ServiceError, Timeout, Unauthorized, shown
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.inference import ModelRegistry
+from service.inference import ModelRegistry, oip
 from service.inference.limits import check_output_names, check_tensor
-from service.inference.oip import EXTENSIONS, GraphRef, bound_response, resolve_graph, run_graph
+from service.inference.oip import resolve_graph
 from service.metrics import Metrics
 from service.open_clients import OpenClients
 
@@ -151,7 +151,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            return pb.ServerMetadataResponse(name="vae-service", version=__version__, extensions=EXTENSIONS)
+            return pb.ServerMetadataResponse(**oip.server_metadata())
 
         return await self._call("ServerMetadata", context, work)
 
@@ -168,17 +168,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            ref = resolve_graph(self.registry, request.name, _version(request.version))
-            inputs, outputs = ref.signature()
-            loaded = self.registry.loaded_versions().get(ref.model.name, [ref.model.manifest.version])
+            meta = oip.model_metadata(self.registry, request.name, _version(request.version))
             tensor = pb.ModelMetadataResponse.TensorMetadata
-            return pb.ModelMetadataResponse(
-                name=ref.oip_name,
-                versions=[str(v) for v in loaded],
-                platform="onnxruntime_onnx",
-                inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in inputs],
-                outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in outputs],
-            )
+            for side in ("inputs", "outputs"):
+                meta[side] = [tensor(**t) for t in meta[side]]
+            return pb.ModelMetadataResponse(**meta)
 
         return await self._call("ModelMetadata", context, work)
 
@@ -186,63 +180,72 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            ref = resolve_graph(self.registry, request.model_name, _version(request.model_version))
-            inputs, outputs = ref.signature()
-            names = [o["name"] for o in outputs]
-            wanted = _wanted_outputs(request, names)
-            x = _input_array(request, inputs[0], self.settings, images=ref.role == "encoder")
-            bound_response(ref, len(x), [(name, True) for name in wanted], self.settings)
-            results = await run_graph(ref, x, self.settings)
+            async def read() -> _GrpcRequest:
+                return _GrpcRequest(request)
+
+            done = await oip.infer(
+                self.registry, self.settings, request.model_name, _version(request.model_version), read
+            )
             with tracing.span("vae.encode_protobuf"):
-                return _response(ref, request.id, wanted, results)
+                return _response(done)
 
         return await self._call("ModelInfer", context, work)
 
 
-def _wanted_outputs(request: Any, names: list[str]) -> list[str]:
-    if not request.outputs:
-        return names
-    chosen = [out.name for out in request.outputs]
-    check_output_names(chosen, names)
-    return chosen
+class _GrpcRequest:
+    """A ModelInferRequest: the one FP32 input in raw_input_contents or in contents; every output comes back
+    in raw_output_contents."""
+
+    def __init__(self, request: Any):
+        self.request = request
+
+    def wanted_outputs(self, names: list[str]) -> list[tuple[str, bool]]:
+        if not self.request.outputs:
+            return [(name, True) for name in names]
+        chosen = [out.name for out in self.request.outputs]
+        check_output_names(chosen, names)
+        return [(name, True) for name in chosen]
+
+    def input_shape(self, want: dict[str, Any], settings: Settings, *, images: bool) -> list[int]:
+        if len(self.request.inputs) != 1:
+            raise InvalidInput(f"expected exactly one input, {want['name']!r}")
+        tensor = self.request.inputs[0]
+        shape = list(tensor.shape)
+        check_tensor(tensor.name, tensor.datatype, shape, want, settings, images=images)
+        return shape
+
+    def input_array(self, shape: list[int]) -> np.ndarray:
+        request = self.request
+        tensor = request.inputs[0]
+        name, count = tensor.name, int(np.prod(shape))
+        typed = tensor.contents.fp32_contents if tensor.HasField("contents") else None
+        if request.raw_input_contents:
+            if typed is not None and len(typed):
+                raise InvalidInput("send the input either in raw_input_contents or in contents, not both")
+            if len(request.raw_input_contents) != 1:
+                raise InvalidInput("raw_input_contents must hold exactly one entry per input")
+            raw = request.raw_input_contents[0]
+            if len(raw) != count * 4:
+                raise InvalidInput(
+                    f"input {shown(name)} has {len(raw)} bytes; shape {shape} of FP32 needs {count * 4}"
+                )
+            array = np.frombuffer(raw, dtype="<f4").reshape(shape)
+        else:
+            if typed is None or len(typed) != count:
+                got = 0 if typed is None else len(typed)
+                raise InvalidInput(
+                    f"input {shown(name)} has {got} fp32_contents values; shape {shape} needs {count}"
+                )
+            array = np.asarray(typed, dtype=np.float32).reshape(shape)
+        return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _input_array(request: Any, want: dict[str, Any], settings: Settings, *, images: bool) -> np.ndarray:
-    """The one FP32 input as float32 of its declared shape, checked against the graph and the limits."""
-    if len(request.inputs) != 1:
-        raise InvalidInput(f"expected exactly one input, {want['name']!r}")
-    tensor = request.inputs[0]
-    name, shape = tensor.name, list(tensor.shape)
-    check_tensor(name, tensor.datatype, shape, want, settings, images=images)
-    count = int(np.prod(shape))
-    typed = tensor.contents.fp32_contents if tensor.HasField("contents") else None
-    if request.raw_input_contents:
-        if typed is not None and len(typed):
-            raise InvalidInput("send the input either in raw_input_contents or in contents, not both")
-        if len(request.raw_input_contents) != 1:
-            raise InvalidInput("raw_input_contents must hold exactly one entry per input")
-        raw = request.raw_input_contents[0]
-        if len(raw) != count * 4:
-            raise InvalidInput(
-                f"input {shown(name)} has {len(raw)} bytes; shape {shape} of FP32 needs {count * 4}"
-            )
-        array = np.frombuffer(raw, dtype="<f4").reshape(shape)
-    else:
-        if typed is None or len(typed) != count:
-            got = 0 if typed is None else len(typed)
-            raise InvalidInput(
-                f"input {shown(name)} has {got} fp32_contents values; shape {shape} needs {count}"
-            )
-        array = np.asarray(typed, dtype=np.float32).reshape(shape)
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _response(ref: GraphRef, request_id: str, wanted: list[str], results: dict[str, np.ndarray]) -> Any:
+def _response(done: oip.Inference[_GrpcRequest]) -> Any:
     response = pb.ModelInferResponse(
-        model_name=ref.oip_name, model_version=str(ref.model.manifest.version), id=request_id
+        model_name=done.ref.oip_name, model_version=done.version, id=done.request.request.id
     )
-    for name in wanted:
-        array = np.ascontiguousarray(results[name], dtype="<f4")
+    for name, _ in done.outputs:
+        array = np.ascontiguousarray(done.results[name], dtype="<f4")
         response.outputs.add(name=name, datatype="FP32", shape=list(array.shape))
         response.raw_output_contents.append(array.tobytes())
     return response

@@ -246,7 +246,9 @@ def test_the_guard_tells_the_batchers_how_many_clients_are_open(tmp_path):
     from service.main import create_app
     from service.server.connections import GuardedHttpToolsProtocol
 
-    settings = Settings(models_dir=committed_model(tmp_path), provider="cpu", grpc_port=0, reload_interval_s=0)
+    settings = Settings(
+        models_dir=committed_model(tmp_path), provider="cpu", grpc_port=0, reload_interval_s=0
+    )
     app = create_app(settings)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, http=GuardedHttpToolsProtocol, lifespan="on", log_level="warning"

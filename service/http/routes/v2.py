@@ -21,15 +21,15 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from service import __version__
 from service.config import Settings
 from service.errors import InvalidInput, ModelNotFound, Unauthorized, shown
 from service.http.deadline import DeadlineRoute
 from service.http.deps import registry_of, settings_of
 from service.http.error_handlers import INFERENCE_ERRORS, responses
 from service.http.paths import V2
+from service.inference import oip
 from service.inference.limits import check_output_names, check_tensor
-from service.inference.oip import EXTENSIONS, bound_response, resolve_graph, run_graph
+from service.inference.oip import resolve_graph
 
 router = APIRouter(prefix=V2, tags=["Open Inference Protocol (v2)"], route_class=DeadlineRoute)
 
@@ -47,7 +47,7 @@ def _json(content: Any, status: int = 200) -> Response:
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> Response:
-    return _json({"name": "vae-service", "version": __version__, "extensions": EXTENSIONS})
+    return _json(oip.server_metadata())
 
 
 @router.get("/health/live", summary="Liveness")
@@ -66,19 +66,7 @@ async def ready(request: Request) -> Response:
     "/models/{model_name}/versions/{version}", summary="Model metadata (versioned)", responses=_META_ERRORS
 )
 async def model_metadata(request: Request, model_name: str, version: str | None = None) -> Response:
-    registry = registry_of(request)
-    ref = resolve_graph(registry, model_name, version)
-    inputs, outputs = ref.signature()
-    loaded = registry.loaded_versions().get(ref.model.name, [ref.model.manifest.version])
-    return _json(
-        {
-            "name": ref.oip_name,
-            "versions": [str(v) for v in loaded],
-            "platform": "onnxruntime_onnx",
-            "inputs": inputs,
-            "outputs": outputs,
-        }
-    )
+    return _json(oip.model_metadata(registry_of(request), model_name, version))
 
 
 @router.get("/models/{model_name}/ready", summary="Model readiness", responses=_META_ERRORS)
@@ -210,28 +198,41 @@ def _wanted_outputs(request: dict[str, Any], names: list[str]) -> list[tuple[str
     "/models/{model_name}/versions/{version}/infer", summary="Inference (versioned)", responses=_INFER_ERRORS
 )
 async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
-    settings = settings_of(request)
-    ref = resolve_graph(registry_of(request), model_name, version)
-    body, binary = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-    request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput("id must be a string")
-    inputs, outputs = ref.signature()
-    wanted = _wanted_outputs(body, [o["name"] for o in outputs])
-    tensor, shape = _input_header(body, inputs[0], settings, images=ref.role == "encoder")
-    bound_response(ref, shape[0], wanted, settings)
-    x = _input_data(tensor, shape, binary)
-    results = await run_graph(ref, x, settings)
-    header: dict[str, Any] = {
-        "model_name": ref.oip_name,
-        "model_version": str(ref.model.manifest.version),
-        "outputs": [],
-    }
-    if request_id is not None:
-        header["id"] = request_id
+    async def read() -> _RestRequest:
+        return _RestRequest(await request.body(), request.headers.get(HEADER_LENGTH))
+
+    return _encode(await oip.infer(registry_of(request), settings_of(request), model_name, version, read))
+
+
+class _RestRequest:
+    """An infer body as the binary tensor extension lays it out: JSON, then the binary inputs."""
+
+    def __init__(self, body: bytes, header_length: str | None):
+        self.json, self.binary = _split_body(body, header_length)
+        self.id = self.json.get("id")
+        if self.id is not None and not isinstance(self.id, str):
+            raise InvalidInput("id must be a string")
+        self._tensor: dict[str, Any] = {}
+
+    def wanted_outputs(self, names: list[str]) -> list[tuple[str, bool]]:
+        return _wanted_outputs(self.json, names)
+
+    def input_shape(self, want: dict[str, Any], settings: Settings, *, images: bool) -> list[int]:
+        self._tensor, shape = _input_header(self.json, want, settings, images=images)
+        return shape
+
+    def input_array(self, shape: list[int]) -> np.ndarray:
+        return _input_data(self._tensor, shape, self.binary)
+
+
+def _encode(done: oip.Inference[_RestRequest]) -> Response:
+    """The answer: JSON, followed by the outputs asked for as binary."""
+    header: dict[str, Any] = {"model_name": done.ref.oip_name, "model_version": done.version, "outputs": []}
+    if done.request.id is not None:
+        header["id"] = done.request.id
     chunks: list[bytes] = []
-    for name, as_binary in wanted:
-        array = np.ascontiguousarray(results[name], dtype="<f4")
+    for name, as_binary in done.outputs:
+        array = np.ascontiguousarray(done.results[name], dtype="<f4")
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
         if as_binary:
             raw = array.tobytes()
