@@ -98,7 +98,7 @@ class DatasetSpec(_Strict):
 
 
 class PriorSpec(_Strict):
-    """A prior other than N(0, I); a manifest without `prior` means N(0, I), as every older manifest does.
+    """A prior other than N(0, I); a manifest without `prior` means N(0, I).
 
     mixture_of_gaussians: a diagonal Gaussian mixture of `components` components whose means, log-variances
     and weights are in `file` (a float32 .npy array (K, 2 latent_dim + 1), layout in vae_contract/priors.py).

@@ -264,7 +264,7 @@ def create_worker_app() -> Any:
     app = create_app()
     # Everything imported and built so far (FastAPI, pydantic schemas, numpy, onnxruntime bindings: ~70,000
     # objects) lives as long as the process: keep it out of the collector's full passes, which otherwise
-    # stall the event loop for 30-90 ms each (measured on the 2-core host) and show up as p99 spikes.
+    # stall the event loop for tens of milliseconds each and show up as p99 spikes.
     gc.freeze()
     if plan is not None:
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if plan.device == "cuda" else None
