@@ -137,6 +137,11 @@ class TrainConfig:
     grad_clip: float = option(
         0.0, ">0: clip the gradient norm (guards deep/IWAE models against rare spikes and divergence)"
     )
+    init_from: str = option(
+        "",
+        "a checkpoint (.pt) or a published version folder whose weights start this run instead of a random "
+        "init (fine-tuning with other loss options, e.g. free bits); the architecture must match",
+    )
     seed: int = option(1, "fixes init, shuffling, noise and binarization: the same seed gives the same run")
     threads: int = option(0, "torch intra-op threads; 0 keeps torch's default (all cores)")
     device: Device = option("cpu", "auto takes cuda when available; results agree up to float noise")
