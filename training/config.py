@@ -139,8 +139,7 @@ class TrainConfig:
     )
     init_from: str = option(
         "",
-        "a checkpoint (.pt) or a published version folder whose weights start this run instead of a random "
-        "init (fine-tuning with other loss options, e.g. free bits); the architecture must match",
+        "fine-tuning: start from the weights of a checkpoint (.pt) or a version folder (same architecture)",
     )
     seed: int = option(1, "fixes init, shuffling, noise and binarization: the same seed gives the same run")
     threads: int = option(0, "torch intra-op threads; 0 keeps torch's default (all cores)")
