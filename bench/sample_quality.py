@@ -15,7 +15,9 @@ Columns:
   pixels and channels) over that of the real test images: 1 is as sharp as real, below 1 blurrier;
 - `recognised`: class-conditional samples (the manifest's per-class Gaussians, `label` on /v1/sample) the
   classifier labels as the class asked for; for `real train`, the classifier's accuracy on the real test
-  images (what a perfect conditional generator would score).
+  images (what a perfect conditional generator would score);
+- `MLP`: the same samples labelled by the model cards' classifier (`training.class_gaussians`' small MLP,
+  3 epochs on the real training images), so that the cards' recognition figures compare like for like.
 
 Every image comes from the service's data plane (`VAEModel.sample`, as /v1/sample answers, seeded), so the
 table measures what clients get. Also the cost: milliseconds per image of a batch of 64 through the decoder
@@ -90,6 +92,24 @@ def features_and_labels(net: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
             feats.append(f.numpy().astype(np.float64))
             labels.append(head(f).argmax(1).numpy())
     return np.concatenate(feats), np.concatenate(labels)
+
+
+def _card_classifier(x: np.ndarray, y: np.ndarray, classes: int) -> Any:
+    """The model cards' classifier: `python -m training.class_gaussians`' MLP, trained as it trains it."""
+    import torch
+
+    from training.class_gaussians import train_classifier as train_mlp
+
+    return train_mlp(torch.from_numpy(np.ascontiguousarray(x)), y, classes)
+
+
+def _mlp_labels(net: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        chunks = [x[i : i + 1000] for i in range(0, len(x), 1000)]
+        labels = [net(torch.from_numpy(np.ascontiguousarray(c))).argmax(1).numpy() for c in chunks]
+    return np.concatenate(labels)
 
 
 # --- the statistics ----------------------------------------------------------------------------------------
@@ -219,8 +239,10 @@ def measure(
     test_accuracy = float(np.mean(real_pred == data.y_test))
     real_feats = features_and_labels(net, real)[0]
     real_energy = gradient_energy(real)
+    mlp = _card_classifier(x_train, data.y_train, int(data.y_train.max()) + 1)
+    mlp_accuracy = float(np.mean(_mlp_labels(mlp, x_test) == data.y_test))
 
-    def row(images: np.ndarray, recognised: float | None) -> dict[str, Any]:
+    def row(images: np.ndarray, recognised: tuple[float, float] | None) -> dict[str, Any]:
         feats = features_and_labels(net, images)[0]
         precision, recall = precision_recall(real_feats, feats)
         return {
@@ -228,16 +250,18 @@ def measure(
             "precision": round(precision, 3),
             "recall": round(recall, 3),
             "sharpness": round(gradient_energy(images) / real_energy, 3),
-            "recognised": None if recognised is None else round(recognised, 3),
+            "recognised": None if recognised is None else round(recognised[0], 3),
+            "recognised_mlp": None if recognised is None else round(recognised[1], 3),
         }
 
-    def recognised(pixel_temperature: float | None) -> float | None:
+    def recognised(pixel_temperature: float | None) -> tuple[float, float] | None:
         if vae.classes is None:
             return None
         images, labels = conditional_images(vae, per_class, 1000, pixel_temperature)
-        return float(np.mean(features_and_labels(net, images)[1] == labels))
+        cnn = float(np.mean(features_and_labels(net, images)[1] == labels))
+        return cnn, float(np.mean(_mlp_labels(mlp, images) == labels))
 
-    rows = {"real train": row(train_subset, test_accuracy)}
+    rows = {"real train": row(train_subset, (test_accuracy, mlp_accuracy))}
     rows["mean"] = row(prior_images(vae, n, 0, None), recognised(None))
     if vae.can_draw():
         for t in temperatures:
@@ -246,6 +270,7 @@ def measure(
         "model": f"{vae.name}/{vae.manifest.version}",
         "images": n,
         "classifier": {"steps": steps, "test_accuracy": round(test_accuracy, 4), "seconds": round(trained_s)},
+        "card_classifier_test_accuracy": round(mlp_accuracy, 4),
         "rows": rows,
         "ms_per_image_batch_64": cost_ms_per_image(vae),
     }
@@ -258,13 +283,13 @@ def markdown(name: str, report: dict[str, Any]) -> str:
         f"{report['classifier']['test_accuracy']:.3f}; ms/image at batch 64: "
         f"{report['ms_per_image_batch_64']})",
         "",
-        "| images | FD | precision | recall | sharpness | recognised |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| images | FD | precision | recall | sharpness | recognised | MLP |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, r in report["rows"].items():
-        rec = "" if r["recognised"] is None else f"{r['recognised']:.3f}"
+        rec = [("" if r[key] is None else f"{r[key]:.3f}") for key in ("recognised", "recognised_mlp")]
         cells = [label, f"{r['FD']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"]
-        lines.append("| " + " | ".join([*cells, f"{r['sharpness']:.3f}", rec]) + " |")
+        lines.append("| " + " | ".join([*cells, f"{r['sharpness']:.3f}", *rec]) + " |")
     return "\n".join(lines)
 
 

@@ -137,6 +137,10 @@ class TrainConfig:
     grad_clip: float = option(
         0.0, ">0: clip the gradient norm (guards deep/IWAE models against rare spikes and divergence)"
     )
+    init_from: str = option(
+        "",
+        "fine-tuning: start from the weights of a checkpoint (.pt) or a version folder (same architecture)",
+    )
     seed: int = option(1, "fixes init, shuffling, noise and binarization: the same seed gives the same run")
     threads: int = option(0, "torch intra-op threads; 0 keeps torch's default (all cores)")
     device: Device = option("cpu", "auto takes cuda when available; results agree up to float noise")

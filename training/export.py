@@ -532,6 +532,8 @@ def _assemble(
         **_conditional_fields(extras, staging),
     )
     write_manifest(staging, manifest)
+    if sampler is not None:  # the preview shows what /v1/sample answers: draws, not the decoder's means
+        write_sampler_preview(staging, manifest)
     verify_model_dir(staging)
     staging.chmod(0o755)
     return parity
@@ -647,6 +649,23 @@ def _exporter_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+def write_sampler_preview(folder: Path, manifest: Manifest) -> None:
+    """`preview.png`: 64 prior draws (seed 0) through the sampler at the default pixel temperature, what
+    /v1/sample answers for n 64 and seed 0."""
+    from vae_contract.imaging import encode_png, make_grid
+    from vae_contract.pixel_draws import DEFAULT_PIXEL_TEMPERATURE, pixel_rng, sampler_noise
+
+    assert manifest.sampler is not None
+    c, h, w = manifest.image.shape
+    maps = manifest.sampler.inputs[1].shape[1]
+    assert isinstance(maps, int)
+    # N(0, I) with seed 0, as the service draws the latents of /v1/sample (service/inference/model.py)
+    z = np.random.default_rng(0).standard_normal((64, manifest.latent_dim), dtype=np.float32)
+    noise = sampler_noise(64, maps, c, h, w, pixel_rng(0), DEFAULT_PIXEL_TEMPERATURE)
+    (images,) = _ort_session(folder / manifest.sampler.file).run(None, {"z": z, "noise": noise})
+    (folder / PREVIEW_FILE).write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))
 
 
 def _write_preview(

@@ -19,14 +19,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from training.errors import ExportError
-from training.export import _ort_session, export_sampler, sampler_spec
+from training.export import export_sampler, sampler_spec, write_sampler_preview
 from training.onnx_weights import rebuild
 from vae_contract.manifest import (
     MANIFEST_FILE,
-    PREVIEW_FILE,
     SAMPLER_FILE,
     Manifest,
     latest_version,
@@ -65,7 +62,7 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
         )
         published = Manifest.model_validate(raw)
         write_manifest(staging, published)
-        write_preview(staging, published)
+        write_sampler_preview(staging, published)
         verify_model_dir(staging)
         staging.chmod(0o755)
         staging.rename(target)
@@ -74,23 +71,6 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
         raise
     log.info("published %s (sampler parity %.3g)", target, diff)
     return target
-
-
-def write_preview(folder: Path, manifest: Manifest) -> None:
-    """`preview.png`: 64 prior draws (seed 0) through the sampler at the default pixel temperature, what
-    /v1/sample answers for n 64 and seed 0."""
-    from vae_contract.imaging import encode_png, make_grid
-    from vae_contract.pixel_draws import DEFAULT_PIXEL_TEMPERATURE, pixel_rng, sampler_noise
-
-    assert manifest.sampler is not None
-    c, h, w = manifest.image.shape
-    maps = manifest.sampler.inputs[1].shape[1]
-    assert isinstance(maps, int)
-    # N(0, I) with seed 0, as the service draws the latents of /v1/sample (service/inference/model.py)
-    z = np.random.default_rng(0).standard_normal((64, manifest.latent_dim), dtype=np.float32)
-    noise = sampler_noise(64, maps, c, h, w, pixel_rng(0), DEFAULT_PIXEL_TEMPERATURE)
-    (images,) = _ort_session(folder / manifest.sampler.file).run(None, {"z": z, "noise": noise})
-    (folder / PREVIEW_FILE).write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -164,7 +164,10 @@ def _set_up(
     x_train, x_test = to_float(dataset.x_train).to(device), eval_tensor(dataset, config).to(device)
 
     torch.manual_seed(config.seed)
-    model = build_model(config, dataset.image_shape).to(device)
+    model = build_model(config, dataset.image_shape)
+    if config.init_from and not resume:
+        _load_initial_weights(model, config.init_from)
+    model = model.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     # Posterior noise: the shared generator on one process, one generator per replica otherwise.
     noise = (
@@ -189,6 +192,24 @@ def _set_up(
         dataset.image_shape,
     )
     return run, dataset
+
+
+def _load_initial_weights(model: VAE, source: str) -> None:
+    """Start from trained weights (a checkpoint, or a published version rebuilt from its graphs, since
+    checkpoints stay outside the repository) rather than a random init: fine-tuning under other loss
+    options. The optimizer, schedule and epochs start afresh."""
+    path = Path(source)
+    if path.is_dir():
+        from training.onnx_weights import rebuild
+
+        start, _ = rebuild(path)
+    else:
+        start, _ = load_checkpoint(path)
+    try:
+        model.load_state_dict(start.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"--init-from {source}: its architecture differs from this run's ({exc})") from exc
+    log.info("weights from %s", source)
 
 
 def _resume(run: _Run, device: torch.device) -> None:

@@ -200,3 +200,21 @@ def test_resume_without_a_checkpoint_changes_nothing(mnist, tmp_path):
     with pytest.raises(FileNotFoundError):
         train(_tiny(epochs=1), tmp_path / "missing", dataset=mnist, progress=False, resume=True)
     assert not (tmp_path / "missing").exists()
+
+
+def test_init_from_starts_from_a_checkpoints_weights_with_other_loss_options(mnist, tmp_path):
+    source = train(_tiny(epochs=1), tmp_path / "source", dataset=mnist, progress=False)
+    checkpoint = str(tmp_path / "source" / LAST_CHECKPOINT)
+    # A learning rate too small to move anything: the run ends where it started, at the source's weights.
+    tuned = train(
+        _tiny(epochs=1, lr=1e-12, free_bits=0.5, init_from=checkpoint),
+        tmp_path / "tuned",
+        dataset=mnist,
+        progress=False,
+    )
+    for p, q in zip(source.model.parameters(), tuned.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    fresh = train(_tiny(epochs=1, lr=1e-12), tmp_path / "fresh", dataset=mnist, progress=False)
+    assert not torch.equal(next(fresh.model.parameters()), next(source.model.parameters()))
+    with pytest.raises(ValueError, match="architecture differs"):
+        train(_tiny(latent_dim=3, init_from=checkpoint), tmp_path / "x", dataset=mnist, progress=False)
