@@ -88,7 +88,8 @@ async def _run(url: str, args: argparse.Namespace) -> None:
     print(f"emoji requests (0: connection error): {dict(statuses)}")
     if late:
         print(f"504s answered past the {args.request_timeout_s:g} s timeout by: max {max(late):.2f} s, "
-              f"p99 {np.percentile(late, 99):.2f} s, p50 {np.percentile(late, 50):.2f} s over {len(late)}")  # fmt: skip
+              f"p99 {np.percentile(late, 99):.2f} s, p50 {np.percentile(late, 50):.2f} s "
+              f"({len(late)} answers)")  # fmt: skip
     ok = sorted(t for status, t in heavy if status == 200)
     if ok:
         print(f"emoji 200s: p50 {np.percentile(ok, 50):.2f} s, max {max(ok):.2f} s")
