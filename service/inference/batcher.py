@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,9 +159,9 @@ class Batcher:
             for job in jobs:
                 if not job.future.done():
                     job.future.cancel()  # tells the worker to skip what has not run yet
-                    self._drop(job)
                 elif not job.future.cancelled():
                     job.future.exception()  # mark a sibling chunk's failure as seen
+                self._drop(job)  # a job still queued (its future cancelled here or by the timeout)
         if job_observer is not None:
             for job in jobs:
                 job_observer(self.name, job.enqueued, job.started, job.finished, job.batch_items, len(job.x))
@@ -188,7 +188,14 @@ class Batcher:
                 # The caller left (its deadline, a disconnect) while its call runs on in a thread: the graph
                 # stays busy until onnxruntime returns, so the next call does not run beside it.
                 loop = asyncio.get_running_loop()
-                call.add_done_callback(lambda _: _call_soon(loop, self._call_over))
+
+                def over(_: object) -> None:  # in the thread that ran the call
+                    try:
+                        loop.call_soon_threadsafe(self._call_over)
+                    except RuntimeError:  # the loop has closed: nothing waits on it, only the flag is left
+                        self._running = False
+
+                call.add_done_callback(over)
             else:
                 self._call_over()
 
@@ -320,12 +327,6 @@ def _timed(fn: RunFn, x: np.ndarray) -> tuple[Outputs, float]:
     started = time.perf_counter()
     outputs = fn(x)
     return outputs, time.perf_counter() - started
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    """callback on loop's thread, from any thread; nothing when the loop has closed meanwhile."""
-    with suppress(RuntimeError):
-        loop.call_soon_threadsafe(callback)
 
 
 def _fail(batch: list[_Job], make_error: Callable[[], BaseException]) -> None:
