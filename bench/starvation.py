@@ -3,13 +3,13 @@ served? (Not a test: a measurement, for docs/benchmarks.md.)
 
 Starts `vae-serve` (one worker, CPU) with emoji and mnist; `--clients` clients send maximal legal emoji
 requests back to back (`/v1/sample` with n = max_sample_n, the pixel-group decoder's costliest call, and
-`/v1/reconstruct` with max_images_per_request images, alternating) while one probe sends a one-latent mnist
-decode every `--probe-interval-s`. Reports the emoji statuses, how late past the request timeout each 504 was
-answered (all, and leaving out each client's first request, which also waits for its new connection to be
-accepted), and the probe's latency percentiles. `--source` serves another checkout (e.g. a `git archive` of
-the base commit) with this tree's models, for a before/after:
+`/v1/reconstruct` with max_images_per_request images, alternating; after a 503 a client waits its
+Retry-After) while one probe sends a one-latent mnist decode every `--probe-interval-s`. Reports the emoji
+statuses, how late past the request timeout each 504 was answered (all, and leaving out each client's first
+request, which also waits for its new connection to be accepted), and the probe's latency percentiles.
+`--source` serves another checkout (e.g. a `git archive` of the base commit) with this tree's models:
 
-    python -m bench.starvation [--clients 64] [--seconds 40] [--request-timeout-s 10]
+    python -m bench.starvation [--clients 64] [--seconds 40] [--request-timeout-s 10] [--source DIR]
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ async def _run(url: str, args: argparse.Namespace) -> None:
                     status = 0
                 heavy.append((status, time.perf_counter() - started, k == 0))
                 k += 1
+                if status == 503:  # as a polite client does; retrying at once only loads this process
+                    await asyncio.sleep(float(r.headers.get("retry-after", 1)))
 
         async def mnist() -> None:
             while time.monotonic() < stop:
