@@ -5,8 +5,8 @@ Starts `vae-serve` (one worker, CPU) with emoji and mnist; `--clients` clients s
 requests back to back (`/v1/sample` with n = max_sample_n, the pixel-group decoder's costliest call, and
 `/v1/reconstruct` with max_images_per_request images, alternating; after a 503 a client waits its
 Retry-After) while one probe sends a one-latent mnist decode every `--probe-interval-s`. Reports the emoji
-statuses, how late past the request timeout each 504 was answered (all, and leaving out each client's first
-request, which also waits for its new connection to be accepted), and the probe's latency percentiles.
+statuses, how late past the request timeout each 504 was answered (all, and leaving out the requests that
+opened a new connection, which also waited for it to be accepted), and the probe's latency percentiles.
 `--source` serves another checkout (e.g. a `git archive` of the base commit) with this tree's models:
 
     python -m bench.starvation [--clients 64] [--seconds 40] [--request-timeout-s 10] [--source DIR]
@@ -46,9 +46,10 @@ def _emoji_pngs(n: int) -> list[str]:
 
 
 async def _run(url: str, args: argparse.Namespace) -> None:
-    limits = httpx.Limits(max_connections=args.clients + 4)
+    # Every client keeps its connection: with httpx's default of 20 kept alive, requests waited for one.
+    limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
     images = _emoji_pngs(256)
-    heavy: list[tuple[int, float, bool]] = []  # status, seconds, whether on the client's new connection
+    heavy: list[tuple[int, float, bool]] = []  # status, seconds, whether it opened a new connection
     probe: list[float] = []
     probe_status: Counter[int] = Counter()
     stop = time.monotonic() + args.seconds
@@ -58,16 +59,23 @@ async def _run(url: str, args: argparse.Namespace) -> None:
         async def emoji(i: int) -> None:
             k = 0
             while time.monotonic() < stop:
-                started = time.perf_counter()
+                started, connected = time.perf_counter(), False
+
+                async def trace(event: str, info: object) -> None:  # httpx's trace extension
+                    nonlocal connected
+                    connected = connected or event.startswith("connection.connect_tcp")
+
                 try:
                     if (i + k) % 2:
-                        r = await client.post("/v1/sample", json={"model": "emoji", "n": 256, "seed": k})
+                        body = {"model": "emoji", "n": 256, "seed": k}
+                        r = await client.post("/v1/sample", json=body, extensions={"trace": trace})
                     else:
-                        r = await client.post("/v1/reconstruct", json={"model": "emoji", "images": images})
+                        body = {"model": "emoji", "images": images}
+                        r = await client.post("/v1/reconstruct", json=body, extensions={"trace": trace})
                     status = r.status_code
                 except httpx.TransportError:  # e.g. a keep-alive connection the server closed meanwhile
                     status = 0
-                heavy.append((status, time.perf_counter() - started, k == 0))
+                heavy.append((status, time.perf_counter() - started, connected))
                 k += 1
                 if status == 503:  # as a polite client does; retrying at once only loads this process
                     await asyncio.sleep(float(r.headers.get("retry-after", 1)))
@@ -89,7 +97,7 @@ async def _run(url: str, args: argparse.Namespace) -> None:
         await asyncio.gather(mnist(), *(emoji(i) for i in range(args.clients)))
     statuses = Counter(status for status, _, _ in heavy)
     late = sorted(t - args.request_timeout_s for status, t, _ in heavy if status == 504)
-    # A client's first request waits for its connection to be accepted, which the timeout cannot cover.
+    # A request on a new connection also waits for it to be accepted, which the timeout cannot cover.
     late_open = sorted(t - args.request_timeout_s for status, t, new in heavy if status == 504 and not new)
     print(f"emoji requests (0: connection error): {dict(statuses)}")
     if late:
