@@ -293,8 +293,14 @@ class Batcher:
                 # Cheaper than the thread hop around it (a tiny MLP decodes one latent in ~20 us): run here.
                 outputs, elapsed = _timed(self._run_fn, x)
             else:
-                self._call = self._executor.submit(_timed, self._run_fn, x)
-                outputs, elapsed = await asyncio.wrap_future(self._call)
+                call = self._call = self._executor.submit(_timed, self._run_fn, x)
+                try:
+                    outputs, elapsed = await asyncio.wrap_future(call)
+                finally:
+                    # A finished call is let go, outputs and all; one still running after its caller left
+                    # stays, for _run_alone to wait on.
+                    if call.done():
+                        self._call = None
         except Exception as exc:
             if len(batch) > 1:
                 # Isolate the culprit: rerun each request alone, so only those that fail by themselves fail.
