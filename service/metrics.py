@@ -56,6 +56,10 @@ class Metrics:
         self.rejected = Counter(
             "vae_rejected", "Requests refused by a full queue (503).", _GRAPH_LABELS, registry=r
         )
+        self.dropped = Counter(
+            "vae_dropped_items", "Queued items never run because their request ended first (its timeout, or "
+            "the client left).", _GRAPH_LABELS, registry=r,
+        )  # fmt: skip
         self.model_loaded = Gauge(
             "vae_model_loaded", "1 when a model is loaded, verified and warm (in every worker); 0 if not.",
             ["model"], registry=r, multiprocess_mode="livemin",

@@ -6,7 +6,6 @@ many pixels runs in a worker thread so one large answer never stalls the event l
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 from collections.abc import Sequence
@@ -19,14 +18,11 @@ from starlette.responses import Response
 
 from service.errors import InvalidInput, shown
 from service.http.requests import JSON, NPY, PNG
+from service.inference.offload import off_loop
 from service.tracing import span
 from vae_contract.imaging import encode_png, make_grid
 from vae_contract.manifest import ImageSpec
 from vae_contract.novelty import NoveltyReport
-
-# Above this many pixels, PNG work moves off the event loop (a thread hop costs ~50 us; encoding a 28x28 PNG
-# costs about as much, so small outputs stay inline).
-_INLINE_PIXELS = 64 * 1024
 
 
 class NumpyJSONResponse(Response):
@@ -85,7 +81,7 @@ async def png_picture(images: np.ndarray, spec: ImageSpec, *, columns: int | Non
     """One image as PNG bytes, several as one grid."""
     picture = images[0] if len(images) == 1 else make_grid(images, columns=columns)
     with span("vae.encode_png", {"vae.images": len(images)}):
-        data: bytes = await _maybe_offload(picture.size, encode_png, picture, spec.pixel_range)
+        data: bytes = await off_loop(picture.size, encode_png, picture, spec.pixel_range)
     return data
 
 
@@ -97,17 +93,11 @@ async def png_response(
 
 async def png_base64(images: np.ndarray, spec: ImageSpec) -> list[str]:
     with span("vae.encode_png", {"vae.images": len(images)}):
-        return await _maybe_offload(images.size, _png_base64, images, spec.pixel_range)
+        return await off_loop(images.size, _png_base64, images, spec.pixel_range)
 
 
 def _png_base64(images: np.ndarray, pixel_range: tuple[float, float]) -> list[str]:
     return [base64.b64encode(encode_png(img, pixel_range)).decode("ascii") for img in images]
-
-
-async def _maybe_offload(pixels: int, fn: Any, *args: Any) -> Any:
-    if pixels <= _INLINE_PIXELS:
-        return fn(*args)
-    return await asyncio.to_thread(fn, *args)
 
 
 def pick_output(name: str | None, arrays: dict[str, np.ndarray | None], default: str) -> np.ndarray:

@@ -10,8 +10,10 @@ Guarantees, each tested in tests/service/test_batcher.py:
 - a request larger than `max_batch_size` is split into chunks that run in order and are joined again;
 - the queue is bounded in items: a request that does not fit fails at once with `Overloaded` (503);
 - a request waits at most `timeout_s` (queue and run) and then gets `Timeout` (504); a job whose caller has
-  gone (timeout, client disconnect) is dropped before it runs (a lone call on the event loop, which nothing
-  can interrupt, arms no timer);
+  gone (its request's deadline, a client disconnect) leaves the queue's count at once and is dropped, never
+  run (`on_drop` counts it); a lone call on the event loop, which nothing can interrupt, arms no timer;
+- a call stays in flight until onnxruntime returns, also when its caller has gone: a graph never runs two
+  calls at once, so a timed-out request leaves at most its own call running behind it;
 - a failing batch of several requests is retried one request at a time, so a bad input fails only its own
   request, and an error never stops the worker.
 
@@ -30,7 +32,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -63,6 +65,7 @@ class _Job:
     started: float = 0.0  # the batch's onnxruntime call: start and end, for tracing
     finished: float = 0.0
     batch_items: int = 0
+    queued: bool = False  # in the queue and counted in its items
 
 
 @dataclass
@@ -72,6 +75,7 @@ class BatchStats:
     on_queue: Callable[[int], None] = lambda items: None
     on_batch: Callable[[int, float], None] = lambda items, seconds: None
     on_reject: Callable[[], None] = lambda: None
+    on_drop: Callable[[int], None] = lambda items: None  # queued items whose request ended before they ran
 
 
 class Batcher:
@@ -107,6 +111,7 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._running = False  # a call is in flight (the worker's batch, or a lone request's own run)
+        self._call: Future[tuple[Outputs, float]] | None = None  # the latest call handed to a thread
         self._closed = False
         # Runs expected to take less than inline_below_s happen on the event loop itself; the expectation is a
         # moving average of measured time per item, unknown (infinite) until the first run.
@@ -142,6 +147,8 @@ class Batcher:
         direct = self.max_delay_s == 0 and len(jobs) == 1 and not self._running and not self._queue
         limit = self._inline_limit(self._alone()) if direct else self.inline_below_s
         if not direct:
+            for job in jobs:
+                job.queued = True
             self._queue.extend(jobs)
             self._queued_items += n
             self._stats.on_queue(self._queued_items)
@@ -161,6 +168,7 @@ class Batcher:
                     job.future.cancel()  # tells the worker to skip what has not run yet
                 elif not job.future.cancelled():
                     job.future.exception()  # mark a sibling chunk's failure as seen
+                self._drop(job)  # a job still queued (its future cancelled here or by the timeout)
         if self._job_observer is not None:
             for job in jobs:
                 self._job_observer(
@@ -184,9 +192,36 @@ class Batcher:
         try:
             await self._run([job], limit)
         finally:
-            self._running = False
-            if self._queue and self._wake is not None:
-                self._wake.set()  # what queued meanwhile is the worker's next batch
+            call = self._call
+            if call is not None and not call.done():
+                # The caller left (its deadline, a disconnect) while its call runs on in a thread: the graph
+                # stays busy until onnxruntime returns, so the next call does not run beside it.
+                loop = asyncio.get_running_loop()
+
+                def over(_: object) -> None:  # in the thread that ran the call
+                    try:
+                        loop.call_soon_threadsafe(self._call_over)
+                    except RuntimeError:  # the loop has closed: nothing waits on it, only the flag is left
+                        self._running = False
+
+                call.add_done_callback(over)
+            else:
+                self._call_over()
+
+    def _call_over(self) -> None:
+        self._running = False
+        if self._queue and self._wake is not None:
+            self._wake.set()  # what queued meanwhile is the worker's next batch
+
+    def _drop(self, job: _Job) -> None:
+        """Take a job whose caller has gone out of the queue's count (it stays in the deque until the worker
+        reaches it, and is skipped there)."""
+        if job.queued:
+            job.queued = False
+            n = len(job.x)
+            self._queued_items -= n
+            self._stats.on_drop(n)
+            self._stats.on_queue(self._queued_items)
 
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
@@ -198,6 +233,7 @@ class Batcher:
         self._closed = True
         while self._queue:
             job = self._queue.popleft()
+            job.queued = False
             if not job.future.done():
                 job.future.set_exception(NotReady(f"{self.name} is shutting down"))
         self._queued_items = 0
@@ -245,13 +281,14 @@ class Batcher:
         while self._queue:
             job = self._queue[0]
             n = len(job.x)
-            if job.future.done():  # caller gone: drop without running
+            if job.future.done():  # caller gone: dropped, never run
                 self._queue.popleft()
-                self._queued_items -= n
+                self._drop(job)  # counted already when its caller left
                 continue
             if items + n > self.max_batch_size:
                 break
             self._queue.popleft()
+            job.queued = False
             self._queued_items -= n
             batch.append(job)
             items += n
@@ -265,8 +302,14 @@ class Batcher:
                 # Cheaper than the thread hop around it (a tiny MLP decodes one latent in ~20 us): run here.
                 outputs, elapsed = _timed(self._run_fn, x)
             else:
-                loop = asyncio.get_running_loop()
-                outputs, elapsed = await loop.run_in_executor(self._executor, _timed, self._run_fn, x)
+                call = self._call = self._executor.submit(_timed, self._run_fn, x)
+                try:
+                    outputs, elapsed = await asyncio.wrap_future(call)
+                finally:
+                    # A finished call is let go, outputs and all; one still running after its caller left
+                    # stays, for _run_alone to wait on.
+                    if call.done():
+                        self._call = None
         except Exception as exc:
             if len(batch) > 1:
                 # Isolate the culprit: rerun each request alone, so only those that fail by themselves fail.

@@ -5,6 +5,10 @@ header is checked against the limits before any image is decoded (`limits.check_
 `workers` images decode at once, and at most `max_pending` wait or decode, beyond which a request gets 503 +
 Retry-After at once; and a request that is cancelled (its client left, its timeout passed) takes its images
 that have not started out of the queue, so no CPU is spent on an answer no one will read.
+
+Requests share the threads in turn: each keeps at most `workers` chunks of its images handed to the pool and
+hands over the next as one finishes, so a one-image request waits behind a chunk of each request decoding,
+not behind every image of the large requests that came first.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -57,12 +62,14 @@ class ImagePool:
         stop = threading.Event()  # set when the request ends early: running jobs stop between images
         try:
             (headers,) = await self._await([self._submit(1, _read_headers, blobs)])
-            check_image_headers(headers, spec, settings)  # type: ignore[arg-type]
+            check_image_headers(headers, spec, settings)
             out = np.empty((n, *spec.shape), dtype=np.float32)
             # Chunks: one job per image would cost more in hand-offs than a small image costs to decode.
             size = max(1, min(_CHUNK, -(-n // self.workers)))
-            jobs = []
+            jobs: list[Future[object]] = []  # handed to the pool, not yet seen finished
             for start in range(0, n, size):
+                if len(jobs) >= self.workers:
+                    jobs = await self._await(jobs, first=True)
                 part = blobs[start : start + size]
                 jobs.append(self._submit(len(part), _prepare_into, out, start, part, spec, settings, stop))
                 unsubmitted -= len(part)
@@ -94,24 +101,38 @@ class ImagePool:
         with self._lock:
             self._pending -= n
 
-    async def _await(self, jobs: list[Future[object]]) -> list[object]:
-        """Every job's result; on the first failure or on cancellation, the jobs not started are dropped.
+    async def _await(self, jobs: list[Future[object]], first: bool = False) -> list[Any]:
+        """Every job's result, or with `first` the jobs still unfinished once one has finished; on the first
+        failure or on cancellation, the jobs not started are dropped.
 
         The error reported is that of the lowest-numbered image among those that failed by then."""
         waiting = [asyncio.wrap_future(job) for job in jobs]
+        ok = False
         try:
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_EXCEPTION)
+            until = asyncio.FIRST_COMPLETED if first else asyncio.FIRST_EXCEPTION
+            done, _ = await asyncio.wait(waiting, return_when=until)
             failed = [w for w in waiting if w in done and not w.cancelled() and w.exception() is not None]
             if failed:
                 raise failed[0].exception()  # type: ignore[misc]
+            ok = True
+            if first:
+                for w in waiting:
+                    if w not in done:  # the caller waits on the job again: only mark this view's outcome seen
+                        w.add_done_callback(_seen)
+                return [job for job, w in zip(jobs, waiting, strict=True) if w not in done]
             return [w.result() for w in waiting]
         finally:
             for job, w in zip(jobs, waiting, strict=True):
-                job.cancel()  # no-op for jobs that ran or are running
                 if w.done() and not w.cancelled():
                     w.exception()  # mark as retrieved: no "exception never retrieved" noise
-                else:
+                elif not ok:
+                    job.cancel()  # no-op for jobs that are running
                     w.cancel()
+
+
+def _seen(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _read_headers(blobs: Sequence[bytes]) -> list[ImageHeader]:

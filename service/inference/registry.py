@@ -290,6 +290,7 @@ class ModelRegistry:
             on_queue=m.queue_items.labels(*labels).set,
             on_batch=on_batch,
             on_reject=m.rejected.labels(*labels).inc,
+            on_drop=m.dropped.labels(*labels).inc,
         )
         return Batcher(
             graph.run,

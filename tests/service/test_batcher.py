@@ -143,13 +143,16 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
 
 def test_a_request_times_out_and_its_queued_work_is_dropped():
     run = Recorder(hold=True)
-    batcher = make(run, max_batch_size=1, timeout_s=0.1)
+    dropped: list[int] = []
+    batcher = make(run, max_batch_size=1, timeout_s=0.1, stats=BatchStats(on_drop=dropped.append))
 
     async def main():
         slow = asyncio.create_task(batcher.submit(rows(0, 1)))
         await until(run.started.is_set)
         with pytest.raises(Timeout):
             await batcher.submit(rows(1, 1))  # waits behind `slow`, gives up
+        # Out of the queue's count at once, while the worker still waits for `slow`'s run.
+        assert batcher.queued_items == 0 and dropped == [1]
         with pytest.raises(Timeout):
             await slow  # its own run takes longer than the timeout
         run.release.set()  # the abandoned run ends; the next request queues behind it
@@ -160,6 +163,25 @@ def test_a_request_times_out_and_its_queued_work_is_dropped():
     np.testing.assert_array_equal(result, rows(2, 1) * 2)
     # The timed-out second request never ran: only the first and the last did.
     assert run.batches == [1, 1]
+
+
+def test_a_lone_call_whose_caller_left_keeps_the_graph_busy_until_it_returns():
+    run = Recorder(hold=True)
+    batcher = make(run, max_delay_s=0, timeout_s=0.1)
+
+    async def main():
+        with pytest.raises(Timeout):
+            await batcher.submit(rows(0, 1))  # alone: runs in its own task, and hangs past its timeout
+        batcher.timeout_s = 5
+        later = asyncio.create_task(batcher.submit(rows(1, 2)))
+        await asyncio.sleep(0.1)
+        assert run.batches == [1] and not later.done()  # queued: no second call beside the hung one
+        run.release.set()
+        return await later
+
+    result, _ = asyncio.run(main())
+    np.testing.assert_array_equal(result, rows(1, 2) * 2)
+    assert run.batches == [1, 2]
 
 
 def test_close_fails_waiting_requests_and_refuses_new_ones():

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
+from contextlib import contextmanager
 
+import httpx
 import numpy as np
 import onnxruntime as ort
-from serving import until
+from serving import free_port, until, wait_until_ready
 
 from service.inference import ModelRegistry
 
@@ -157,3 +160,102 @@ def test_a_slow_inference_times_out_with_504(models_dir, settings_for, app_runne
     timed_out, after = app_runner(settings, scenario)
     assert timed_out.status_code == 504 and timed_out.json()["error_type"] == "timeout"
     assert after.status_code == 200
+
+
+@contextmanager
+def live_app(settings):
+    """The app and its base URL, served by uvicorn (vae-serve's guarded HTTP protocol) in a thread."""
+    import uvicorn
+
+    from service.main import create_app
+    from service.server.connections import GuardedHttpToolsProtocol
+
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            http=GuardedHttpToolsProtocol,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until_ready(url, 30), "server did not become ready"
+        yield app, url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_gets_504_and_its_job_never_runs(
+    models_dir, settings_for
+):
+    """Request A's call hangs in onnxruntime; B queues behind it, C arrives after A's 504 while A's call still
+    runs. B and C are answered 504 at their deadlines, their jobs are dropped (counted, never run), and no
+    second call starts beside the hung one."""
+    timeout_s = 1.0
+    settings = settings_for(models_dir, request_timeout_s=timeout_s, inline_run_us=0, max_delay_ms=0)
+    with live_app(settings) as (app, url):
+        batcher = registry_of(app).get("tiny").decoder_batcher
+        real = batcher._run_fn
+        release, entered = threading.Event(), threading.Event()
+        lock = threading.Lock()
+        seen: list[float] = []  # the marker (first latent value) of every row that ran
+        running = [0, 0]  # now, most at once
+
+        def hanging(x):
+            with lock:
+                seen.extend(float(v) for v in x[:, 0])
+                running[0] += 1
+                running[1] = max(running)
+            entered.set()
+            try:
+                release.wait(10)
+                return real(x)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        batcher._run_fn = hanging
+
+        def body(marker: float) -> dict:
+            return {"model": "tiny", "latents": [[marker] + [0.0] * 7]}
+
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+                async def timed(marker: float) -> tuple[httpx.Response, float]:
+                    started = time.monotonic()
+                    r = await client.post("/v1/decode", json=body(marker))
+                    return r, time.monotonic() - started
+
+                a = asyncio.create_task(timed(1.0))
+                await until(entered.is_set)  # A's call is in onnxruntime and hangs there
+                b = await timed(2.0)  # queued behind A until its deadline
+                a = await a
+                c = await timed(3.0)  # A has gone, its call has not: C queues too
+                release.set()
+                await until(lambda: running[0] == 0)
+                d = await client.post("/v1/decode", json=body(4.0))
+                metrics = (await client.get("/metrics")).text
+                return a, b, c, d, metrics
+
+        a, b, c, d, metrics = asyncio.run(scenario())
+    for r, elapsed in (a, b, c):
+        assert r.status_code == 504 and r.json()["error_type"] == "timeout"
+        assert elapsed < timeout_s + 2.0  # generous: the deadline fired while the call still hung
+    assert d.status_code == 200
+    assert seen == [1.0, 4.0]  # B's and C's rows never ran
+    assert running[1] == 1  # C did not start a call beside A's hung one
+    dropped = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('vae_dropped_items_total{graph="decoder",model="tiny",version="1"}')
+    )
+    assert dropped == 2

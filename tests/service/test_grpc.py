@@ -213,21 +213,25 @@ def test_deadline_cancellation_and_overload(models_dir, settings_for):
         with blocked_decoder(app) as (release, runs):
             first = stub.ModelInfer.future(decode_request(z))  # runs, and blocks the decoder
             wait_until(lambda: runs == [4])
-            # A deadline that passes while queued: DEADLINE_EXCEEDED, and the job is dropped.
+            # A deadline that passes while queued: DEADLINE_EXCEEDED, and the job is dropped (its queue
+            # slots given back at once).
             code, _ = code_of(stub.ModelInfer, decode_request(z[:2]), timeout=0.3)
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-            wait_until(lambda: batcher.queued_items == 2 and abandoned())
+            wait_until(lambda: batcher.queued_items == 0 and abandoned())
             # A call the client cancels while queued: dropped too.
             cancelled = stub.ModelInfer.future(decode_request(z[:2]))
-            wait_until(lambda: batcher.queued_items == 4)
+            wait_until(lambda: batcher.queued_items == 2)
             cancelled.cancel()
-            wait_until(abandoned)
-            # The queue holds 4 items (max_queue): one more is refused at once.
+            wait_until(lambda: batcher.queued_items == 0 and abandoned())
+            # The queue holds 4 items (max_queue): with a call of 4 waiting, one more is refused at once.
+            waiting = stub.ModelInfer.future(decode_request(z))
+            wait_until(lambda: batcher.queued_items == 4)
             code, details = code_of(stub.ModelInfer, decode_request(z[:1]))
             assert code == grpc.StatusCode.UNAVAILABLE and "overloaded" in details
             release.set()
             assert len(first.result(timeout=30).raw_output_contents[0]) == 4 * 784 * 4
-        assert runs == [4]  # neither the expired nor the cancelled call reached onnxruntime
+            assert len(waiting.result(timeout=30).raw_output_contents[0]) == 4 * 784 * 4
+        assert runs == [4, 4]  # neither the expired nor the cancelled call reached onnxruntime
         assert counted(app, "ModelInfer", 503) == 1
         assert list(stub.ModelInfer(decode_request(z[:1])).outputs[0].shape) == [1, 1, 28, 28]
 

@@ -55,6 +55,24 @@ gRPC (grpcio's C-core) bounds its connections with channel arguments set from th
 arrive whole within body_timeout_s (the RPCs are served as streams so that the service can time the read).
 A second server cannot bind the same gRPC port (`grpc.so_reuseport` is off except between the `--workers`
 processes of one server).
+
+Two bounds HTTP has and gRPC does not, because grpcio (1.85) offers no mechanism for them:
+- At its connection cap C-core closes each new connection; it cannot shed the longest-idle one as the HTTP
+  guard does. Sockets that never finish the HTTP/2 handshake go at header_timeout_s, established idle ones at
+  max(idle_timeout_s, 60 s): with the cap held by idle connections, a new client waited 54 s to be served
+  (measured with a cap of 16). No channel argument evicts an idle connection for a new one.
+- A response whose client keeps its flow-control window shut stays buffered until the connection's age
+  (grpc_max_connection_age_s, then its grace). `grpc.aio`'s servicer context has no `cancel()`; an abort
+  during the pending write is refused by C-core (TOO_MANY_OPERATIONS) or, with the initial metadata sent
+  first, queues the status behind the unsent message, so nothing is freed either way (four unread 12.8 MB
+  answers stayed held for the 33 s observed). Keepalive pings are answered by the client's transport, so they
+  do not reveal it. The synchronous server's `context.cancel()` would free it, at the price of serving gRPC
+  from threads instead of the event loop.
+
+The request timeout is counted from the moment a request's headers have been read. A new connection's wait
+in the listen queue comes before that and is not counted: uvloop accepts one connection per event-loop
+iteration, so a burst of connections to a loaded worker waits a few seconds (docs/benchmarks.md, the
+starvation measurements).
 """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -117,3 +118,34 @@ def test_image_pool_decodes_in_order_and_releases_every_slot():
         asyncio.run(pool.prepare(blobs * 4, MNIST, Settings(provider="cpu", max_images_per_request=84)))
     assert pool.pending == 0
     pool.close()
+
+
+def test_image_pool_decodes_a_small_request_between_the_chunks_of_a_large_one():
+    """One decode thread; a 256-image request (16 chunks) starts first, a one-image request follows: the
+    small request's image is decoded before most of the large request's chunks, not after all of them."""
+    executor = ThreadPoolExecutor(1)
+    order: list[int] = []  # the number of images of each chunk, in the order the thread ran them
+    real_submit = executor.submit
+
+    def submit(fn, *args):
+        def recorded():
+            if fn.__name__ == "_prepare_into":
+                order.append(len(args[2]))
+            return fn(*args)
+
+        return real_submit(recorded)
+
+    executor.submit = submit  # type: ignore[method-assign]
+    pool = ImagePool(1, max_pending=1024, executor=executor)
+    large, small = [_png("L", (28, 28))] * 256, [_png("L", (28, 28))]
+
+    async def main() -> None:
+        first = asyncio.create_task(pool.prepare(large, MNIST, S))
+        await asyncio.sleep(0)  # the large request has handed its first chunks over
+        await pool.prepare(small, MNIST, S)
+        await first
+
+    asyncio.run(main())
+    assert sorted(order) == [1] + [16] * 16 and pool.pending == 0
+    assert order.index(1) <= 2  # behind at most the chunk running and the one queued before it
+    executor.shutdown()
