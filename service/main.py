@@ -45,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # /docs and /redoc come from service.http.routes.docs, with their assets served here
         redoc_url=None,
     )
+    if tracing.wanted(settings):  # before the state: its batchers observe jobs only while tracing is on
+        tracing.install(required=settings.tracing)  # exporters as the OTEL_* variables say
     app.state.service = state = ServiceState.create(settings)
 
     install_error_handlers(app)
@@ -75,8 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "X-Embedding-Dimensions",
             ],
         )
-    if tracing.wanted(settings):
-        tracing.install(required=settings.tracing)  # exporters as the OTEL_* variables say
     if tracing.active():  # inside the request context, so spans carry the request id
         app.add_middleware(tracing.TracingMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)

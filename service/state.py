@@ -33,7 +33,10 @@ class ServiceState:
     @classmethod
     def create(cls, settings: Settings) -> ServiceState:
         metrics, clients = Metrics(), OpenClients()
-        registry = ModelRegistry(settings, metrics, alone=clients.alone, job_observer=tracing.observe_job)
+        # Tracing is on or off for the process before an app is made (as for its middleware): a job observer
+        # only while it is on, so untraced requests make no call for it.
+        observer = tracing.observe_job if tracing.active() else None
+        registry = ModelRegistry(settings, metrics, alone=clients.alone, job_observer=observer)
         return cls(settings, metrics, registry, ImagePool.from_settings(settings), clients)
 
     def close(self) -> None:

@@ -165,7 +165,7 @@ def server_span(name: str, carrier: Mapping[str, str], attributes: Mapping[str, 
 
 def observe_job(graph: str, enqueued: float, started: float, finished: float, batch: int, items: int) -> None:
     """Called by the batcher in the request's context for each batch its items ran in (monotonic times); the
-    registry hands it to every batcher, and it does nothing while tracing is off."""
+    registry hands it to every batcher of an app made while tracing is on."""
     if _tracer is None:
         return
     offset = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch nanoseconds
