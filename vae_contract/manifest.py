@@ -14,7 +14,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -27,6 +27,9 @@ DECODER_FILE = "decoder.onnx"
 SCORER_FILE = "scorer.onnx"
 SAMPLER_FILE = "sampler.onnx"
 PREVIEW_FILE = "preview.png"
+
+# Every file a manifest names carries its SHA-256, as lowercase hex.
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 SCHEMA_VERSION: Literal[1] = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN.removesuffix("$") + r"\Z")  # `$` would also match before a final newline
@@ -73,12 +76,12 @@ class DataFileSpec(_Strict):
     """A file a graph reads its weights from (ONNX external data), beside the graph and hashed like it."""
 
     file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256
 
 
 class GraphSpec(_Strict):
     file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     # Weights are embedded in `file` unless the graph is too large for one protobuf (2 GiB): then every file
@@ -108,7 +111,7 @@ class PriorSpec(_Strict):
     kind: Literal["mixture_of_gaussians"]
     components: int = Field(ge=1, le=MAX_COMPONENTS)
     file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256
     # How the mixture was made, e.g. the VampPrior's encoder at its learned pseudo-inputs.
     source: str = ""
 
@@ -149,19 +152,19 @@ class ConditionalSpec(_Strict):
 
     kind: Literal["gaussian_per_class"] = "gaussian_per_class"
     file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256
     classes: list[str]
 
 
 class NoveltySpec(_Strict):
     """The novelty statistic on held-out in-distribution images, for conformal p-values (novelty.py here):
-    `file` is an .npz of plain arrays (statistic, scores (count,) float64 sorted). Absent, as in every older
-    manifest: reconstruct answers the statistic without p-values. A statistic this service does not compute
+    `file` is an .npz of plain arrays (statistic, scores (count,) float64 sorted). Absent: reconstruct
+    answers the statistic without p-values. A statistic this service does not compute
     refuses the model: p-values of another statistic would be wrong."""
 
     statistic: Literal["complexity_zlib_up", "neg_elbo_bits"]
     file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256
     count: int = Field(ge=MIN_CALIBRATION, le=MAX_CALIBRATION)
     # Which images, and how they were held out from training, e.g. half of the test split by a seeded draw.
     source: str = ""
@@ -193,15 +196,14 @@ class Manifest(_Strict):
     # per pixel (vae_contract/likelihoods.py); its first output `x` is the mixture's mean image.
     mixture_components: int | None = Field(default=None, ge=1, le=64)
     # PixelCNN++'s linear coupling of the channels (only with the mixture): `params` then appends K*C(C-1)/2
-    # coefficient maps, (batch, K(1 + 2C + C(C-1)/2), H, W). Absent, as in every older manifest: no coupling.
+    # coefficient maps, (batch, K(1 + 2C + C(C-1)/2), H, W). Absent: no coupling.
     channel_coupling: bool = False
     # Pixel groups (training/pixel_groups.py): 4 decodes the pixels of each 2x2 cell one group after another,
     # each conditioned on z and the groups before it (7: the first group split the same way again), so an
     # image's likelihood needs its own pixels, not only z. The decoder graph then outputs the image `x` alone
     # (decoded group by group), and the `scorer` graph gives the reconstruct score's first term: x (batch, C,
     # H, W) -> `nll` (batch,), -log p(x | z = the encoder's mean of x) in nats under the mixture (and its
-    # neighbour anchors, if the training config has them). Absent: 1 and no scorer, the factorised decoder of
-    # every older manifest.
+    # neighbour anchors, if the training config has them). Absent: 1 and no scorer, the factorised decoder.
     pixel_groups: Literal[1, 4, 7] = 1
     conditional: ConditionalSpec | None = None
     encoder: GraphSpec
@@ -211,7 +213,7 @@ class Manifest(_Strict):
     # `z` (batch, D) and `noise` (batch, N, H, W), N = M + C: per pixel, M Gumbel draws (one per mixture
     # component, neighbour anchors included) then C logistic draws, each already multiplied by the pixel
     # temperature (vae_contract/pixel_draws.py); output `x` (batch, C, H, W), 8-bit values in [0, 1].
-    # Absent, as in every older manifest: the service draws a factorised model's pixels from `params` itself.
+    # Absent: the service draws a factorised model's pixels from `params` itself.
     sampler: GraphSpec | None = None
     prior: PriorSpec | None = None  # None: N(0, I)
     novelty: NoveltySpec | None = None  # None: novelty without p-values
