@@ -28,6 +28,7 @@ from training.errors import ExportError
 from training.likelihoods import bits_per_dim, mean_image, param_channels
 from training.losses import model_nll
 from training.models import VAE
+from training.priors import VampPrior
 from vae_contract.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -494,7 +495,7 @@ def _assemble(
         sampler_path = staging / SAMPLER_FILE
         parity["sampler_max_abs_diff"] = export_sampler(vae, sampler_path)
         sampler = sampler_spec(vae, sampler_path)
-    prior_spec, prior = _export_prior(vae, staging, enc_path, parity)
+    prior_spec, prior = export_prior(vae, staging, enc_path, parity)
     _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE, prior)
     latent = ["batch", vae.latent_dim]
     image = ["batch", c, h, w]
@@ -611,14 +612,15 @@ def check_finite_metrics(metrics: EvaluationMetrics) -> None:
 
 
 @torch.no_grad()
-def _export_prior(
-    vae: VAE, staging: Path, encoder_path: Path, parity: dict[str, float]
+def export_prior(
+    vae: VAE, staging: Path, encoder_path: Path, parity: dict[str, float], source: str | None = None
 ) -> tuple[PriorSpec | None, MixturePrior | None]:
     """A learned prior as the service's diagonal Gaussian mixture file: the encoder's posteriors at the
     pseudo-inputs, computed here once. The exported encoder must give the same components (recorded in
-    `parity` as prior_max_abs_diff), so the file agrees with the graph the service runs."""
+    `parity` as prior_max_abs_diff), so the file agrees with the graph the service runs. `source`: how the
+    pseudo-inputs were made (default: the VampPrior's, learned)."""
     components = vae.prior_components()
-    if components is None or vae.prior is None:
+    if components is None or not isinstance(vae.prior, VampPrior):  # a given mixture has no pseudo-inputs
         return None, None
     means, log_vars, log_weights = (t.cpu().numpy() for t in components)
     pseudo = np.ascontiguousarray(vae.prior.inputs().cpu().numpy(), dtype=np.float32)
@@ -635,7 +637,8 @@ def _export_prior(
         components=k,
         file=PRIOR_FILE,
         sha256=sha256_file(path),
-        source=f"VampPrior (Tomczak and Welling 2018): the encoder's posteriors at {k} learned pseudo-inputs",
+        source=source
+        or f"VampPrior (Tomczak and Welling 2018): the encoder's posteriors at {k} learned pseudo-inputs",
     )
     return spec, read_mixture(path, k, vae.latent_dim)
 
@@ -661,8 +664,11 @@ def write_sampler_preview(folder: Path, manifest: Manifest) -> None:
     c, h, w = manifest.image.shape
     maps = manifest.sampler.inputs[1].shape[1]
     assert isinstance(maps, int)
-    # N(0, I) with seed 0, as the service draws the latents of /v1/sample (service/inference/model.py)
-    z = np.random.default_rng(0).standard_normal((64, manifest.latent_dim), dtype=np.float32)
+    # Seed 0's latents, as the service draws those of /v1/sample (service/inference/model.py)
+    if (spec := manifest.prior) is not None:
+        z = read_mixture(folder / spec.file, spec.components, manifest.latent_dim).draw(64, 0)
+    else:
+        z = np.random.default_rng(0).standard_normal((64, manifest.latent_dim), dtype=np.float32)
     noise = sampler_noise(64, maps, c, h, w, pixel_rng(0), DEFAULT_PIXEL_TEMPERATURE)
     (images,) = _ort_session(folder / manifest.sampler.file).run(None, {"z": z, "noise": noise})
     (folder / PREVIEW_FILE).write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))

@@ -15,7 +15,7 @@ from torch import nn
 
 from training.config import TrainConfig
 from training.pixel_groups import FEATURES, PIXEL_LEVELS, PixelGroupDecoder
-from training.priors import VampPrior
+from training.priors import FixedMixture, VampPrior
 
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -122,7 +122,7 @@ class VAE(nn.Module):
         self.to_mean = nn.Linear(feature_dim, config.latent_dim)
         self.to_log_var = nn.Linear(feature_dim, config.latent_dim)
         # A learned prior lives with the networks, so its parameters are trained and checkpointed with them.
-        self.prior: VampPrior | None = None
+        self.prior: VampPrior | FixedMixture | None = None
         if config.prior == "vamp":
             self.prior = VampPrior(config.vamp_components, image_shape)
 
@@ -165,6 +165,8 @@ class VAE(nn.Module):
         eq. 9)."""
         if self.prior is None:
             return None
+        if isinstance(self.prior, FixedMixture):
+            return self.prior.mixture()
         means, log_vars = self.encode(self.prior.inputs())
         uniform = -math.log(self.prior.components)
         log_weights = torch.full((self.prior.components,), uniform, device=means.device, dtype=means.dtype)

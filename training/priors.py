@@ -34,3 +34,26 @@ class VampPrior(nn.Module):
 
     def inputs(self) -> torch.Tensor:
         return F.hardtanh(self.pseudo_inputs, 0.0, 1.0)  # (K, C, H, W)
+
+
+class FixedMixture(nn.Module):
+    """A prior given as a diagonal Gaussian mixture, not learned: what the service samples from a version's
+    prior file, so that training's evaluation measures a model under the prior it is served with (the
+    aggregate posterior of training/aggregate_prior.py)."""
+
+    means: torch.Tensor  # (K, D)
+    log_vars: torch.Tensor  # (K, D)
+    log_weights: torch.Tensor  # (K,)
+
+    def __init__(self, means: torch.Tensor, log_vars: torch.Tensor, weights: torch.Tensor):
+        super().__init__()
+        self.register_buffer("means", means.float())
+        self.register_buffer("log_vars", log_vars.float())
+        self.register_buffer("log_weights", torch.log(weights.double() / weights.double().sum()).float())
+
+    @property
+    def components(self) -> int:
+        return int(self.means.shape[0])
+
+    def mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.means, self.log_vars, self.log_weights

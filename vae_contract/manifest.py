@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vae_contract.classes import COMPONENTS_KIND, CONDITIONAL_KINDS
 from vae_contract.novelty import MAX_CALIBRATION, MIN_CALIBRATION, STATISTICS
 from vae_contract.priors import MAX_COMPONENTS, PRIOR_KINDS
 
@@ -146,14 +147,30 @@ class EvaluationMetrics(_Strict):
 
 
 class ConditionalSpec(_Strict):
-    """Per-class Gaussians of the aggregate posterior, for conditional sampling (training/class_gaussians.py):
-    `file` is an .npz of plain arrays (names (K,), counts (K,), mean (K, D), cholesky (K, D, D), float32);
-    z = mean[c] + temperature * cholesky[c] @ eps, eps ~ N(0, I) from the request's seed."""
+    """p(z | class) for conditional sampling, a hashed .npz of plain arrays (layouts: vae_contract/classes.py)
 
-    kind: Literal["gaussian_per_class"] = "gaussian_per_class"
+    gaussian_per_class: a Gaussian per class of the aggregate posterior (training/class_gaussians.py), z =
+    mean[c] + temperature * cholesky[c] @ eps. prior_components_per_class: the class of each component of the
+    manifest's mixture prior, drawn as the prior restricted to the class's components (needs `prior`). A kind
+    this service does not know refuses the model: drawing it as another kind would answer the wrong class.
+    """
+
+    kind: Literal["gaussian_per_class", "prior_components_per_class"] = "gaussian_per_class"
     file: str
     sha256: Sha256
     classes: list[str]
+    # How the class distributions were made, e.g. which training images' posteriors.
+    source: str = ""
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, value: object) -> object:
+        if value not in CONDITIONAL_KINDS:
+            raise ValueError(
+                f"unknown conditional kind {value!r}: this service draws only "
+                f"{', '.join(CONDITIONAL_KINDS)}; upgrade the service to serve this model"
+            )
+        return value
 
 
 class NoveltySpec(_Strict):
@@ -229,6 +246,14 @@ class Manifest(_Strict):
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @model_validator(mode="after")
+    def _classes_need_their_prior(self) -> Manifest:
+        if self.conditional is not None and self.conditional.kind == COMPONENTS_KIND and self.prior is None:
+            raise ValueError(
+                f"conditional kind {COMPONENTS_KIND} names components of a prior: it needs `prior`"
+            )
+        return self
 
     def graphs(self) -> dict[str, GraphSpec]:
         """The model's graphs by role: encoder, decoder and, with pixel groups, scorer and sampler."""

@@ -124,13 +124,19 @@ class SampleRequest(_Options, PixelOptions):
     n: int = Field(1, ge=1, description=f"Number of samples; at most {limit('max_sample_n')}.")
     seed: int | None = SeedField
     temperature: float = Field(
-        1.0, gt=0, le=10, description="Scale of the prior draws: z ~ N(0, temperature^2 I)."
+        1.0,
+        gt=0,
+        le=10,
+        description="Scale of the prior draws: z ~ N(0, temperature^2 I), or under a mixture prior "
+        "(`prior` on /v1/models) each component's standard deviation times temperature.",
     )
     label: str | int | None = Field(
         None,
         description='A class name from the model\'s `conditional.classes` on /v1/models (e.g. "Sneaker"; '
-        "an integer is read as its decimal name, for digit classes): z = mean_c + temperature * L_c eps, "
-        "eps ~ N(0, I) from the seed, with the class's Gaussian fitted to the training encodings.",
+        "an integer is read as its decimal name, for digit classes). `conditional.kind` gaussian_per_class: "
+        "z = mean_c + temperature * L_c eps, eps ~ N(0, I) from the seed, with the class's Gaussian fitted "
+        "to the training encodings; prior_components_per_class: a component of the prior among the class's "
+        "own, then z = its mean + temperature * its std * eps.",
         examples=["Sneaker"],
     )
 

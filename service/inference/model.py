@@ -19,7 +19,7 @@ from service.inference.batcher import Batcher
 from service.inference.limits import check_finite_outputs
 from service.inference.offload import off_loop
 from service.inference.runtime import Graph
-from vae_contract.classes import ClassGaussians
+from vae_contract.classes import ClassConditional
 from vae_contract.latents import lerp, manifold_latents, slerp
 from vae_contract.likelihoods import discretized_logistic_nll, kl_to_prior, reconstruction_nll
 from vae_contract.manifest import Manifest
@@ -85,7 +85,7 @@ class VAEModel:
         encoder_batcher: Batcher,
         decoder_batcher: Batcher,
         prior: MixturePrior | None = None,
-        classes: ClassGaussians | None = None,
+        classes: ClassConditional | None = None,
         scorer: tuple[Graph, Batcher] | None = None,
         calibration: Calibration | None = None,
         sampler: tuple[Graph, Batcher] | None = None,
@@ -97,7 +97,7 @@ class VAEModel:
         self.encoder_batcher = encoder_batcher
         self.decoder_batcher = decoder_batcher
         self.prior = prior  # None: N(0, I); else the manifest's mixture, read and checked at load
-        self.classes = classes  # the per-class Gaussians of the manifest's `conditional` section, if any
+        self.classes = classes  # p(z | class) of the manifest's `conditional` section, if any
         # The manifest's scorer graph (pixel groups): x -> -log p(x | z = encoder mean), nats per image.
         self.scorer: Graph | None = scorer[0] if scorer is not None else None
         self.scorer_batcher: Batcher | None = scorer[1] if scorer is not None else None
@@ -265,8 +265,9 @@ class VAEModel:
         label: str | None = None,
         pixel_temperature: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """n seeded draws from the prior, or with a label from that class's Gaussian, and their images (with a
-        pixel temperature: drawn from p(x | z), seeded by the same seed)."""
+        """n seeded draws from the prior, or with a label from that class's distribution (its Gaussian, or the
+        prior's components of that class), and their images (with a pixel temperature: drawn from p(x | z),
+        seeded by the same seed)."""
         if label is not None:
             index = self.class_index(label)
             assert self.classes is not None

@@ -50,7 +50,7 @@ from service.inference.model_files import ModelFileError, check_external_data, c
 from service.inference.runtime import Graph, ModelLoadError, session_options
 from service.inference.shapes import batch_shapes
 from service.metrics import Metrics
-from vae_contract.classes import ClassFileError, ClassGaussians, read_class_gaussians
+from vae_contract.classes import ClassConditional, ClassFileError, read_conditional
 from vae_contract.manifest import (
     MANIFEST_FILE,
     ManifestError,
@@ -221,9 +221,11 @@ class ModelRegistry:
         if prior_spec is not None:
             k = prior_spec.components
             prior = self._side_file(path / prior_spec.file, lambda f: read_mixture(f, k, d))
-        classes: ClassGaussians | None = None
+        classes: ClassConditional | None = None
         if cond is not None:
-            classes = self._side_file(path / cond.file, lambda f: read_class_gaussians(f, cond.classes, d))
+            classes = self._side_file(
+                path / cond.file, lambda f: read_conditional(f, cond.kind, cond.classes, d, prior)
+            )
         calibration: Calibration | None = None
         if (spec := manifest.novelty) is not None:
             calibration = self._side_file(

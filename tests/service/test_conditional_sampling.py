@@ -5,6 +5,7 @@ are refused at load."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -189,3 +190,67 @@ def test_a_bad_class_file_is_refused_at_load(tmp_path):
         ready = c.get("/readyz").json()
     assert ready["models"] == {"fashion": False}
     assert "cholesky is not lower triangular" in ready["failures"]["fashion"]
+
+
+def _mixture(k: int = 4, d: int = 3):
+    from vae_contract.priors import MixturePrior
+
+    means = np.arange(k * d, dtype=np.float32).reshape(k, d)
+    return MixturePrior(means, np.full((k, d), -2.0, np.float32), np.full(k, 1 / k))
+
+
+def test_component_class_file_checks_and_draws(tmp_path):
+    """prior_components_per_class: class c draws from the prior's components of class c (weights
+    renormalised), exactly as MixturePrior.draw would from those components alone; -1 is no class; a class
+    without components draws from the whole prior."""
+    from vae_contract.classes import read_conditional, write_class_components
+    from vae_contract.priors import MixturePrior
+
+    prior = _mixture()
+    owners = np.array([1, 0, 1, -1])  # class "a" owns component 1, "b" components 0 and 2, "c" none
+    path, _ = write_class_components(("a", "b", "c"), np.array([1, 2, 0]), owners, tmp_path)
+    classes = read_conditional(path, "prior_components_per_class", ["a", "b", "c"], 3, prior)
+    assert classes.names == ("a", "b", "c") and classes.index("c") == 2
+    b = classes.draw(1, 6, seed=4, temperature=0.5)
+    by_hand = MixturePrior(prior.means[[0, 2]], prior.log_vars[[0, 2]], np.array([0.5, 0.5])).draw(6, 4, 0.5)
+    np.testing.assert_array_equal(b, by_hand)
+    # Component means are 3 apart and the spread is exp(-1) * 0.5: each draw is near one of b's own means.
+    nearest = np.abs(b[:, None, :] - prior.means[None]).sum(axis=2).argmin(axis=1)
+    assert set(nearest) <= {0, 2}
+    alone = prior.means[1] + np.float32(np.exp(-1.0)) * _eps_after_choice(1, 3, 1, 3)  # one component
+    np.testing.assert_allclose(classes.draw(0, 3, seed=1), alone, rtol=1e-6)
+    np.testing.assert_array_equal(classes.draw(2, 5, seed=2), prior.draw(5, 2))
+    cases = {
+        "outside -1..2": np.array([1, 0, 3, -1]),
+        "one per prior component": np.array([1, 0, 1]),
+        "integers": np.array([1.0, 0, 1, -1]),
+    }
+    for message, bad in cases.items():
+        path = _write(tmp_path / "bad.npz", names=np.asarray(["a", "b", "c"]), counts=np.array([1, 2, 0]),
+                      component_class=bad)  # fmt: skip
+        with pytest.raises(ClassFileError, match=message):
+            read_conditional(path, "prior_components_per_class", ["a", "b", "c"], 3, prior)
+    with pytest.raises(ClassFileError, match="there is none"):
+        read_conditional(path, "prior_components_per_class", ["a", "b", "c"], 3, None)
+    np.savez(tmp_path / "gaussians.npz", **_good())  # the other kind's arrays
+    with pytest.raises(ClassFileError, match="expected the arrays names, counts, component_class"):
+        read_conditional(tmp_path / "gaussians.npz", "prior_components_per_class", ["a", "b"], 3, prior)
+
+
+def _eps_after_choice(seed: int, n: int, components: int, d: int) -> np.ndarray:
+    """The Gaussian draws MixturePrior.draw makes after choosing n of `components` components."""
+    rng = np.random.default_rng(seed)
+    rng.choice(components, size=n, p=np.full(components, 1 / components))
+    return rng.standard_normal((n, d), dtype=np.float32)
+
+
+def test_a_manifest_with_component_classes_needs_a_prior_and_a_known_kind():
+    from vae_contract.manifest import Manifest
+
+    raw = json.loads((MODELS / "fashion" / "1" / "model.json").read_text())
+    raw["conditional"]["kind"] = "prior_components_per_class"
+    with pytest.raises(ValueError, match="names a prior's components: it needs `prior`"):
+        Manifest.model_validate(raw)
+    raw["conditional"]["kind"] = "flow_per_class"
+    with pytest.raises(ValueError, match="unknown conditional kind 'flow_per_class'.*upgrade the service"):
+        Manifest.model_validate(raw)

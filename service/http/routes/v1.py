@@ -201,7 +201,8 @@ async def decode(
     "/sample",
     summary="Draw n latents from the prior (seeded) and decode them",
     description="The same seed, n, temperature, label and model always give the same images. With `label`, "
-    "the draws come from that class's Gaussian (models whose /v1/models entry lists `conditional.classes`); "
+    "the draws come from that class's distribution, `conditional.kind` on /v1/models: its Gaussian, or the "
+    "prior's components made from that class's training images (models that list `conditional.classes`); "
     "an unknown label is a 422 listing the valid ones. npy output: the images, or `?output=latents`.",
     responses=_responses(SampleResponse, PNG, NPY),
     openapi_extra=_body(SampleRequest, SampleRequest),
