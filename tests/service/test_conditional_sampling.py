@@ -249,7 +249,7 @@ def test_a_manifest_with_component_classes_needs_a_prior_and_a_known_kind():
 
     raw = json.loads((MODELS / "fashion" / "1" / "model.json").read_text())
     raw["conditional"]["kind"] = "prior_components_per_class"
-    with pytest.raises(ValueError, match="names a prior's components: it needs `prior`"):
+    with pytest.raises(ValueError, match="names components of a prior: it needs `prior`"):
         Manifest.model_validate(raw)
     raw["conditional"]["kind"] = "flow_per_class"
     with pytest.raises(ValueError, match="unknown conditional kind 'flow_per_class'.*upgrade the service"):

@@ -115,3 +115,68 @@ def test_rebuilt_from_the_graphs_and_republished_with_a_sampler(grouped_model, t
         old = client.post("/v1/sample", json={"model": "grouped@1", "seed": 1, "pixels": "sample"})
     assert new["version"] == 2 and new["pixels"] == "sample"
     assert old.status_code == 422 and "no sampler graph" in old.json()["error"]
+
+
+def test_republished_with_its_aggregate_posterior_as_prior(grouped_model, tmp_path, serve_app):
+    """training.aggregate_prior: the same graphs byte for byte; the prior's components are the training
+    images' posteriors (as the graphs encode them) and N(0, I), of equal weight; a label draws from its own
+    images' components; no image's score rises by more than log K, and a training image's KL is at most
+    log K."""
+    import base64
+    import math
+
+    from tests.emoji_models import fixture_dataset
+    from training.aggregate_prior import publish
+    from vae_contract.classes import read_conditional
+    from vae_contract.imaging import encode_png
+    from vae_contract.manifest import read_manifest
+    from vae_contract.priors import MixturePrior, read_mixture
+
+    root, model = grouped_model
+    models = tmp_path / "models"
+    shutil.copytree(root / "grouped" / "1", models / "grouped" / "1")
+    dataset = fixture_dataset()
+    target = publish(models / "grouped" / "1", dataset=dataset, iwae_k=4)
+    assert target == models / "grouped" / "2"
+    for file in ("encoder.onnx", "decoder.onnx", "scorer.onnx", "sampler.onnx"):
+        assert (target / file).read_bytes() == (models / "grouped" / "1" / file).read_bytes()
+    manifest = read_manifest(target)
+    assert manifest.prior is not None and manifest.conditional is not None and manifest.metrics is not None
+    assert manifest.metrics.iwae_k == 4 and "aggregate_prior" in manifest.metrics.measured_with
+    k = len(dataset.x_train) + 1
+    prior = read_mixture(target / "prior.npy", manifest.prior.components, 4)
+    assert prior.components == k and np.allclose(prior.weights, 1 / k)
+    pngs = [base64.b64encode(encode_png(image / 255)).decode("ascii") for image in dataset.x_train]
+    with serve_app(models) as client:
+        def answer(route: str, model: str, images: list[str]) -> dict:
+            response = client.post(route, json={"model": model, "images": images})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        encoded = answer("/v1/encode", "grouped", pngs)
+        mean, log_var = (np.asarray(encoded[key], np.float32) for key in ("mean", "log_var"))
+        np.testing.assert_allclose(prior.means[:-1], mean, atol=1e-4)
+        np.testing.assert_allclose(prior.log_vars[:-1], log_var, atol=1e-4)
+        assert not prior.means[-1].any() and not prior.log_vars[-1].any()  # N(0, I)
+        both = pngs + [base64.b64encode(encode_png(image / 255)).decode("ascii") for image in dataset.x_test]
+        old = np.asarray(answer("/v1/reconstruct", "grouped@1", both)["scores"])
+        new = np.asarray(answer("/v1/reconstruct", "grouped@2", both)["scores"])
+        assert (new <= old + math.log(k) + 1e-3).all()  # p(z) >= N(z; 0, I) / K
+        # The score is -log p(x | z = mean) + KL: the first term is the same graph's, the KL under N(0, I) is
+        # the last component's, so the new KL of a training image is new - (old - KL_N); its own component
+        # is its posterior (KL 0), so that KL is at most log K.
+        kl = new[: len(pngs)] - (old[: len(pngs)] - prior.component_kls(mean, log_var)[:, -1])
+        assert (kl <= math.log(k) + 1e-3).all()
+        label = dataset.classes[1]
+        drawn = client.post("/v1/sample", json={"model": "grouped", "n": 5, "seed": 3, "label": label,
+                                                  "temperature": 0.7}).json()  # fmt: skip
+        info = client.get("/v1/models").json()
+    assert manifest.conditional.kind == "prior_components_per_class"
+    classes = read_conditional(target / "classes.npz", "prior_components_per_class",
+                               manifest.conditional.classes, 4, prior)  # fmt: skip
+    np.testing.assert_array_equal(classes.component_class, [*dataset.y_train, -1])
+    own = np.flatnonzero(dataset.y_train == 1)
+    by_hand = MixturePrior(prior.means[own], prior.log_vars[own], np.full(len(own), 1 / len(own)))
+    np.testing.assert_array_equal(np.asarray(drawn["latents"], np.float32), by_hand.draw(5, 3, 0.7))
+    listed = next(m for m in info["models"] if m["name"] == "grouped")
+    assert listed["prior"]["components"] == k and "aggregate posterior" in listed["prior"]["source"]
