@@ -252,5 +252,5 @@ def test_a_manifest_with_component_classes_needs_a_prior_and_a_known_kind():
     with pytest.raises(ValueError, match="names components of a prior: it needs `prior`"):
         Manifest.model_validate(raw)
     raw["conditional"]["kind"] = "flow_per_class"
-    with pytest.raises(ValueError, match="unknown conditional kind 'flow_per_class'.*upgrade the service"):
+    with pytest.raises(ValueError, match=r"unknown conditional kind 'flow_per_class'.*upgrade the service"):
         Manifest.model_validate(raw)

@@ -132,7 +132,7 @@ def test_republished_with_its_aggregate_posterior_as_prior(grouped_model, tmp_pa
     from vae_contract.manifest import read_manifest
     from vae_contract.priors import MixturePrior, read_mixture
 
-    root, model = grouped_model
+    root, _ = grouped_model
     models = tmp_path / "models"
     shutil.copytree(root / "grouped" / "1", models / "grouped" / "1")
     dataset = fixture_dataset()
