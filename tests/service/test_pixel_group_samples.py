@@ -148,6 +148,7 @@ def test_republished_with_its_aggregate_posterior_as_prior(grouped_model, tmp_pa
     assert prior.components == k and np.allclose(prior.weights, 1 / k)
     pngs = [base64.b64encode(encode_png(image / 255)).decode("ascii") for image in dataset.x_train]
     with serve_app(models) as client:
+
         def answer(route: str, model: str, images: list[str]) -> dict:
             response = client.post(route, json={"model": model, "images": images})
             assert response.status_code == 200, response.text
