@@ -17,7 +17,10 @@ Columns:
   classifier labels as the class asked for; for `real train`, the classifier's accuracy on the real test
   images (what a perfect conditional generator would score);
 - `MLP`: the same samples labelled by the model cards' classifier (`training.class_gaussians`' small MLP,
-  3 epochs on the real training images), so that the cards' recognition figures compare like for like.
+  3 epochs on the real training images), so that the cards' recognition figures compare like for like;
+- `to train`: the median feature distance from an image to its nearest training image, over the same median
+  for the real test images: 1 is as far from the training set as new real images are, well below 1 means
+  copies of training images (a check that matters for priors built from training images' posteriors).
 
 Every image comes from the service's data plane (`VAEModel.sample`, as /v1/sample answers, seeded), so the
 table measures what clients get. Also the cost: milliseconds per image of a batch of 64 through the decoder
@@ -138,6 +141,12 @@ def _coverage(reference: np.ndarray, query: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(_distances(query, reference) <= radii[None, :], axis=1)))
 
 
+def nearest_distance(query: np.ndarray, reference: np.ndarray, chunk: int = 1024) -> float:
+    """Median over `query` rows of the distance to the nearest `reference` row."""
+    nearest = [_distances(query[i : i + chunk], reference).min(axis=1) for i in range(0, len(query), chunk)]
+    return float(np.median(np.concatenate(nearest)))
+
+
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS) -> tuple[float, float]:
     """Kynkäänniemi et al. 2019: precision = fakes inside the real manifold, recall = reals inside the
     fake one."""
@@ -238,6 +247,8 @@ def measure(
     real_feats, real_pred = features_and_labels(net, x_test)
     test_accuracy = float(np.mean(real_pred == data.y_test))
     real_feats = features_and_labels(net, real)[0]
+    train_feats = features_and_labels(net, x_train)[0]
+    test_to_train = nearest_distance(real_feats, train_feats)
     real_energy = gradient_energy(real)
     mlp = _card_classifier(x_train, data.y_train, int(data.y_train.max()) + 1)
     mlp_accuracy = float(np.mean(_mlp_labels(mlp, x_test) == data.y_test))
@@ -252,6 +263,7 @@ def measure(
             "sharpness": round(gradient_energy(images) / real_energy, 3),
             "recognised": None if recognised is None else round(recognised[0], 3),
             "recognised_mlp": None if recognised is None else round(recognised[1], 3),
+            "to_train": round(nearest_distance(feats, train_feats) / test_to_train, 3),
         }
 
     def recognised(pixel_temperature: float | None) -> tuple[float, float] | None:
@@ -283,13 +295,15 @@ def markdown(name: str, report: dict[str, Any]) -> str:
         f"{report['classifier']['test_accuracy']:.3f}; ms/image at batch 64: "
         f"{report['ms_per_image_batch_64']})",
         "",
-        "| images | FD | precision | recall | sharpness | recognised | MLP |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| images | FD | precision | recall | sharpness | recognised | MLP | to train |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, r in report["rows"].items():
         rec = [("" if r[key] is None else f"{r[key]:.3f}") for key in ("recognised", "recognised_mlp")]
         cells = [label, f"{r['FD']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"]
-        lines.append("| " + " | ".join([*cells, f"{r['sharpness']:.3f}", *rec]) + " |")
+        lines.append(
+            "| " + " | ".join([*cells, f"{r['sharpness']:.3f}", *rec, f"{r['to_train']:.2f}"]) + " |"
+        )
     return "\n".join(lines)
 
 
