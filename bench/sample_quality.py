@@ -26,8 +26,13 @@ Every image comes from the service's data plane (`VAEModel.sample`, as /v1/sampl
 table measures what clients get. Also the cost: milliseconds per image of a batch of 64 through the decoder
 graph (mean) and through the sampler graph with its noise, on this CPU.
 
+With `--label-temperatures`, a second table: class-conditional draws at those latent temperatures
+(`temperature` with `label` on /v1/sample; the default pixel temperature), their recognition and distance to
+the training set: a lower temperature keeps a draw closer to its class's encoded images (and copies).
+
     nice -n 10 python -m bench.sample_quality                         # emoji, fashion, mnist
     nice -n 10 python -m bench.sample_quality --datasets emoji --temperatures 0 0.3 0.5 1
+    nice -n 10 python -m bench.sample_quality --datasets emoji --temperatures 0.5 --label-temperatures 1 0.5 0
 """
 
 from __future__ import annotations
@@ -186,11 +191,13 @@ def prior_images(vae: Any, n: int, seed: int, pixel_temperature: float | None) -
     return asyncio.run(run())
 
 
-def conditional_images(vae: Any, per_class: int, seed: int, pixel_temperature: float | None) -> tuple:
+def conditional_images(
+    vae: Any, per_class: int, seed: int, pixel_temperature: float | None, temperature: float = 1.0
+) -> tuple:
     async def run() -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
         for index, name in enumerate(vae.classes.names):
-            drawn, _ = await vae.sample(per_class, seed + index, 1.0, name, pixel_temperature)
+            drawn, _ = await vae.sample(per_class, seed + index, temperature, name, pixel_temperature)
             images.append(drawn)
             labels.append(np.full(per_class, index))
         return np.concatenate(images), np.concatenate(labels)
@@ -227,8 +234,10 @@ def measure(
     n: int,
     per_class: int,
     steps: int,
+    label_temperatures: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     from training.data import load_dataset
+    from vae_contract.pixel_draws import DEFAULT_PIXEL_TEMPERATURE
 
     _registry, vae = _load(models_dir, MODELS[dataset_name])
     c, h, _ = vae.manifest.image.shape
@@ -273,6 +282,16 @@ def measure(
         cnn = float(np.mean(features_and_labels(net, images)[1] == labels))
         return cnn, float(np.mean(_mlp_labels(mlp, images) == labels))
 
+    by_label: dict[str, dict[str, float]] = {}
+    for t in label_temperatures if vae.classes is not None else []:
+        pixels = DEFAULT_PIXEL_TEMPERATURE if vae.can_draw() else None
+        images, labels = conditional_images(vae, per_class, 1000, pixels, t)
+        feats, predicted = features_and_labels(net, images)
+        by_label[f"label, temperature {t:g}"] = {
+            "recognised": round(float(np.mean(predicted == labels)), 3),
+            "recognised_mlp": round(float(np.mean(_mlp_labels(mlp, images) == labels)), 3),
+            "to_train": round(nearest_distance(feats, train_feats) / test_to_train, 3),
+        }
     rows = {"real train": row(train_subset, (test_accuracy, mlp_accuracy))}
     rows["mean"] = row(prior_images(vae, n, 0, None), recognised(None))
     if vae.can_draw():
@@ -284,6 +303,7 @@ def measure(
         "classifier": {"steps": steps, "test_accuracy": round(test_accuracy, 4), "seconds": round(trained_s)},
         "card_classifier_test_accuracy": round(mlp_accuracy, 4),
         "rows": rows,
+        "by_label": by_label,
         "ms_per_image_batch_64": cost_ms_per_image(vae),
     }
     return report
@@ -304,6 +324,11 @@ def markdown(name: str, report: dict[str, Any]) -> str:
         lines.append(
             "| " + " | ".join([*cells, f"{r['sharpness']:.3f}", *rec, f"{r['to_train']:.2f}"]) + " |"
         )
+    if report["by_label"]:
+        lines += ["", "| conditional draws | recognised | MLP | to train |", "| --- | --- | --- | --- |"]
+        for label, r in report["by_label"].items():
+            cells = [label, f"{r['recognised']:.3f}", f"{r['recognised_mlp']:.3f}", f"{r['to_train']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -317,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperatures", nargs="+", type=float, default=[0.0, 0.3, 0.5, 0.7, 1.0])
     parser.add_argument("--images", type=int, default=2000, help="images per row (at most the test set)")
     parser.add_argument("--per-class", type=int, default=100, help="conditional samples per class")
+    parser.add_argument(
+        "--label-temperatures",
+        nargs="*",
+        type=float,
+        default=[],
+        help="latent temperatures of extra conditional rows (recognition and distance to the training set)",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="classifier steps of 128 (whole epochs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the reports here")
@@ -327,7 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     reports = {}
     for name in args.datasets:
         reports[name] = measure(
-            name, args.models_dir, args.data_dir, args.temperatures, args.images, args.per_class, args.steps
+            name,
+            args.models_dir,
+            args.data_dir,
+            args.temperatures,
+            args.images,
+            args.per_class,
+            args.steps,
+            tuple(args.label_temperatures),
         )
         print(markdown(name, reports[name]), flush=True)
         print(flush=True)
