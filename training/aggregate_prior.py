@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +50,7 @@ from training.export import (
     manifest_metrics,
     write_sampler_preview,
 )
+from training.new_version import staged_version
 from training.novelty import calibrate
 from training.onnx_weights import rebuild
 from training.priors import FixedMixture, VampPrior
@@ -59,9 +58,7 @@ from vae_contract.classes import CLASSES_FILE, COMPONENTS_KIND, write_class_comp
 from vae_contract.manifest import (
     MANIFEST_FILE,
     Manifest,
-    latest_version,
     sha256_file,
-    verify_model_dir,
     write_manifest,
 )
 from vae_contract.novelty import NOVELTY_FILE
@@ -115,29 +112,20 @@ def publish(
     with torch.no_grad():  # the images are in [0, 1], where the VampPrior's hard tanh is the identity
         vae.prior.pseudo_inputs.copy_(images)
     vae.eval()
-    models_dir = source.parent.parent
-    chosen = version if version is not None else (latest_version(models_dir, manifest.name) or 0) + 1
-    target = models_dir / manifest.name / str(chosen)
-    if target.exists():
-        raise ExportError(f"{target} already exists; model versions are immutable")
-    staging = Path(tempfile.mkdtemp(prefix=f".{chosen}.", dir=target.parent))
-    try:
-        for item in source.iterdir():
-            if item.is_file() and item.name not in REMADE:
-                shutil.copy2(item, staging / item.name)
+    with staged_version(source, manifest.name, REMADE, version) as new:
         parity = dict(manifest.parity or {})
         how = (
             f"aggregate posterior: the encoder's posteriors at {len(picked)} of the {len(dataset.x_train)} "
             f"training images (numpy default_rng({seed}) draw) and N(0, I), {len(picked) + 1} components "
             "of equal weight (training/aggregate_prior.py)"
         )
-        exported, _ = export_prior(vae, staging, staging / manifest.encoder.file, parity, source=how)
+        exported, _ = export_prior(vae, new.folder, new.folder / manifest.encoder.file, parity, source=how)
         assert exported is not None
-        with_standard_normal(staging / PRIOR_FILE, vae.latent_dim)
+        with_standard_normal(new.folder / PRIOR_FILE, vae.latent_dim)
         prior_spec = exported.model_copy(
-            update={"components": len(picked) + 1, "sha256": sha256_file(staging / PRIOR_FILE)}
+            update={"components": len(picked) + 1, "sha256": sha256_file(new.folder / PRIOR_FILE)}
         )
-        served = read_mixture(staging / PRIOR_FILE, len(picked) + 1, vae.latent_dim)
+        served = read_mixture(new.folder / PRIOR_FILE, len(picked) + 1, vae.latent_dim)
         vae.prior = FixedMixture(
             *(torch.from_numpy(a) for a in (served.means, served.log_vars, served.weights))
         )
@@ -147,7 +135,7 @@ def publish(
             names = tuple(manifest.conditional.classes)
             counts = np.bincount(dataset.y_train, minlength=len(names))
             owners = np.append(dataset.y_train[picked], -1)  # N(0, I) belongs to no class
-            _, digest = write_class_components(names, counts, owners, staging)
+            _, digest = write_class_components(names, counts, owners, new.folder)
             raw["conditional"] = {
                 "kind": COMPONENTS_KIND,
                 "file": CLASSES_FILE,
@@ -162,7 +150,7 @@ def publish(
         )
         metrics = metrics.model_copy(update=code_length_metrics(evaluation, vae, dataset))
         raw.update(
-            version=chosen,
+            version=new.version,
             created=datetime.now(UTC),
             description=f"{manifest.description}; prior: its aggregate posterior at {len(picked)} training "
             f"images, weights of {manifest.name}/{manifest.version}",
@@ -171,19 +159,13 @@ def publish(
             parity=parity,
         )
         published = Manifest.model_validate(raw)
-        write_manifest(staging, published)
+        write_manifest(new.folder, published)
         if published.sampler is not None:
-            write_sampler_preview(staging, published)
+            write_sampler_preview(new.folder, published)
         if manifest.novelty is not None:
-            calibrate(staging, data_dir)
-        verify_model_dir(staging)
-        staging.chmod(0o755)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info("published %s: %s", target, json.dumps(evaluation))
-    return target
+            calibrate(new.folder, data_dir)
+    log.info("published %s: %s", new.target, json.dumps(evaluation))
+    return new.target
 
 
 def main(argv: list[str] | None = None) -> None:

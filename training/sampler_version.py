@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training.errors import ExportError
 from training.export import export_sampler, sampler_spec, write_sampler_preview
+from training.new_version import staged_version
 from training.onnx_weights import rebuild
 from vae_contract.manifest import (
     MANIFEST_FILE,
     SAMPLER_FILE,
     Manifest,
-    latest_version,
-    verify_model_dir,
     write_manifest,
 )
 
@@ -38,22 +34,13 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
     """Copy `source` (a version folder) to a new version of the same model with a sampler graph."""
     source = Path(source)
     vae, manifest = rebuild(source)
-    models_dir = Path(models_dir) if models_dir is not None else source.parent.parent
-    chosen = version if version is not None else (latest_version(models_dir, manifest.name) or 0) + 1
-    target = models_dir / manifest.name / str(chosen)
-    if target.exists():
-        raise ExportError(f"{target} already exists; model versions are immutable")
-    staging = Path(tempfile.mkdtemp(prefix=f".{chosen}.", dir=target.parent))
-    try:
-        for item in source.iterdir():
-            if item.is_file() and item.name not in (MANIFEST_FILE, "README.md"):
-                shutil.copy2(item, staging / item.name)
-        sampler_path = staging / SAMPLER_FILE
+    with staged_version(source, manifest.name, (MANIFEST_FILE, "README.md"), version, models_dir) as new:
+        sampler_path = new.folder / SAMPLER_FILE
         diff = export_sampler(vae, sampler_path)
         parity = {**(manifest.parity or {}), "sampler_max_abs_diff": diff}
         raw = manifest.model_dump()
         raw.update(
-            version=chosen,
+            version=new.version,
             created=datetime.now(UTC),
             description=f"{manifest.description}; draws pixels from the mixture (sampler.onnx), weights of "
             f"{manifest.name}/{manifest.version}",
@@ -61,16 +48,10 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
             parity=parity,
         )
         published = Manifest.model_validate(raw)
-        write_manifest(staging, published)
-        write_sampler_preview(staging, published)
-        verify_model_dir(staging)
-        staging.chmod(0o755)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info("published %s (sampler parity %.3g)", target, diff)
-    return target
+        write_manifest(new.folder, published)
+        write_sampler_preview(new.folder, published)
+    log.info("published %s (sampler parity %.3g)", new.target, diff)
+    return new.target
 
 
 def main(argv: list[str] | None = None) -> None:

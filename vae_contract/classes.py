@@ -14,10 +14,10 @@ the one implementation both training's measurements and the service use. No torc
 component_class (M,) int, the class of each of the prior's M mixture components (-1: of no class, drawn only
 without a label). Class c's distribution is the prior restricted to its components, their weights
 renormalised, drawn as the prior is (`MixturePrior.draw`); a class without components (no training image)
-draws from the whole prior, as `gaussian_per_class` gives such a class the prior's Gaussian. For a prior made of training images'
-posteriors (training/aggregate_prior.py) that is the aggregate posterior of the class's own images, which one
-Gaussian per class only approximates: a class whose images sit in several places of the latent space gets
-draws from each of them, not from the space between them.
+draws from the whole prior, as `gaussian_per_class` gives such a class the prior's Gaussian. For a prior
+made of training images' posteriors (training/aggregate_prior.py) that is the aggregate posterior of the
+class's own images, which one Gaussian per class only approximates: a class whose images sit in several
+places of the latent space gets draws from each of them, not from the space between them.
 """
 
 from __future__ import annotations

@@ -101,6 +101,17 @@ class DatasetSpec(_Strict):
     classes: list[str] | None = None  # label names by index
 
 
+def _known(value: object, known: tuple[str, ...], what: str, does: str, note: str = "") -> object:
+    """`value` if this service knows it; else the error that refuses the model, naming what it knows: an old
+    service never serves a newer model's field as something else."""
+    if value not in known:
+        raise ValueError(
+            f"unknown {what} {value!r}: this service {does} {', '.join(known)}{note}; "
+            "upgrade the service to serve this model"
+        )
+    return value
+
+
 class PriorSpec(_Strict):
     """A prior other than N(0, I); a manifest without `prior` means N(0, I).
 
@@ -119,12 +130,7 @@ class PriorSpec(_Strict):
     @field_validator("kind", mode="before")
     @classmethod
     def _known_kind(cls, value: object) -> object:
-        if value not in PRIOR_KINDS:
-            raise ValueError(
-                f"unknown prior kind {value!r}: this service samples only {', '.join(PRIOR_KINDS)} "
-                "(and N(0, I) when the manifest has no prior); upgrade the service to serve this model"
-            )
-        return value
+        return _known(value, PRIOR_KINDS, "prior kind", "samples only", " (and N(0, I) without a prior)")
 
 
 class EvaluationMetrics(_Strict):
@@ -165,12 +171,7 @@ class ConditionalSpec(_Strict):
     @field_validator("kind", mode="before")
     @classmethod
     def _known_kind(cls, value: object) -> object:
-        if value not in CONDITIONAL_KINDS:
-            raise ValueError(
-                f"unknown conditional kind {value!r}: this service draws only "
-                f"{', '.join(CONDITIONAL_KINDS)}; upgrade the service to serve this model"
-            )
-        return value
+        return _known(value, CONDITIONAL_KINDS, "conditional kind", "draws only")
 
 
 class NoveltySpec(_Strict):
@@ -189,12 +190,7 @@ class NoveltySpec(_Strict):
     @field_validator("statistic", mode="before")
     @classmethod
     def _known_statistic(cls, value: object) -> object:
-        if value not in STATISTICS:
-            raise ValueError(
-                f"unknown novelty statistic {value!r}: this service computes {', '.join(STATISTICS)}; "
-                "upgrade the service to serve this model"
-            )
-        return value
+        return _known(value, STATISTICS, "novelty statistic", "computes")
 
 
 class Manifest(_Strict):
