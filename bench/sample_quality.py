@@ -33,6 +33,7 @@ the training set: a lower temperature keeps a draw closer to its class's encoded
     nice -n 10 python -m bench.sample_quality                         # emoji, fashion, mnist
     nice -n 10 python -m bench.sample_quality --datasets emoji --temperatures 0 0.3 0.5 1
     nice -n 10 python -m bench.sample_quality --datasets emoji --temperatures 0.5 --label-temperatures 1 0.5 0
+    nice -n 10 python -m bench.sample_quality --datasets emoji --versions 5 7  # one classifier for both
 """
 
 from __future__ import annotations
@@ -169,11 +170,14 @@ def gradient_energy(x: np.ndarray) -> float:
 # --- images from the service's data plane ------------------------------------------------------------------
 
 
-def _load(models_dir: Path, name: str) -> tuple[Any, Any]:
+def _load(models_dir: Path, name: str, version: int | None = None) -> tuple[Any, Any]:
     from service.config import Settings
     from service.inference import ModelRegistry
 
-    registry = ModelRegistry(Settings(models_dir=models_dir, models=[name], max_batch_size=64))
+    settings = Settings(models_dir=models_dir, models=[name], max_batch_size=64)
+    if version is not None:
+        settings = settings.model_copy(update={"version_policy": f"specific:{version}"})
+    registry = ModelRegistry(settings)
     registry.load()
     if name not in registry.models:
         raise SystemExit(f"model {name!r} did not load: {registry.failures}")
@@ -235,12 +239,14 @@ def measure(
     per_class: int,
     steps: int,
     label_temperatures: tuple[float, ...] = (),
-) -> dict[str, Any]:
+    versions: tuple[int, ...] = (),
+) -> list[dict[str, Any]]:
+    """One report per version (default: the newest), all measured with the same classifier and images."""
     from training.data import load_dataset
     from vae_contract.pixel_draws import DEFAULT_PIXEL_TEMPERATURE
 
-    _registry, vae = _load(models_dir, MODELS[dataset_name])
-    c, h, _ = vae.manifest.image.shape
+    loaded = [_load(models_dir, MODELS[dataset_name], v)[1] for v in versions or (None,)]
+    c, h, _ = loaded[0].manifest.image.shape
     data = load_dataset(dataset_name, data_dir, h, c)
     x_train = data.x_train.astype(np.float32) / 255
     x_test = data.x_test.astype(np.float32) / 255
@@ -275,38 +281,44 @@ def measure(
             "to_train": round(nearest_distance(feats, train_feats) / test_to_train, 3),
         }
 
-    def recognised(pixel_temperature: float | None) -> tuple[float, float] | None:
-        if vae.classes is None:
-            return None
-        images, labels = conditional_images(vae, per_class, 1000, pixel_temperature)
-        cnn = float(np.mean(features_and_labels(net, images)[1] == labels))
-        return cnn, float(np.mean(_mlp_labels(mlp, images) == labels))
+    def one(vae: Any) -> dict[str, Any]:
+        def recognised(pixel_temperature: float | None) -> tuple[float, float] | None:
+            if vae.classes is None:
+                return None
+            images, labels = conditional_images(vae, per_class, 1000, pixel_temperature)
+            cnn = float(np.mean(features_and_labels(net, images)[1] == labels))
+            return cnn, float(np.mean(_mlp_labels(mlp, images) == labels))
 
-    by_label: dict[str, dict[str, float]] = {}
-    for t in label_temperatures if vae.classes is not None else []:
-        pixels = DEFAULT_PIXEL_TEMPERATURE if vae.can_draw() else None
-        images, labels = conditional_images(vae, per_class, 1000, pixels, t)
-        feats, predicted = features_and_labels(net, images)
-        by_label[f"label, temperature {t:g}"] = {
-            "recognised": round(float(np.mean(predicted == labels)), 3),
-            "recognised_mlp": round(float(np.mean(_mlp_labels(mlp, images) == labels)), 3),
-            "to_train": round(nearest_distance(feats, train_feats) / test_to_train, 3),
+        by_label: dict[str, dict[str, float]] = {}
+        for t in label_temperatures if vae.classes is not None else []:
+            pixels = DEFAULT_PIXEL_TEMPERATURE if vae.can_draw() else None
+            images, labels = conditional_images(vae, per_class, 1000, pixels, t)
+            feats, predicted = features_and_labels(net, images)
+            by_label[f"label, temperature {t:g}"] = {
+                "recognised": round(float(np.mean(predicted == labels)), 3),
+                "recognised_mlp": round(float(np.mean(_mlp_labels(mlp, images) == labels)), 3),
+                "to_train": round(nearest_distance(feats, train_feats) / test_to_train, 3),
+            }
+        rows = {"real train": row(train_subset, (test_accuracy, mlp_accuracy))}
+        rows["mean"] = row(prior_images(vae, n, 0, None), recognised(None))
+        if vae.can_draw():
+            for t in temperatures:
+                rows[f"sample T={t:g}"] = row(prior_images(vae, n, 0, t), recognised(t))
+        return {
+            "model": f"{vae.name}/{vae.manifest.version}",
+            "images": n,
+            "classifier": {
+                "steps": steps,
+                "test_accuracy": round(test_accuracy, 4),
+                "seconds": round(trained_s),
+            },
+            "card_classifier_test_accuracy": round(mlp_accuracy, 4),
+            "rows": rows,
+            "by_label": by_label,
+            "ms_per_image_batch_64": cost_ms_per_image(vae),
         }
-    rows = {"real train": row(train_subset, (test_accuracy, mlp_accuracy))}
-    rows["mean"] = row(prior_images(vae, n, 0, None), recognised(None))
-    if vae.can_draw():
-        for t in temperatures:
-            rows[f"sample T={t:g}"] = row(prior_images(vae, n, 0, t), recognised(t))
-    report = {
-        "model": f"{vae.name}/{vae.manifest.version}",
-        "images": n,
-        "classifier": {"steps": steps, "test_accuracy": round(test_accuracy, 4), "seconds": round(trained_s)},
-        "card_classifier_test_accuracy": round(mlp_accuracy, 4),
-        "rows": rows,
-        "by_label": by_label,
-        "ms_per_image_batch_64": cost_ms_per_image(vae),
-    }
-    return report
+
+    return [one(vae) for vae in loaded]
 
 
 def markdown(name: str, report: dict[str, Any]) -> str:
@@ -349,6 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="latent temperatures of extra conditional rows (recognition and distance to the training set)",
     )
+    parser.add_argument(
+        "--versions",
+        nargs="*",
+        type=int,
+        default=[],
+        help="versions to measure side by side with one classifier (default: the newest)",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="classifier steps of 128 (whole epochs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the reports here")
@@ -367,9 +386,11 @@ def main(argv: list[str] | None = None) -> int:
             args.per_class,
             args.steps,
             tuple(args.label_temperatures),
+            tuple(args.versions),
         )
-        print(markdown(name, reports[name]), flush=True)
-        print(flush=True)
+        for report in reports[name]:
+            print(markdown(name, report), flush=True)
+            print(flush=True)
     if args.json:
         args.json.write_text(json.dumps(reports, indent=2) + "\n")
     return 0
