@@ -73,7 +73,7 @@ def measure(model_dir: Path, images: np.ndarray) -> dict[str, Any]:
     return asyncio.run(_measure(model_dir, images))
 
 
-SERVED = ("mnist/1", "mnist/2", "mnist-2d/1", "fashion/1", "emoji/3", "emoji/4")
+SERVED = ("mnist/1", "mnist/2", "mnist-2d/1", "fashion/1", "emoji/6", "emoji/7")
 
 
 def out_sets(model_dir: Path, data_dir: Path, ood_dir: Path, n: int) -> dict[str, np.ndarray]:

@@ -13,9 +13,11 @@ Columns:
   images' k-NN balls, and of real images inside the generated ones';
 - `sharpness`: mean gradient energy (mean squared difference of horizontal and vertical neighbours, over
   pixels and channels) over that of the real test images: 1 is as sharp as real, below 1 blurrier;
-- `recognised`: class-conditional samples (the manifest's per-class Gaussians, `label` on /v1/sample) the
-  classifier labels as the class asked for; for `real train`, the classifier's accuracy on the real test
-  images (what a perfect conditional generator would score);
+- `recognised`: class-conditional samples (`label` on /v1/sample, the same number per class) the classifier
+  labels as the class asked for; for `real train`, the classifier's accuracy on the real test images. The
+  header also gives that accuracy averaged over classes (each class weighed equally, as the conditional
+  draws are), the like-for-like reference where the test set's classes are unbalanced (emoji: People & Body
+  is 60% of the images);
 - `MLP`: the same samples labelled by the model cards' classifier (`training.class_gaussians`' small MLP,
   3 epochs on the real training images), so that the cards' recognition figures compare like for like;
 - `to train`: the median feature distance from an image to its nearest training image, over the same median
@@ -122,6 +124,14 @@ def _mlp_labels(net: Any, x: np.ndarray) -> np.ndarray:
 
 
 # --- the statistics ----------------------------------------------------------------------------------------
+
+
+def per_class_rate(predicted: np.ndarray, labels: np.ndarray) -> tuple[float, dict[int, float]]:
+    """The share labelled correctly in each class present, and its mean over those classes: the accuracy
+    that weighs each class equally, as conditional draws do (the same number per class), where plain
+    accuracy weighs them by their share of the test set."""
+    rates = {int(c): float(np.mean(predicted[labels == c] == c)) for c in np.unique(labels)}
+    return float(np.mean(list(rates.values()))), rates
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -261,12 +271,15 @@ def measure(
     trained_s = time.perf_counter() - started
     real_feats, real_pred = features_and_labels(net, x_test)
     test_accuracy = float(np.mean(real_pred == data.y_test))
+    balanced_accuracy = per_class_rate(real_pred, data.y_test)[0]
     real_feats = features_and_labels(net, real)[0]
     train_feats = features_and_labels(net, x_train)[0]
     test_to_train = nearest_distance(real_feats, train_feats)
     real_energy = gradient_energy(real)
     mlp = _card_classifier(x_train, data.y_train, int(data.y_train.max()) + 1)
-    mlp_accuracy = float(np.mean(_mlp_labels(mlp, x_test) == data.y_test))
+    mlp_test_labels = _mlp_labels(mlp, x_test)
+    mlp_accuracy = float(np.mean(mlp_test_labels == data.y_test))
+    mlp_balanced = per_class_rate(mlp_test_labels, data.y_test)[0]
 
     def row(images: np.ndarray, recognised: tuple[float, float] | None) -> dict[str, Any]:
         feats = features_and_labels(net, images)[0]
@@ -289,13 +302,17 @@ def measure(
             cnn = float(np.mean(features_and_labels(net, images)[1] == labels))
             return cnn, float(np.mean(_mlp_labels(mlp, images) == labels))
 
-        by_label: dict[str, dict[str, float]] = {}
+        by_label: dict[str, dict[str, Any]] = {}
         for t in label_temperatures if vae.classes is not None else []:
             pixels = DEFAULT_PIXEL_TEMPERATURE if vae.can_draw() else None
             images, labels = conditional_images(vae, per_class, 1000, pixels, t)
             feats, predicted = features_and_labels(net, images)
             by_label[f"label, temperature {t:g}"] = {
                 "recognised": round(float(np.mean(predicted == labels)), 3),
+                "per_class": {
+                    vae.classes.names[c]: round(rate, 3)
+                    for c, rate in per_class_rate(predicted, labels)[1].items()
+                },
                 "recognised_mlp": round(float(np.mean(_mlp_labels(mlp, images) == labels)), 3),
                 "to_train": round(nearest_distance(feats, train_feats) / test_to_train, 3),
             }
@@ -310,9 +327,11 @@ def measure(
             "classifier": {
                 "steps": steps,
                 "test_accuracy": round(test_accuracy, 4),
+                "balanced_accuracy": round(balanced_accuracy, 4),
                 "seconds": round(trained_s),
             },
             "card_classifier_test_accuracy": round(mlp_accuracy, 4),
+            "card_classifier_balanced_accuracy": round(mlp_balanced, 4),
             "rows": rows,
             "by_label": by_label,
             "ms_per_image_batch_64": cost_ms_per_image(vae),
@@ -324,7 +343,8 @@ def measure(
 def markdown(name: str, report: dict[str, Any]) -> str:
     lines = [
         f"**{name}** (`{report['model']}`, {report['images']} images per row; classifier test accuracy "
-        f"{report['classifier']['test_accuracy']:.3f}; ms/image at batch 64: "
+        f"{report['classifier']['test_accuracy']:.3f}, {report['classifier']['balanced_accuracy']:.3f} "
+        "averaged over classes; ms/image at batch 64: "
         f"{report['ms_per_image_batch_64']})",
         "",
         "| images | FD | precision | recall | sharpness | recognised | MLP | to train |",
