@@ -17,7 +17,7 @@ Columns:
   labels as the class asked for; for `real train`, the classifier's accuracy on the real test images. The
   header also gives that accuracy averaged over classes (each class weighed equally, as the conditional
   draws are), the like-for-like reference where the test set's classes are unbalanced (emoji: People & Body
-  is 60% of the images);
+  is 56% of the test images);
 - `MLP`: the same samples labelled by the model cards' classifier (`training.class_gaussians`' small MLP,
   3 epochs on the real training images), so that the cards' recognition figures compare like for like;
 - `to train`: the median feature distance from an image to its nearest training image, over the same median

@@ -162,6 +162,27 @@ def test_the_kl_bound_lies_above_a_monte_carlo_kl():
     assert mc <= bound + 0.01 and bound < float((prior.component_kls(mean, log_var) @ WEIGHTS)[0])
 
 
+def test_component_kls_equal_the_closed_form_one_pair_at_a_time():
+    """The matrix-product form against the textbook KL between two diagonal Gaussians, pair by pair, on
+    posteriors like a trained encoder's (log-variances -8 to 1), including each component's own posterior."""
+    from vae_contract.priors import MixturePrior
+
+    rng = np.random.default_rng(4)
+    k, d = 50, 16
+    means = rng.normal(0, 2, (k, d)).astype(np.float32)
+    log_vars = rng.uniform(-8, 1, (k, d)).astype(np.float32)
+    prior = MixturePrior(means, log_vars, np.full(k, 1 / k))
+    mean = np.concatenate([means[:3], rng.normal(0, 2, (5, d)).astype(np.float32)])
+    log_var = np.concatenate([log_vars[:3], rng.uniform(-8, 1, (5, d)).astype(np.float32)])
+    got = prior.component_kls(mean, log_var)
+    for i in range(len(mean)):
+        for j in range(k):
+            m, lv, mk, lvk = (a.astype(np.float64) for a in (mean[i], log_var[i], means[j], log_vars[j]))
+            expected = 0.5 * np.sum(lvk - lv + (np.exp(lv) + (m - mk) ** 2) / np.exp(lvk) - 1)
+            assert got[i, j] == pytest.approx(expected, rel=1e-9, abs=1e-6)
+    assert np.all(np.diagonal(got[:3, :3]) < 1e-6)  # a posterior against itself
+
+
 def _edited(models_dir: Path, tmp_path: Path, edit) -> tuple[Path, str]:
     import shutil
 
