@@ -48,7 +48,7 @@ from training.export import (
     code_length_metrics,
     export_prior,
     manifest_metrics,
-    write_sampler_preview,
+    write_preview,
 )
 from training.new_version import staged_version
 from training.novelty import calibrate
@@ -62,7 +62,7 @@ from vae_contract.manifest import (
     write_manifest,
 )
 from vae_contract.novelty import NOVELTY_FILE
-from vae_contract.priors import MAX_COMPONENTS, PRIOR_FILE, read_mixture, write_mixture
+from vae_contract.priors import MAX_COMPONENTS, PRIOR_FILE, MixturePrior, read_mixture, write_mixture
 
 log = logging.getLogger(__name__)
 # Files the new version makes again; the graphs and everything else are copied byte for byte.
@@ -76,13 +76,14 @@ def chosen_images(train_count: int, images: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(train_count, images, replace=False))
 
 
-def with_standard_normal(path: Path, latent_dim: int) -> None:
-    """Append N(0, I) to the mixture file at path as one more component; all weights become 1/K."""
-    packed = np.load(path, allow_pickle=False)
-    means, log_vars = packed[:, :latent_dim], packed[:, latent_dim : 2 * latent_dim]
-    zeros = np.zeros((1, latent_dim), np.float32)
-    k = len(packed) + 1
-    write_mixture(path, np.concatenate([means, zeros]), np.concatenate([log_vars, zeros]), np.full(k, 1 / k))
+def with_standard_normal(images: MixturePrior, path: Path) -> MixturePrior:
+    """Write the image components and N(0, I) as one more, all of weight 1/K, to path; the mixture as read
+    back, as the service will read it."""
+    zeros = np.zeros((1, images.means.shape[1]), np.float32)
+    k = images.components + 1
+    means, log_vars = np.concatenate([images.means, zeros]), np.concatenate([images.log_vars, zeros])
+    write_mixture(path, means, log_vars, np.full(k, 1 / k))
+    return read_mixture(path, k, images.means.shape[1])
 
 
 def publish(
@@ -119,13 +120,12 @@ def publish(
             f"training images (numpy default_rng({seed}) draw) and N(0, I), {len(picked) + 1} components "
             "of equal weight (training/aggregate_prior.py)"
         )
-        exported, _ = export_prior(vae, new.folder, new.folder / manifest.encoder.file, parity, source=how)
-        assert exported is not None
-        with_standard_normal(new.folder / PRIOR_FILE, vae.latent_dim)
+        exported, images_only = export_prior(vae, new.folder, new.folder / manifest.encoder.file, parity, how)
+        assert exported is not None and images_only is not None
+        served = with_standard_normal(images_only, new.folder / PRIOR_FILE)
         prior_spec = exported.model_copy(
-            update={"components": len(picked) + 1, "sha256": sha256_file(new.folder / PRIOR_FILE)}
+            update={"components": served.components, "sha256": sha256_file(new.folder / PRIOR_FILE)}
         )
-        served = read_mixture(new.folder / PRIOR_FILE, len(picked) + 1, vae.latent_dim)
         vae.prior = FixedMixture(
             *(torch.from_numpy(a) for a in (served.means, served.log_vars, served.weights))
         )
@@ -160,8 +160,7 @@ def publish(
         )
         published = Manifest.model_validate(raw)
         write_manifest(new.folder, published)
-        if published.sampler is not None:
-            write_sampler_preview(new.folder, published)
+        write_preview(new.folder, published)
         if manifest.novelty is not None:
             calibrate(new.folder, data_dir)
     log.info("published %s: %s", new.target, json.dumps(evaluation))

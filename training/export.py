@@ -495,8 +495,7 @@ def _assemble(
         sampler_path = staging / SAMPLER_FILE
         parity["sampler_max_abs_diff"] = export_sampler(vae, sampler_path)
         sampler = sampler_spec(vae, sampler_path)
-    prior_spec, prior = export_prior(vae, staging, enc_path, parity)
-    _write_preview(dec_path, vae.latent_dim, staging / PREVIEW_FILE, prior)
+    prior_spec, _ = export_prior(vae, staging, enc_path, parity)
     latent = ["batch", vae.latent_dim]
     image = ["batch", c, h, w]
     manifest = Manifest(
@@ -533,8 +532,7 @@ def _assemble(
         **_conditional_fields(extras, staging),
     )
     write_manifest(staging, manifest)
-    if sampler is not None:  # the preview shows what /v1/sample answers: draws, not the decoder's means
-        write_sampler_preview(staging, manifest)
+    write_preview(staging, manifest)
     verify_model_dir(staging)
     staging.chmod(0o755)
     return parity
@@ -654,33 +652,23 @@ def _exporter_versions() -> dict[str, str]:
     return found
 
 
-def write_sampler_preview(folder: Path, manifest: Manifest) -> None:
-    """`preview.png`: 64 prior draws (seed 0) through the sampler at the default pixel temperature, what
-    /v1/sample answers for n 64 and seed 0."""
+def write_preview(folder: Path, manifest: Manifest) -> None:
+    """`preview.png`: what /v1/sample answers for n 64 and seed 0. Seed 0's latents from the version's prior
+    (service/inference/model.py draws them so), decoded as the service's default `pixels` is: drawn by the
+    sampler at the default pixel temperature where the version has one, else the decoder's mean images."""
     from vae_contract.imaging import encode_png, make_grid
     from vae_contract.pixel_draws import DEFAULT_PIXEL_TEMPERATURE, pixel_rng, sampler_noise
 
-    assert manifest.sampler is not None
-    c, h, w = manifest.image.shape
-    maps = manifest.sampler.inputs[1].shape[1]
-    assert isinstance(maps, int)
-    # Seed 0's latents, as the service draws those of /v1/sample (service/inference/model.py)
     if (spec := manifest.prior) is not None:
         z = read_mixture(folder / spec.file, spec.components, manifest.latent_dim).draw(64, 0)
     else:
         z = np.random.default_rng(0).standard_normal((64, manifest.latent_dim), dtype=np.float32)
-    noise = sampler_noise(64, maps, c, h, w, pixel_rng(0), DEFAULT_PIXEL_TEMPERATURE)
-    (images,) = _ort_session(folder / manifest.sampler.file).run(None, {"z": z, "noise": noise})
+    if manifest.sampler is not None:
+        c, h, w = manifest.image.shape
+        maps = manifest.sampler.inputs[1].shape[1]
+        assert isinstance(maps, int)
+        noise = sampler_noise(64, maps, c, h, w, pixel_rng(0), DEFAULT_PIXEL_TEMPERATURE)
+        (images,) = _ort_session(folder / manifest.sampler.file).run(None, {"z": z, "noise": noise})
+    else:
+        images = _ort_session(folder / manifest.decoder.file).run(["x"], {"z": z})[0]
     (folder / PREVIEW_FILE).write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))
-
-
-def _write_preview(
-    decoder_path: Path, latent_dim: int, path: Path, prior: MixturePrior | None = None
-) -> None:
-    from vae_contract.imaging import encode_png, make_grid
-
-    z = np.random.default_rng(0).standard_normal((64, latent_dim), dtype=np.float32)
-    if prior is not None:  # the samples the service would draw with seed 0
-        z = prior.draw(64, 0)
-    images = _ort_session(decoder_path).run(["x"], {"z": z})[0]
-    path.write_bytes(encode_png(make_grid(images, columns=8), compress_level=9))

@@ -17,7 +17,7 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training.export import export_sampler, sampler_spec, write_sampler_preview
+from training.export import export_sampler, sampler_spec, write_preview
 from training.new_version import staged_version
 from training.onnx_weights import rebuild
 from vae_contract.manifest import (
@@ -49,7 +49,7 @@ def publish(source: Path, models_dir: Path | None = None, version: int | None = 
         )
         published = Manifest.model_validate(raw)
         write_manifest(new.folder, published)
-        write_sampler_preview(new.folder, published)
+        write_preview(new.folder, published)
     log.info("published %s (sampler parity %.3g)", new.target, diff)
     return new.target
 

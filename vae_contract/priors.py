@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -62,15 +63,29 @@ class MixturePrior:
         std = np.exp(np.float32(0.5) * self.log_vars[k]) * np.float32(temperature)
         return (self.means[k] + std * eps).astype(np.float32)
 
+    @cached_property
+    def _terms(self) -> _Terms:
+        """What the density and the KLs need of the components alone, computed once per loaded prior."""
+        mk, lvk = self.means.astype(np.float64), self.log_vars.astype(np.float64)
+        inv = np.exp(-lvk)  # (K, D)
+        with np.errstate(divide="ignore"):
+            log_w = np.log(self.weights)  # a zero weight is -inf: that component drops out
+        return _Terms(
+            inv_t=np.ascontiguousarray(inv.T),
+            scaled_means_t=np.ascontiguousarray((mk * inv).T),
+            squared_means=(mk**2 * inv).sum(axis=1),
+            log_var_sums=lvk.sum(axis=1),
+            log_weights=log_w,
+        )
+
     def log_density(self, z: np.ndarray) -> np.ndarray:
         """(...) log sum_k w_k N(z; means_k, diag exp(log_vars_k)) for z (..., D), float64."""
         flat = z.reshape(-1, z.shape[-1]).astype(np.float64)
-        mk, lvk = self.means.astype(np.float64), self.log_vars.astype(np.float64)
-        inv = np.exp(-lvk)  # (K, D)
-        squared = (flat**2) @ inv.T - 2 * flat @ (mk * inv).T + (mk**2 * inv).sum(axis=1)  # (N, K)
-        with np.errstate(divide="ignore"):
-            log_w = np.log(self.weights)
-        per = log_w - 0.5 * (z.shape[-1] * math.log(2 * math.pi) + lvk.sum(axis=1) + np.maximum(squared, 0))
+        t = self._terms
+        squared = (flat**2) @ t.inv_t - 2 * flat @ t.scaled_means_t + t.squared_means  # (N, K)
+        per = t.log_weights - 0.5 * (
+            z.shape[-1] * math.log(2 * math.pi) + t.log_var_sums + np.maximum(squared, 0)
+        )
         top = per.max(axis=1, keepdims=True)
         return (top[:, 0] + np.log(np.exp(per - top).sum(axis=1))).reshape(z.shape[:-1])
 
@@ -82,20 +97,29 @@ class MixturePrior:
         (N, K) memory and BLAS speed instead of an (N, K, D) temporary (4,096 components: ~100x faster). In
         float64 the expansion's rounding is far below a nat for trained posteriors; a KL is never below 0."""
         m, lv = mean.astype(np.float64), log_var.astype(np.float64)
-        mk, lvk = self.means.astype(np.float64), self.log_vars.astype(np.float64)
-        inv = np.exp(-lvk)  # (K, D)
-        per_component = lvk.sum(axis=1) + (mk**2 * inv).sum(axis=1)  # (K,)
+        t = self._terms
         per_image = lv.sum(axis=1) + m.shape[1]  # (N,)
-        mixed = (np.exp(lv) + m**2) @ inv.T - 2 * m @ (mk * inv).T  # (N, K)
+        mixed = (np.exp(lv) + m**2) @ t.inv_t - 2 * m @ t.scaled_means_t  # (N, K)
+        per_component = t.log_var_sums + t.squared_means  # (K,)
         return np.maximum(0.5 * (per_component[None, :] - per_image[:, None] + mixed), 0.0)
 
     def kl_bound(self, mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
         """(N,) the upper bound -log sum_k w_k exp(-KL(q || p_k)) on KL(q || prior), float64."""
-        with np.errstate(divide="ignore"):
-            log_w = np.log(self.weights)  # a zero weight is -inf: that component drops out
-        scaled = log_w - self.component_kls(mean, log_var)  # (N, K)
+        scaled = self._terms.log_weights - self.component_kls(mean, log_var)  # (N, K)
         top = scaled.max(axis=1, keepdims=True)
         return -(top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1)))
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """A mixture's per-component constants, float64: 1/v and m/v transposed for the matrix products (D, K),
+    sum_d m^2/v, sum_d log v and log w (K,)."""
+
+    inv_t: np.ndarray
+    scaled_means_t: np.ndarray
+    squared_means: np.ndarray
+    log_var_sums: np.ndarray
+    log_weights: np.ndarray
 
 
 def pack(means: np.ndarray, log_vars: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -132,4 +156,8 @@ def read_mixture(path: Path, components: int, latent_dim: int) -> MixturePrior:
         raise PriorFileError(f"{path}: log-variances outside [{low:g}, {high:g}]")
     if weights.min() < 0 or abs(weights.sum() - 1) > 1e-4:
         raise PriorFileError(f"{path}: mixture weights must be >= 0 and sum to 1 (sum {weights.sum():.6g})")
-    return MixturePrior(np.ascontiguousarray(means), np.ascontiguousarray(log_vars), weights / weights.sum())
+    mixture = MixturePrior(
+        np.ascontiguousarray(means), np.ascontiguousarray(log_vars), weights / weights.sum()
+    )
+    _ = mixture._terms  # computed here, at load, rather than by the first request that scores
+    return mixture

@@ -307,7 +307,7 @@ class VAEModel:
         if self.prior is None:
             kl = kl_to_prior(mean, log_var)
         else:  # (images, components) KLs: a thread's work for a batch against thousands of components
-            kl = await off_loop(mean.size * self.prior.components, self.prior.kl_bound, mean, log_var)
+            kl = await off_loop(len(mean) * self.prior.components, self.prior.kl_bound, mean, log_var)
         scores = nll + kl
         if draw is not None:
             recon = await self.decode(mean, draw)
